@@ -1,0 +1,1 @@
+"""TFDS builders shipped with jaxtag; one folder per builder."""

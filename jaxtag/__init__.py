@@ -1,0 +1,1 @@
+"""jaxtag: multi-label taggers for anime illustrations in JAX/Flax."""
