@@ -5,3 +5,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402  (after the XLA flags on purpose)
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory):
+  """synthetic_anime/tiny, built once per test session."""
+  from jaxtag.data import build
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  build.ensure_built(build.get_builder('synthetic_anime/tiny', data_dir))
+  return data_dir
+
+
+@pytest.fixture
+def tiny_config(tiny_data_dir):
+  """configs/default.py:tiny pointed at the session's dataset."""
+  from jaxtag import config as config_lib
+  config = config_lib.load_config_file('configs/default.py:tiny')
+  config.dataset.data_dir = tiny_data_dir
+  return config

@@ -1,0 +1,61 @@
+"""Models by name: `build_model(config.model, num_classes)` -> Tagger."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxtag.models import densenet
+from jaxtag.models import resnet
+from jaxtag.models.heads import HEADS
+from jaxtag.models.tagger import Tagger
+
+BACKBONES = {
+    'resnet18': resnet.ResNet18,
+    'resnet34': resnet.ResNet34,
+    'resnet50': resnet.ResNet50,
+    'resnet101': resnet.ResNet101,
+    'resnet152': resnet.ResNet152,
+    'densenet121': densenet.DenseNet121,
+    'densenet169': densenet.DenseNet169,
+}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _module_fields(factory) -> set[str]:
+  cls = getattr(factory, 'func', factory)
+  return {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+
+
+def _make(registry, kind: str, name: str, kwargs: dict, key: str, **fixed):
+  if name not in registry:
+    raise ValueError(f'Unknown {kind} {name!r} (config.model.{kind}); valid: '
+                     f'{", ".join(sorted(registry))}.')
+  factory = registry[name]
+  fields = _module_fields(factory)
+  for k in kwargs:
+    if k not in fields or k in fixed:
+      raise ValueError(
+          f'Unknown key config.model.{key}.{k} for {kind} {name!r}; valid: '
+          f'{", ".join(sorted(fields - set(fixed)))}.')
+  return factory(**{k: v for k, v in fixed.items() if k in fields}, **kwargs)
+
+
+def build_model(model_config, num_classes: int, tag_metadata=None) -> Tagger:
+  if model_config.dtype not in DTYPES:
+    raise ValueError(f'Unknown config.model.dtype {model_config.dtype!r}; '
+                     f'valid: {", ".join(DTYPES)}.')
+  dtype = DTYPES[model_config.dtype]
+  backbone = _make(BACKBONES, 'backbone', model_config.backbone,
+                   dict(model_config.backbone_kwargs), 'backbone_kwargs',
+                   dtype=dtype)
+  head = _make(HEADS, 'head', model_config.head,
+               dict(model_config.head_kwargs), 'head_kwargs',
+               num_classes=num_classes, pool=model_config.pool, dtype=dtype,
+               tag_metadata=tag_metadata)
+  return Tagger(backbone=backbone, head=head)
+
+
+def count_params(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))

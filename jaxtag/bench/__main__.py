@@ -1,0 +1,70 @@
+r"""Benchmarks: print figures and write them as JSON.
+
+  python -m jaxtag.bench --config configs/bench_resnet.py:r50_224
+  python -m jaxtag.bench --config configs/default.py --pipeline
+  python -m jaxtag.bench --what=metrics
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file of the model to benchmark.', lock_config=True)
+_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'metrics'],
+                          'train: the train step (and the pipeline with '
+                          '--pipeline); metrics: the metric suite at 50k x 10k.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
+_NUM_CLASSES = flags.DEFINE_integer(
+    'num_classes', None, 'Tags in the head (default: the dataset\'s tag list '
+    'when --pipeline, else 1000).')
+_PIPELINE = flags.DEFINE_bool('pipeline', False,
+                              'Also time the whole input pipeline + step '
+                              '(builds the config\'s dataset if missing).')
+_OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
+                           'JSON file that the figures are appended to.')
+
+
+def _append(path: str, record: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  records = []
+  if os.path.exists(path):
+    with open(path) as f:
+      records = json.load(f)
+  records.append(record)
+  with open(path, 'w') as f:
+    json.dump(records, f, indent=2)
+
+
+def main(argv):
+  del argv
+  from jaxtag import distributed
+  distributed.maybe_initialize()
+  if _WHAT.value == 'metrics':
+    from jaxtag.bench import metrics as metrics_bench
+    result = {'benchmark': 'metrics', **metrics_bench.run()}
+  else:
+    if _CONFIG.value is None:
+      raise app.UsageError('--config is required for --what=train.')
+    from jaxtag.bench import train as train_bench
+    num_classes = _NUM_CLASSES.value
+    if num_classes is None and _PIPELINE.value:
+      from jaxtag.data import sources, tag_metadata
+      _, builder = sources.open_split(_CONFIG.value.dataset,
+                                      _CONFIG.value.dataset.train_split)
+      num_classes = len(tag_metadata.load_tag_metadata(builder.data_dir).names)
+    result = {'benchmark': 'train', **train_bench.run(
+        _CONFIG.value, num_classes=num_classes or 1000, steps=_STEPS.value,
+        warmup=_WARMUP.value, with_pipeline=_PIPELINE.value)}
+  for key, value in result.items():
+    print(f'{key:>32}: {value:.4g}' if isinstance(value, float)
+          else f'{key:>32}: {value}')
+  _append(_OUT.value, result)
+  print(f'appended to {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)

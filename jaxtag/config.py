@@ -1,0 +1,161 @@
+"""The config schema: every key a jaxtag experiment may set, and its checks.
+
+Experiment files in configs/ start from `defaults()` and change values; they
+never invent keys. The trainer calls `validate()` so that a typo in a config
+file fails at start-up with the list of valid keys, instead of being ignored.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+# Sub-dicts whose keys belong to a chosen part (a backbone, a head, a loss):
+# the part itself checks them against its own fields.
+FREE_FORM = frozenset({
+    'model.backbone_kwargs', 'model.head_kwargs', 'loss.kwargs',
+    'optim.schedule',
+})
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """All keys with neutral defaults; see configs/default.py for a real run."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'synthetic_anime/default'   # TFDS 'builder/config'
+  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.dataset.train_split = 'train'
+  c.dataset.eval_split = 'validation'
+  c.dataset.test_split = 'test'
+  c.dataset.label_feature = 'tags'             # or 'tags_clean'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.image_size = 96
+  c.data.crop = 'random_resized'               # 'random_resized' | 'random' | 'none'
+  c.data.crop_scale = (0.5, 1.0)               # area fraction kept by the crop
+  c.data.flip = True
+  c.data.mean = (0.5, 0.5, 0.5)
+  c.data.std = (0.5, 0.5, 0.5)
+  c.data.workers = 0                           # 0 = decode in the training process
+  c.data.prefetch = 2                          # batches buffered per process
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.model = 1                             # devices along the 'model' axis
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = 'resnet18'
+  c.model.backbone_kwargs = ml_collections.ConfigDict()
+  c.model.head = 'linear'
+  c.model.head_kwargs = ml_collections.ConfigDict()
+  c.model.pool = 'gap'                         # 'gap' | 'gmp'
+  c.model.dtype = 'float32'                    # computation dtype; params stay float32
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = 'sigmoid_bce'
+  c.loss.kwargs = ml_collections.ConfigDict()
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adamw'
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 0.0
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.clip_norm = ml_collections.FieldReference(None, field_type=float)
+  c.optim.schedule = ml_collections.ConfigDict(
+      {'name': 'cosine', 'warmup_steps': 0, 'end_lr_factor': 0.0})
+  c.optim.param_groups = ()                    # (('regex', lr_multiplier), ...)
+
+  c.batch_size = 64                            # global, over all processes
+  # Duration: steps win over epochs when both are set; the loop sees steps.
+  c.num_train_steps = ml_collections.FieldReference(None, field_type=int)
+  c.num_epochs = ml_collections.FieldReference(None, field_type=float)
+  c.log_every_steps = 50
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 128
+  c.eval.threshold = 0.5
+  c.eval.top_k = 3
+  return c
+
+
+def _keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in cfg.items():
+    path = f'{prefix}{key}'
+    out[path] = value
+    if isinstance(value, ml_collections.ConfigDict) and path not in FREE_FORM:
+      out.update(_keys(value, path + '.'))
+  return out
+
+
+def _valid_children(schema: dict[str, Any], parent: str) -> list[str]:
+  prefix = parent + '.' if parent else ''
+  return sorted(k[len(prefix):] for k in schema
+                if k.startswith(prefix) and '.' not in k[len(prefix):])
+
+
+def unknown_key_message(path: str) -> str:
+  """The error for `config.<path>`: which key is wrong and what is allowed."""
+  schema = _keys(defaults())
+  parent = path.rsplit('.', 1)[0] if '.' in path else ''
+  while parent and parent not in schema:
+    parent = parent.rsplit('.', 1)[0] if '.' in parent else ''
+  where = f'config.{parent}' if parent else 'config'
+  return (f'Unknown config key `config.{path}`. Valid keys of {where}: '
+          + ', '.join(_valid_children(schema, parent))
+          + '. Fix the spelling in the config file or in the --config.* flag.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Rejects keys that jaxtag does not know, listing the valid ones."""
+  schema = _keys(defaults())
+  for path in _keys(config):
+    if path not in schema:
+      raise ValueError(unknown_key_message(path))
+  if config.num_train_steps is None and config.num_epochs is None:
+    raise ValueError('Set config.num_train_steps or config.num_epochs.')
+
+
+def check_overrides(argv: Sequence[str]) -> None:
+  """Explains a `--config.x.y=v` flag that names a key missing from the config.
+
+  ml_collections raises a bare AttributeError for such flags; this finds the
+  offending flag and raises a ValueError that lists the valid keys instead.
+  """
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')),
+              None)
+  if spec is None:
+    idx = next((i for i, a in enumerate(argv) if a == '--config'), None)
+    spec = argv[idx + 1] if idx is not None and idx + 1 < len(argv) else None
+  if spec is None:
+    return
+  config = load_config_file(spec)
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.'):].split('=', 1)[0]
+    node: Any = config
+    for part in path.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise ValueError(unknown_key_message(path))
+      node = node[part]
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'path/to/file.py[:arg]' the way config_flags does."""
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Config file {path} does not exist.')
+  module_spec = importlib.util.spec_from_file_location('_jaxtag_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -1,0 +1,213 @@
+"""Multi-label metrics in pure numpy, with the literature's conventions.
+
+Conventions (see shared METRICS.md; they follow the ML-GCN reference code):
+- A label is predicted when its score >= threshold.
+- AP ranks images by score; tied scores form one step, so AP equals
+  scikit-learn's `average_precision_score` with or without ties and does not
+  depend on sort order. AP is NaN for a class without positives; mAP leaves
+  those classes out and `num_classes_without_positives` counts them.
+- CP / CR average Nc/Np and Nc/Ng over all classes, a zero denominator
+  contributing 0; CF1 is the harmonic mean of CP and CR.
+- Top-k: an image predicts its k highest-scoring labels that also reach the
+  threshold; ties are broken towards the lower label index.
+- Per image: precision |Y&P|/|P| (0 when P is empty), recall |Y&P|/|Y| (1
+  when Y is empty: nothing was missed), accuracy |Y&P|/|Y|P| (1 when both
+  are empty), averaged over images.
+- mask: [N] (0 drops an image, e.g. eval padding) or [N, C] (0 drops one
+  label of one image, e.g. VOC difficult). A dropped entry is neither a
+  positive nor a prediction anywhere, and is never picked by top-k.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Classes are processed in chunks so that sorting 50k x 10k stays in memory.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _prepare(scores, targets, mask):
+  scores = np.asarray(scores, dtype=np.float32)
+  targets = np.asarray(targets) > 0.5
+  if scores.shape != targets.shape or scores.ndim != 2:
+    raise ValueError(f'scores {scores.shape} and targets {targets.shape} must '
+                     'both be [num_images, num_classes].')
+  if mask is None:
+    return scores, targets, None
+  mask = np.asarray(mask) > 0
+  if mask.ndim == 1:
+    mask = mask[:, None]
+  return scores, targets & mask, np.broadcast_to(mask, scores.shape)
+
+
+def _safe_div(num, den):
+  num = np.asarray(num, np.float64)
+  den = np.asarray(den, np.float64)
+  return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+
+
+def _f1(p, r):
+  return float(_safe_div(2 * p * r, p + r))
+
+
+def _ap_columns(scores_t, targets_t):
+  """Tie-aware AP of each row of [c, N] (classes first, contiguous)."""
+  ranked = np.sort(scores_t, axis=1)  # ascending; the SIMD sort is fast
+  n = scores_t.shape[1]
+  ap = np.full(len(scores_t), np.nan)
+  for c in range(len(scores_t)):
+    pos = np.sort(scores_t[c][targets_t[c]])
+    if pos.size == 0:
+      continue
+    # Precision at a positive: positives scoring >= it over all scoring >=
+    # it. Counting ">=" puts a positive at the end of its tie group, which
+    # is scikit-learn's convention and independent of sort order.
+    above_all = n - np.searchsorted(ranked[c], pos, side='left')
+    above_pos = pos.size - np.searchsorted(pos, pos, side='left')
+    ap[c] = np.mean(above_pos / above_all)
+  return ap
+
+
+def average_precision(scores, targets, mask=None) -> np.ndarray:
+  """AP per class [C]; NaN where a class has no positive."""
+  scores, targets, mask = _prepare(scores, targets, mask)
+  if mask is not None:  # a dropped entry ranks below everything
+    scores = np.where(mask, scores, -np.inf)
+  n, c = scores.shape
+  if n == 0:
+    return np.full(c, np.nan)
+  step = max(1, _CHUNK_ELEMENTS // n)
+  return np.concatenate([
+      _ap_columns(np.ascontiguousarray(scores[:, i:i + step].T),
+                  np.ascontiguousarray(targets[:, i:i + step].T))
+      for i in range(0, c, step)])
+
+
+def _counts(predicted, targets):
+  nc = (predicted & targets).sum(axis=0)
+  return nc, predicted.sum(axis=0), targets.sum(axis=0)
+
+
+def _threshold_metrics(predicted, targets, suffix=''):
+  nc, np_, ng = _counts(predicted, targets)
+  op = float(_safe_div(nc.sum(), np_.sum()))
+  o_r = float(_safe_div(nc.sum(), ng.sum()))
+  cp = float(_safe_div(nc, np_).mean()) if nc.size else 0.0
+  cr = float(_safe_div(nc, ng).mean()) if nc.size else 0.0
+  return {f'CP{suffix}': cp, f'CR{suffix}': cr, f'CF1{suffix}': _f1(cp, cr),
+          f'OP{suffix}': op, f'OR{suffix}': o_r, f'OF1{suffix}': _f1(op, o_r)}
+
+
+def top_k_predictions(scores, predicted, k: int, valid=None) -> np.ndarray:
+  """`predicted` restricted to each row's k highest scores (lower index wins ties)."""
+  n, c = scores.shape
+  if k >= c:
+    return predicted.copy()
+  ranked = scores if valid is None else np.where(valid, scores, -np.inf)
+  # A stable sort of -score among a partition would cost a full sort; instead
+  # find each row's k-th largest score and keep ties in index order.
+  kth = -np.partition(-ranked, k - 1, axis=1)[:, k - 1:k]
+  above = ranked > kth
+  tied = ranked == kth
+  room = k - above.sum(axis=1, keepdims=True)
+  keep = above | tied
+  # Only rows with more ties at the k-th score than room need the index
+  # order (a cumulative sum); most rows have a single k-th score.
+  crowded = np.flatnonzero(tied.sum(axis=1) > room[:, 0])
+  if crowded.size:
+    t = tied[crowded]
+    keep[crowded] = above[crowded] | (t & (np.cumsum(t, axis=1)
+                                           <= room[crowded]))
+  return predicted & keep
+
+
+def multilabel_metrics(scores, targets, *, threshold: float = 0.5,
+                       top_k: int = 3, mask=None) -> dict:
+  scores, targets, mask = _prepare(scores, targets, mask)
+  valid = np.ones_like(targets) if mask is None else mask
+  predicted = (scores >= threshold) & valid
+
+  ap = average_precision(scores, targets, mask)
+  has_pos = ~np.isnan(ap)
+  result = {'mAP': float(ap[has_pos].mean()) if has_pos.any() else 0.0,
+            'num_classes_without_positives': int((~has_pos).sum())}
+  result.update(_threshold_metrics(predicted, targets))
+  top = top_k_predictions(scores, predicted, top_k, valid)
+  result.update(_threshold_metrics(top, targets, suffix=f'_top{top_k}'))
+
+  rows = valid.any(axis=1) if mask is not None else np.ones(len(scores), bool)
+  inter = (predicted & targets).sum(axis=1)[rows]
+  n_pred = predicted.sum(axis=1)[rows]
+  n_true = targets.sum(axis=1)[rows]
+  union = n_pred + n_true - inter
+  if rows.any():
+    result['example_precision'] = float(_safe_div(inter, n_pred).mean())
+    result['example_recall'] = float(np.where(
+        n_true > 0, _safe_div(inter, n_true), 1.0).mean())
+    result['example_accuracy'] = float(np.where(
+        union > 0, _safe_div(inter, union), 1.0).mean())
+  else:
+    result.update(example_precision=0.0, example_recall=0.0,
+                  example_accuracy=0.0)
+  wrong = (predicted != targets) & valid
+  result['hamming_loss'] = float(_safe_div(wrong.sum(), valid.sum()))
+  return result
+
+
+def _bin_counts(scores, targets, valid, bins):
+  """Per-class histograms of positives and of all entries over score bins."""
+  n, c = scores.shape
+  pos = np.zeros((c, bins), np.int64)
+  every = np.zeros((c, bins), np.int64)
+  step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+  for i in range(0, c, step):
+    s = scores[:, i:i + step]
+    b = np.clip(np.floor(s * bins), 0, bins - 1).astype(np.int64)
+    flat = b + bins * np.arange(s.shape[1])[None, :]
+    v = valid[:, i:i + step]
+    cols = s.shape[1]
+    every[i:i + cols] = np.bincount(flat[v], minlength=cols * bins).reshape(
+        cols, bins)
+    pos[i:i + cols] = np.bincount(flat[targets[:, i:i + step] & v],
+                                  minlength=cols * bins).reshape(cols, bins)
+  return pos, every
+
+
+def f1_at_equal_pr(scores, targets, average: str = 'micro', mask=None,
+                   bins: int = 1000) -> tuple[float, float]:
+  """(threshold, F1) at the global threshold where precision ~ recall.
+
+  Thresholds are the grid j / bins. 'micro' pools all labels (OP, OR);
+  'macro' uses CP and CR, and its F1 is their harmonic mean, as CF1 is.
+  """
+  if average not in ('micro', 'macro'):
+    raise ValueError(f"average must be 'micro' or 'macro', not {average!r}.")
+  scores, targets, mask = _prepare(scores, targets, mask)
+  valid = np.ones_like(targets) if mask is None else mask
+  pos, every = _bin_counts(scores, targets, valid, bins)
+  # Counts at threshold j/bins: everything in bins >= j.
+  tp = np.cumsum(pos[:, ::-1], axis=1)[:, ::-1]
+  pp = np.cumsum(every[:, ::-1], axis=1)[:, ::-1]
+  ng = pos.sum(axis=1, keepdims=True)
+  if average == 'micro':
+    precision = _safe_div(tp.sum(0), pp.sum(0))
+    recall = _safe_div(tp.sum(0), ng.sum())
+  else:
+    precision = _safe_div(tp, pp).mean(axis=0)
+    recall = _safe_div(tp, ng).mean(axis=0)
+  candidates = np.flatnonzero(pp.sum(0) > 0)
+  if candidates.size == 0:
+    return 0.5, 0.0
+  j = candidates[np.argmin(np.abs(precision - recall)[candidates])]
+  return float(j / bins), _f1(precision[j], recall[j])
+
+
+def single_label_metrics(logits, labels) -> dict:
+  """Top-1 and top-5 accuracy for single-label tasks (character recognition)."""
+  logits = np.asarray(logits, np.float32)
+  labels = np.asarray(labels).astype(np.int64)
+  if len(labels) == 0:
+    return {'top1': 0.0, 'top5': 0.0}
+  true_score = logits[np.arange(len(labels)), labels][:, None]
+  # Rank = number of classes strictly better; ties count in the label's favour.
+  rank = (logits > true_score).sum(axis=1)
+  return {'top1': float((rank < 1).mean()), 'top5': float((rank < 5).mean())}

@@ -1,0 +1,109 @@
+"""ResNet v1.5 (the stride sits on the bottleneck's 3x3 conv), NHWC.
+
+`width` scales every channel count and `small_stem` swaps the 7x7/2 conv and
+max-pool for one 3x3/1 conv, so tiny variants run on tiny images in tests.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def _channels(base: int, width: float) -> int:
+  return max(int(round(base * width)), 1)
+
+
+class BasicBlock(nn.Module):
+  filters: int
+  strides: int
+  conv: Any
+  norm: Any
+  zero_init_last: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last
+                  else nn.initializers.ones)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
+                           name='proj_conv')(residual)
+      residual = self.norm(name='proj_norm')(residual)
+    return nn.relu(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  filters: int
+  strides: int
+  conv: Any
+  norm: Any
+  zero_init_last: bool = False
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+    # v1.5: downsample in the 3x3 conv rather than the first 1x1.
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters * self.expansion, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_last
+                  else nn.initializers.ones)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * self.expansion, (1, 1),
+                           (self.strides, self.strides), name='proj_conv')(x)
+      residual = self.norm(name='proj_norm')(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """Returns the last feature map [B, H, W, D]; pooling belongs to the head."""
+  stage_sizes: Sequence[int]
+  block: Any
+  width: float = 1.0
+  small_stem: bool = False
+  zero_init_last: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32, padding='SAME',
+                             kernel_init=nn.initializers.variance_scaling(
+                                 2.0, 'fan_out', 'normal'))
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                             param_dtype=jnp.float32)
+    x = x.astype(self.dtype)
+    stem = _channels(64, self.width)
+    if self.small_stem:
+      x = conv(stem, (3, 3), name='stem_conv')(x)
+    else:
+      x = conv(stem, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+               name='stem_conv')(x)
+    x = nn.relu(norm(name='stem_norm')(x))
+    if not self.small_stem:
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for i, blocks in enumerate(self.stage_sizes):
+      for j in range(blocks):
+        x = self.block(_channels(64 * 2**i, self.width),
+                       strides=2 if i > 0 and j == 0 else 1, conv=conv,
+                       norm=norm, zero_init_last=self.zero_init_last)(x)
+    return x
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                             block=BottleneckBlock)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3),
+                              block=BottleneckBlock)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3),
+                              block=BottleneckBlock)

@@ -1,0 +1,77 @@
+"""Where a run's numbers go: the console, workdir/metrics.jsonl, TensorBoard.
+
+Only process 0 writes files; every process may call these methods.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+from absl import logging
+
+
+def _plain(value: Any) -> Any:
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return value
+
+
+class MetricWriter:
+  """One JSON object per log or eval in metrics.jsonl, mirrored to TensorBoard."""
+
+  def __init__(self, workdir: str):
+    self._enabled = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self._enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      from tensorboardX import SummaryWriter  # only process 0 needs it
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: dict[str, Any], prefix: str = '') -> None:
+    if not self._enabled:
+      return
+    record = {'step': int(step), **{f'{prefix}{k}': _plain(v)
+                                     for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    for key, value in record.items():
+      if key != 'step' and isinstance(value, float):
+        self._tb.add_scalar(key, value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class Progress:
+  """A one-line progress bar with loss, learning rate and throughput."""
+
+  def __init__(self, total_steps: int, global_batch: int, start_step: int):
+    self.total = total_steps
+    self.batch = global_batch
+    self._t0 = time.perf_counter()
+    self._last_time = self._t0
+    self._last_step = start_step
+    self.images_per_s = 0.0
+
+  def update(self, step: int, loss: float, lr: float) -> str:
+    now = time.perf_counter()
+    steps = max(step - self._last_step, 1)
+    self.images_per_s = steps * self.batch / max(now - self._last_time, 1e-9)
+    self._last_time, self._last_step = now, step
+    frac = step / max(self.total, 1)
+    bar = '#' * int(frac * 20) + '.' * (20 - int(frac * 20))
+    eta = (self.total - step) * self.batch / max(self.images_per_s, 1e-9)
+    line = (f'[{bar}] {step}/{self.total} {100 * frac:5.1f}% | loss {loss:.4f}'
+            f' | lr {lr:.2e} | {self.images_per_s:,.0f} img/s'
+            f' | eta {int(eta) // 60}m{int(eta) % 60:02d}s')
+    logging.info('%s', line)
+    return line

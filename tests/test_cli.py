@@ -1,0 +1,100 @@
+"""The command line: flags, SIGTERM, and 2 processes equal to 1 process."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxtag import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ)
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['PYTHONUNBUFFERED'] = '1'
+  for key in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES',
+              'JAX_PROCESS_ID'):
+    env.pop(key, None)
+  return env
+
+
+def _main_args(workdir, data_dir, *extra):
+  return [sys.executable, '-m', 'jaxtag.main',
+          '--config', 'configs/default.py:tiny', '--workdir', workdir,
+          f'--config.dataset.data_dir={data_dir}', *extra]
+
+
+def _final_params(workdir):
+  root = os.path.join(workdir, 'checkpoints')
+  step = max(int(d) for d in os.listdir(root) if d.isdigit())
+  state = ocp.PyTreeCheckpointer().restore(os.path.join(root, str(step),
+                                                        'state'))
+  return jax.tree.map(np.asarray, state['params']), step
+
+
+def test_unknown_override_is_rejected_with_valid_keys(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jaxtag.main', '--config', 'configs/default.py',
+       '--workdir', str(tmp_path), '--config.model.backbon=resnet50'],
+      cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert 'config.model.backbon' in proc.stderr
+  assert 'backbone, backbone_kwargs, dtype, head, head_kwargs, pool' in (
+      proc.stderr)
+
+
+def test_sigterm_saves_a_checkpoint_that_restores(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'term')
+  proc = subprocess.Popen(
+      _main_args(workdir, tiny_config.dataset.data_dir,
+                 '--config.num_train_steps=100000',
+                 '--config.checkpoint_every_steps=1000000',
+                 '--config.eval_every_steps=1000000',
+                 '--config.log_every_steps=1'),
+      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 240
+  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline, 'training did not start'
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out
+  assert 'Saved step' in out
+  steps = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+           if d.isdigit()]
+  assert len(steps) == 1 and 0 < steps[0] < 100000
+  tiny_config.num_train_steps = 100000
+  result = train.evaluate_checkpoint(tiny_config, workdir, 'validation')
+  assert result['num_examples'] == 64
+  assert os.path.exists(os.path.join(workdir, 'eval_validation.json'))
+
+
+def test_two_processes_equal_one_process(tiny_config, tmp_path):
+  data_dir = tiny_config.dataset.data_dir
+  single = str(tmp_path / 'single')
+  subprocess.run(_main_args(single, data_dir), cwd=ROOT, env=_env(4),
+                 check=True, capture_output=True, timeout=600)
+  multi = str(tmp_path / 'multi')
+  env = _env(2)
+  env['JAXTAG_LOCAL_DEVICES'] = '2'
+  proc = subprocess.run(
+      ['bash', 'launch/local.sh', '2', '--', *_main_args(multi, data_dir)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  a, step_a = _final_params(single)
+  b, step_b = _final_params(multi)
+  assert step_a == step_b == 8
+  flat_b = dict(jax.tree_util.tree_flatten_with_path(b)[0])
+  for path, x in jax.tree_util.tree_flatten_with_path(a)[0]:
+    np.testing.assert_allclose(x, flat_b[path], rtol=1e-4, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))

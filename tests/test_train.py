@@ -1,0 +1,142 @@
+"""The trainer end to end on the tiny synthetic dataset and 8 fake devices."""
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxtag import checkpoint as checkpoint_lib
+from jaxtag import config as config_lib
+from jaxtag import sharding
+from jaxtag import train
+
+
+def _params(workdir, step=None):
+  """The stored params of a run as numpy, read without the trainer."""
+  root = os.path.join(workdir, 'checkpoints')
+  step = step or max(int(d) for d in os.listdir(root) if d.isdigit())
+  restored = ocp.PyTreeCheckpointer().restore(
+      os.path.join(root, str(step), 'state'))
+  return jax.tree.map(np.asarray, restored['params']), step
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  flat_b = dict(jax.tree_util.tree_flatten_with_path(b)[0])
+  assert len(flat_a) == len(flat_b)
+  for path, x in flat_a:
+    np.testing.assert_allclose(x, flat_b[path], rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_train_step_lowers_loss_on_8_devices(tiny_config):
+  assert jax.device_count() == 8
+  mesh = sharding.create_mesh()
+  trainable = train.Trainable(tiny_config, mesh, num_classes=12,
+                              num_train_steps=100)
+  rng = np.random.default_rng(0)
+  batch = sharding.to_global({
+      'image': rng.standard_normal((16, 32, 32, 3)).astype(np.float32),
+      'labels': (rng.random((16, 12)) < 0.3).astype(np.float32)}, mesh)
+  state = trainable.fresh_state()
+  losses = []
+  for _ in range(15):
+    state, m = trainable.train_step(state, batch, trainable.step_rng)
+    losses.append(float(m['loss']))
+  assert int(state.step) == 15
+  # The first loss is ~12*log(2) for a fresh head; fitting one batch must
+  # bring it well below that.
+  assert losses[0] == pytest.approx(12 * np.log(2), rel=0.2)
+  assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_tiny_end_to_end_writes_outputs(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(tiny_config, workdir)
+  assert 0.0 <= result['mAP'] <= 1.0
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+  records = [json.loads(l) for l in open(os.path.join(workdir,
+                                                      'metrics.jsonl'))]
+  train_steps = [r['step'] for r in records if 'train/loss' in r]
+  assert train_steps == [2, 4, 6, 8]
+  assert any('validation/mAP' in r and r['step'] == 4 for r in records)
+  assert any('test/mAP' in r and r['step'] == 8 for r in records)
+  results = json.load(open(os.path.join(workdir, 'results.json')))
+  assert results['step'] == 8
+  assert results['metrics']['mAP'] == pytest.approx(result['mAP'])
+  assert results['metrics']['num_examples'] == 64  # every test image once
+  rows = open(os.path.join(workdir, 'results_per_tag.csv')).read().splitlines()
+  assert rows[0].startswith('tag,category,train_count')
+  assert len(rows) - 1 == len(train.tag_metadata_lib.load_tag_metadata(
+      _dataset_dir(tiny_config)).names)
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+
+def _dataset_dir(config):
+  from jaxtag.data import build
+  return build.get_builder(config.dataset.name, config.dataset.data_dir).data_dir
+
+
+def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(tiny_config, straight)
+
+  resumed = str(tmp_path / 'resumed')
+  # Stop at step 3 exactly as a SIGTERM would: save, return.
+  monkeypatch.setattr(checkpoint_lib.PreemptionWatcher, 'should_stop',
+                      lambda self, step: step == 3)
+  assert train.train_and_evaluate(tiny_config, resumed) == {'preempted_at': 3}
+  assert _params(resumed)[1] == 3
+  monkeypatch.undo()
+  train.train_and_evaluate(tiny_config, resumed)
+
+  a, step_a = _params(straight)
+  b, step_b = _params(resumed)
+  assert step_a == step_b == 8
+  _assert_trees_close(a, b)
+  # The runs really trained: parameters moved away from the initialisation.
+  init = jax.device_get(train.Trainable(
+      tiny_config, sharding.create_mesh(), num_classes=len(
+          train.tag_metadata_lib.load_tag_metadata(
+              _dataset_dir(tiny_config)).names),
+      num_train_steps=8).fresh_state().params)
+  moved = [np.abs(x - y).max() for x, y in zip(jax.tree.leaves(a),
+                                               jax.tree.leaves(init))]
+  assert max(moved) > 1e-3
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'nan')
+  tiny_config.num_train_steps = 4
+  train.train_and_evaluate(tiny_config, workdir)
+  tiny_config.num_train_steps = 40
+  tiny_config.optim.lr = 1e32
+  tiny_config.optim.schedule = {'name': 'constant', 'warmup_steps': 0}
+  with pytest.raises(train.NonFiniteLossError, match=r'at step \d+') as err:
+    train.train_and_evaluate(tiny_config, workdir)
+  assert 'last good checkpoint' in str(err.value)
+  params, step = _params(workdir)
+  assert step >= 4
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_restore_with_other_vocabulary_fails_clearly(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'shape')
+  tiny_config.num_train_steps = 2
+  train.train_and_evaluate(tiny_config, workdir)
+  tiny_config.model.backbone_kwargs = {'width': 0.25, 'small_stem': True}
+  with pytest.raises(checkpoint_lib.ShapeMismatchError,
+                     match='does not fit this model'):
+    train.train_and_evaluate(tiny_config, workdir)
+
+
+def test_unknown_config_key_lists_valid_keys(tiny_config):
+  tiny_config.optim.lrr = 0.1
+  with pytest.raises(ValueError) as err:
+    config_lib.validate(tiny_config)
+  message = str(err.value)
+  assert 'config.optim.lrr' in message
+  for key in ('lr', 'weight_decay', 'schedule', 'clip_norm'):
+    assert key in message
