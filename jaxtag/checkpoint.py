@@ -22,10 +22,18 @@ class ShapeMismatchError(ValueError):
   """A checkpoint was written by another model or vocabulary."""
 
 
+def _key_name(key) -> str:
+  for attr in ('name', 'key', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'params/backbone/.../kernel' -> shape; dataclass and dict trees alike."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(path): tuple(getattr(leaf, 'shape', ()))
-          for path, leaf in flat}
+  return {'/'.join(_key_name(k) for k in path):
+          tuple(getattr(leaf, 'shape', ())) for path, leaf in flat}
 
 
 class Checkpointer:

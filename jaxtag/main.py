@@ -7,6 +7,8 @@ r"""Trains or evaluates a jaxtag run.
 Override any config value with `--config.a.b=v`. The workdir is the run's
 identity: running the same command again resumes from its last checkpoint.
 """
+import logging as pylogging
+import os
 import sys
 
 from absl import app
@@ -36,8 +38,17 @@ def _parse_flags(argv):
   return app.parse_flags_with_usage(argv)
 
 
+class _JaxtagInfoOnly(pylogging.Filter):
+  """Keeps the console to jaxtag's own lines; libraries speak at WARNING+."""
+
+  def filter(self, record):
+    return (record.levelno >= pylogging.WARNING
+            or f'{os.sep}jaxtag{os.sep}' in record.pathname)
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_JaxtagInfoOnly())
   from jaxtag import distributed
   distributed.maybe_initialize()
   from jaxtag import train  # after initialize: train touches jax devices

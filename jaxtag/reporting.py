@@ -62,6 +62,10 @@ class Progress:
     self._last_step = start_step
     self.images_per_s = 0.0
 
+  def restart_clock(self, step: int) -> None:
+    """Excludes eval and checkpoint time from the next throughput figure."""
+    self._last_time, self._last_step = time.perf_counter(), step
+
   def update(self, step: int, loss: float, lr: float) -> str:
     now = time.perf_counter()
     steps = max(step - self._last_step, 1)

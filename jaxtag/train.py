@@ -269,6 +269,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if step % config.checkpoint_every_steps == 0 or is_last or preempted:
         check_finite(step_metrics, step)
         run.checkpointer.save(step, state, train_iter)
+      if step % config.eval_every_steps == 0 or (
+          step % config.checkpoint_every_steps == 0):
+        progress.restart_clock(step)
       if preempted:
         run.checkpointer.wait()
         logging.warning('Saved step %d after a stop signal; run the same '

@@ -25,3 +25,27 @@ def tiny_config(tiny_data_dir):
   config = config_lib.load_config_file('configs/default.py:tiny')
   config.dataset.data_dir = tiny_data_dir
   return config
+
+
+@pytest.fixture
+def read_params():
+  """Reads a run's stored params as numpy, independently of the trainer."""
+  import os
+
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  def read(workdir, step=None):
+    root = os.path.join(workdir, 'checkpoints')
+    step = step or max(int(d) for d in os.listdir(root) if d.isdigit())
+    path = os.path.join(root, str(step), 'state')
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      tree = checkpointer.metadata(path).item_metadata.tree
+      as_numpy = jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+      state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          restore_args=as_numpy))
+    return state['params'], step
+
+  return read

@@ -7,7 +7,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxtag import train
 
@@ -29,14 +28,6 @@ def _main_args(workdir, data_dir, *extra):
   return [sys.executable, '-m', 'jaxtag.main',
           '--config', 'configs/default.py:tiny', '--workdir', workdir,
           f'--config.dataset.data_dir={data_dir}', *extra]
-
-
-def _final_params(workdir):
-  root = os.path.join(workdir, 'checkpoints')
-  step = max(int(d) for d in os.listdir(root) if d.isdigit())
-  state = ocp.PyTreeCheckpointer().restore(os.path.join(root, str(step),
-                                                        'state'))
-  return jax.tree.map(np.asarray, state['params']), step
 
 
 def test_unknown_override_is_rejected_with_valid_keys(tmp_path):
@@ -79,7 +70,7 @@ def test_sigterm_saves_a_checkpoint_that_restores(tiny_config, tmp_path):
   assert os.path.exists(os.path.join(workdir, 'eval_validation.json'))
 
 
-def test_two_processes_equal_one_process(tiny_config, tmp_path):
+def test_two_processes_equal_one_process(tiny_config, tmp_path, read_params):
   data_dir = tiny_config.dataset.data_dir
   single = str(tmp_path / 'single')
   subprocess.run(_main_args(single, data_dir), cwd=ROOT, env=_env(4),
@@ -91,8 +82,8 @@ def test_two_processes_equal_one_process(tiny_config, tmp_path):
       ['bash', 'launch/local.sh', '2', '--', *_main_args(multi, data_dir)],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-  a, step_a = _final_params(single)
-  b, step_b = _final_params(multi)
+  a, step_a = read_params(single)
+  b, step_b = read_params(multi)
   assert step_a == step_b == 8
   flat_b = dict(jax.tree_util.tree_flatten_with_path(b)[0])
   for path, x in jax.tree_util.tree_flatten_with_path(a)[0]:

@@ -4,22 +4,12 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import config as config_lib
 from jaxtag import sharding
 from jaxtag import train
-
-
-def _params(workdir, step=None):
-  """The stored params of a run as numpy, read without the trainer."""
-  root = os.path.join(workdir, 'checkpoints')
-  step = step or max(int(d) for d in os.listdir(root) if d.isdigit())
-  restored = ocp.PyTreeCheckpointer().restore(
-      os.path.join(root, str(step), 'state'))
-  return jax.tree.map(np.asarray, restored['params']), step
 
 
 def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
@@ -79,7 +69,8 @@ def _dataset_dir(config):
   return build.get_builder(config.dataset.name, config.dataset.data_dir).data_dir
 
 
-def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch,
+                                     read_params):
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(tiny_config, straight)
 
@@ -88,12 +79,12 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoint_lib.PreemptionWatcher, 'should_stop',
                       lambda self, step: step == 3)
   assert train.train_and_evaluate(tiny_config, resumed) == {'preempted_at': 3}
-  assert _params(resumed)[1] == 3
+  assert read_params(resumed)[1] == 3
   monkeypatch.undo()
   train.train_and_evaluate(tiny_config, resumed)
 
-  a, step_a = _params(straight)
-  b, step_b = _params(resumed)
+  a, step_a = read_params(straight)
+  b, step_b = read_params(resumed)
   assert step_a == step_b == 8
   _assert_trees_close(a, b)
   # The runs really trained: parameters moved away from the initialisation.
@@ -107,7 +98,8 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
   assert max(moved) > 1e-3
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path,
+                                                      read_params):
   workdir = str(tmp_path / 'nan')
   tiny_config.num_train_steps = 4
   train.train_and_evaluate(tiny_config, workdir)
@@ -117,7 +109,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
   with pytest.raises(train.NonFiniteLossError, match=r'at step \d+') as err:
     train.train_and_evaluate(tiny_config, workdir)
   assert 'last good checkpoint' in str(err.value)
-  params, step = _params(workdir)
+  params, step = read_params(workdir)
   assert step >= 4
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 

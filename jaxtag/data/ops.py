@@ -1,0 +1,75 @@
+"""Per-example operations: decode, crop, flip, resize, normalise, multi-hot.
+
+They work on uint8 HWC arrays with Pillow, which releases the GIL, so
+grain's reader threads decode in parallel.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def decode_png(data: bytes) -> Image.Image:
+  """Decodes PNG/JPEG bytes to RGB; raises on a corrupt image."""
+  image = Image.open(io.BytesIO(data))
+  image.load()  # decode now, so a truncated file fails here
+  return image.convert('RGB') if image.mode != 'RGB' else image
+
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            scale: Sequence[float],
+                            ratio: Sequence[float] = (3 / 4, 4 / 3)):
+  """(left, top, right, bottom) of a crop with area fraction in `scale`."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return left, top, left + w, top + h
+  side = min(height, width)  # fall back to the centre square
+  top, left = (height - side) // 2, (width - side) // 2
+  return left, top, left + side, top + side
+
+
+def random_crop_box(height: int, width: int, rng: np.random.Generator,
+                    scale: Sequence[float]):
+  """A square crop whose side is sqrt(area fraction) of the shorter side."""
+  side = int(round(min(height, width) * math.sqrt(rng.uniform(*scale))))
+  side = max(1, min(side, height, width))
+  top = int(rng.integers(0, height - side + 1))
+  left = int(rng.integers(0, width - side + 1))
+  return left, top, left + side, top + side
+
+
+def crop_resize(image: Image.Image, box, size: int, flip: bool) -> np.ndarray:
+  """Crops `box`, resizes to size x size (bilinear), optionally mirrors."""
+  out = image.resize((size, size), Image.BILINEAR, box=box)
+  if flip:
+    out = out.transpose(Image.FLIP_LEFT_RIGHT)
+  return np.asarray(out, dtype=np.uint8)
+
+
+def normalize(image: np.ndarray, mean, std) -> np.ndarray:
+  mean = np.asarray(mean, np.float32) * 255.0
+  std = np.asarray(std, np.float32) * 255.0
+  return (image.astype(np.float32) - mean) / std
+
+
+def multi_hot(ids, num_classes: int) -> np.ndarray:
+  labels = np.zeros((num_classes,), np.float32)
+  ids = np.asarray(ids, np.int64)
+  if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+    raise ValueError(f'Tag id {int(ids.max())} is outside the vocabulary of '
+                     f'{num_classes} tags; selected_tags.csv and the data '
+                     'disagree: rebuild the dataset.')
+  labels[ids] = 1.0
+  return labels

@@ -1,0 +1,205 @@
+"""The grain input pipeline: each process reads its share of every batch.
+
+Global order: global position g of the training stream is record
+perm_e[g % N] of epoch e = g // N, where perm_e is drawn from (seed, e) on
+every process alike. Global batch k holds positions [kB, (k+1)B); process p
+of P owns the positions with g % P == p, so its stream is the global one
+strided [p::P]. Augmentation draws from (seed, g). Hence the global batches,
+pixels included, do not depend on the number of processes or workers, and
+a run on 2 processes equals a run on 1.
+
+Eval: positions 0 .. ceil(N/B)*B - 1 in record order, the same striding;
+positions >= N are padding rows with mask 0, so every process runs the same
+number of batches and every record is counted exactly once.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+from absl import logging
+
+from jaxtag.data import ops
+
+# A stream long enough never to end (grain needs a finite length).
+_ENDLESS = 1 << 50
+
+
+class SkipCounter:
+  """Counts undecodable images; warns with the running count."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.count = 0
+
+  def add(self, record: int, error: Exception) -> None:
+    with self._lock:
+      self.count += 1
+      count = self.count
+    logging.warning('Skipped %d undecodable image(s) so far (latest: record '
+                    '%d: %s).', count, record, error)
+
+
+class _GlobalOrder:
+  """Position g -> (g, record index): a fresh permutation every epoch."""
+
+  def __init__(self, num_records: int, seed: int):
+    self.num_records, self.seed = num_records, seed
+    self._cache = (-1, None)  # (epoch, permutation), swapped atomically
+
+  def __len__(self):
+    return _ENDLESS
+
+  def __getitem__(self, g: int):
+    epoch = g // self.num_records
+    cached = self._cache
+    if cached[0] != epoch:
+      cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(
+          self.num_records))
+      self._cache = cached
+    return g, int(cached[1][g % self.num_records])
+
+
+class _EvalOrder:
+  """Position g -> (g, record index or -1 for padding)."""
+
+  def __init__(self, num_records: int, length: int):
+    self.num_records, self.length = num_records, length
+
+  def __len__(self):
+    return self.length
+
+  def __getitem__(self, g: int):
+    return g, (g if g < self.num_records else -1)
+
+
+def _local_batch(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f'The global batch {global_batch} must be divisible by '
+                     f'the {process_count} processes.')
+  return global_batch // process_count
+
+
+class _Loader:
+  """Reads, decodes, augments one record; picklable for worker processes."""
+
+  def __init__(self, source, data_config, num_classes, label_feature, seed,
+               train: bool):
+    self.source, self.num_classes = source, num_classes
+    self.skipped = SkipCounter()
+    self.label_feature, self.seed, self.train = label_feature, seed, train
+    self.size = int(data_config.image_size)
+    self.crop = data_config.crop
+    self.scale = tuple(data_config.crop_scale)
+    self.flip = bool(data_config.flip)
+    self.mean, self.std = tuple(data_config.mean), tuple(data_config.std)
+    if self.crop not in ('random_resized', 'random', 'none'):
+      raise ValueError(f'Unknown config.data.crop {self.crop!r}; valid: '
+                       'random_resized, random, none.')
+
+  def _pixels(self, image, g: int) -> np.ndarray:
+    w, h = image.size
+    if not self.train:
+      return ops.crop_resize(image, (0, 0, w, h), self.size, False)
+    rng = np.random.default_rng([self.seed, g])
+    if self.crop == 'random_resized':
+      box = ops.random_resized_crop_box(h, w, rng, self.scale)
+    elif self.crop == 'random':
+      box = ops.random_crop_box(h, w, rng, self.scale)
+    else:
+      box = (0, 0, w, h)
+    flip = self.flip and rng.random() < 0.5
+    return ops.crop_resize(image, box, self.size, flip)
+
+  def __getstate__(self):  # worker processes count on their own
+    state = dict(self.__dict__)
+    state['skipped'] = None
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self.skipped = SkipCounter()
+
+  def __call__(self, position):
+    g, record = position
+    if record < 0:
+      return self._padding(record)
+    example = self.source[record]
+    try:
+      image = ops.decode_png(example['image'])
+    except Exception as e:  # pylint: disable=broad-except
+      self.skipped.add(record, e)
+      return None if self.train else self._padding(-1)
+    out = {'image': ops.normalize(self._pixels(image, g), self.mean,
+                                  self.std),
+           'labels': ops.multi_hot(example[self.label_feature],
+                                   self.num_classes)}
+    if not self.train:
+      out['mask'] = np.float32(1.0)
+      out['index'] = np.int32(record)
+    return out
+
+  def _padding(self, record: int):
+    return {'image': np.zeros((self.size, self.size, 3), np.float32),
+            'labels': np.zeros((self.num_classes,), np.float32),
+            'mask': np.float32(0.0), 'index': np.int32(record)}
+
+
+def _finish(ds: grain.MapDataset, local_batch: int, data_config,
+            drop_remainder: bool) -> grain.IterDataset:
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=max(2, int(data_config.prefetch)),
+      prefetch_buffer_size=max(1, int(data_config.prefetch)) * local_batch))
+  ds = ds.batch(local_batch, drop_remainder=drop_remainder)
+  if data_config.workers > 0:
+    # grain's workers read absl flags; tests and notebooks never parse them.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(data_config.workers),
+        per_worker_buffer_size=max(1, int(data_config.prefetch))))
+  return ds
+
+
+def _with_counter(ds: grain.IterDataset, loader: _Loader):
+  """The iterator, with `.skipped_images` counting undecodable images.
+
+  With worker processes each worker counts (and warns) on its own.
+  """
+  iterator = iter(ds)
+  iterator.skipped_images = loader.skipped
+  return iterator
+
+
+def create_train_iterator(source, *, data_config, num_classes: int,
+                          label_feature: str, global_batch_size: int,
+                          seed: int, process_index: int,
+                          process_count: int) -> Any:
+  """An endless, checkpointable iterator of this process's train batches."""
+  local = _local_batch(global_batch_size, process_count)
+  if len(source) == 0:
+    raise ValueError('The training split is empty.')
+  ds = grain.MapDataset.source(_GlobalOrder(len(source), seed))
+  loader = _Loader(source, data_config, num_classes, label_feature, seed, True)
+  ds = ds[process_index::process_count].map(loader)
+  return _with_counter(_finish(ds, local, data_config, True), loader)
+
+
+def num_eval_batches(num_records: int, global_batch_size: int) -> int:
+  return math.ceil(num_records / global_batch_size)
+
+
+def create_eval_iterator(source, *, data_config, num_classes: int,
+                         label_feature: str, global_batch_size: int,
+                         process_index: int, process_count: int) -> Any:
+  """This process's eval batches, in record order, padded and masked."""
+  local = _local_batch(global_batch_size, process_count)
+  length = num_eval_batches(len(source), global_batch_size) * global_batch_size
+  ds = grain.MapDataset.source(_EvalOrder(len(source), length))
+  loader = _Loader(source, data_config, num_classes, label_feature, 0, False)
+  ds = ds[process_index::process_count].map(loader)
+  return _with_counter(_finish(ds, local, data_config, False), loader)

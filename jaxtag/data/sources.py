@@ -1,0 +1,29 @@
+"""Random-access sources over TFDS array_record splits, built on first use."""
+from __future__ import annotations
+
+import jax
+import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
+
+from jaxtag.data import build
+
+
+def open_split(dataset_config, split: str, *, build_if_missing: bool = True):
+  """(source of raw examples with PNG bytes, builder) for one split.
+
+  Process 0 builds a missing dataset while the others wait, so that no two
+  processes write the same files.
+  """
+  builder = build.get_builder(dataset_config.name, dataset_config.data_dir)
+  if build_if_missing and jax.process_index() == 0:
+    build.ensure_built(builder)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('jaxtag_dataset_built')
+  splits = builder.info.splits
+  if split not in splits:
+    raise ValueError(f'Split {split!r} is not in {dataset_config.name} '
+                     f'(available: {", ".join(sorted(splits))}); fix '
+                     'config.dataset.*_split.')
+  source = builder.as_data_source(
+      split, decoders={'image': tfds.decode.SkipDecoding()})
+  return source, builder

@@ -1,0 +1,192 @@
+"""Metrics against scikit-learn, python-loop references and hand-worked cases."""
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from jaxtag import metrics
+
+
+def _random(n=60, c=7, seed=0, p=0.3):
+  rng = np.random.default_rng(seed)
+  targets = (rng.random((n, c)) < p).astype(np.float32)
+  scores = np.clip(rng.random((n, c)) * 0.7 + targets * 0.3, 0, 1)
+  return scores.astype(np.float32), targets
+
+
+def test_ap_matches_sklearn_untied_and_tied():
+  scores, targets = _random()
+  for s in (scores, np.round(scores, 1)):  # the second has many ties
+    ref = [skm.average_precision_score(targets[:, c], s[:, c])
+           for c in range(s.shape[1])]
+    np.testing.assert_allclose(metrics.average_precision(s, targets), ref,
+                               atol=1e-12)
+
+
+def test_ap_by_hand_with_a_tie():
+  # Ranked: 0.9(+), 0.8(-), 0.8(+), 0.1(+). The tie at 0.8 is one step:
+  # precision there = 2/3 for the positive in it. AP = (1 + 2/3 + 3/4) / 3.
+  s = np.array([[0.9], [0.8], [0.8], [0.1]])
+  t = np.array([[1], [0], [1], [1]])
+  assert metrics.average_precision(s, t)[0] == pytest.approx(
+      (1 + 2 / 3 + 3 / 4) / 3)
+
+
+def test_class_without_positives_is_nan_and_left_out_of_map():
+  scores, targets = _random()
+  targets[:, 2] = 0
+  ap = metrics.average_precision(scores, targets)
+  assert np.isnan(ap[2]) and not np.isnan(np.delete(ap, 2)).any()
+  m = metrics.multilabel_metrics(scores, targets)
+  assert m['mAP'] == pytest.approx(np.nanmean(ap))
+  assert m['num_classes_without_positives'] == 1
+
+
+def test_threshold_metrics_by_hand():
+  # 3 images x 2 classes; predicted = score >= 0.5.
+  s = np.array([[0.9, 0.6], [0.2, 0.7], [0.6, 0.1]])
+  t = np.array([[1, 0], [1, 1], [0, 0]])
+  # class 0: predicted {0,2}, true {0,1}: Nc=1 Np=2 Ng=2
+  # class 1: predicted {0,1}, true {1}:   Nc=1 Np=2 Ng=1
+  m = metrics.multilabel_metrics(s, t, threshold=0.5, top_k=1)
+  assert m['OP'] == pytest.approx(2 / 4)
+  assert m['OR'] == pytest.approx(2 / 3)
+  assert m['OF1'] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+  assert m['CP'] == pytest.approx((1 / 2 + 1 / 2) / 2)
+  assert m['CR'] == pytest.approx((1 / 2 + 1) / 2)
+  # CF1 is the harmonic mean of CP and CR, not the mean per-class F1
+  # (which would be (0.5 + 2/3) / 2 = 0.583).
+  assert m['CF1'] == pytest.approx(2 * 0.5 * 0.75 / 1.25)
+  assert m['CF1'] != pytest.approx((0.5 + 2 / 3) / 2)
+  # top-1: image 0 keeps class 0, image 1 class 1, image 2 class 0.
+  assert m['OP_top1'] == pytest.approx(2 / 3)
+  assert m['OR_top1'] == pytest.approx(2 / 3)
+  # Per image: P = [1/2, 1/1, 0/1], R = [1/1, 1/2, 1 (Y empty)],
+  # accuracy = [1/2, 1/2, 0/1].
+  assert m['example_precision'] == pytest.approx((0.5 + 1 + 0) / 3)
+  assert m['example_recall'] == pytest.approx((1 + 0.5 + 1) / 3)
+  assert m['example_accuracy'] == pytest.approx((0.5 + 0.5 + 0) / 3)
+  # Wrong entries: (0,1) predicted, (1,0) missed, (2,0) predicted.
+  assert m['hamming_loss'] == pytest.approx(3 / 6)
+
+
+def test_empty_cases_never_nan():
+  cases = [
+      (np.zeros((4, 3)), np.zeros((4, 3))),      # no positives, no predictions
+      (np.ones((4, 3)), np.zeros((4, 3))),       # predictions only
+      (np.zeros((4, 3)), np.ones((4, 3))),       # positives only
+      (np.zeros((0, 3)), np.zeros((0, 3))),      # no images
+  ]
+  for s, t in cases:
+    m = metrics.multilabel_metrics(s, t)
+    for key, value in m.items():
+      assert not np.isnan(value), key
+      if key != 'num_classes_without_positives':
+        assert 0.0 <= value <= 1.0, key
+  # No positives and no predictions: every image is perfectly right.
+  m = metrics.multilabel_metrics(np.zeros((4, 3)), np.zeros((4, 3)))
+  assert m['example_accuracy'] == 1.0 and m['example_precision'] == 0.0
+
+
+def test_image_without_prediction_has_precision_zero():
+  s = np.array([[0.1, 0.2], [0.9, 0.1]])
+  t = np.array([[1, 0], [1, 0]])
+  m = metrics.multilabel_metrics(s, t)
+  assert m['example_precision'] == pytest.approx((0 + 1) / 2)
+  assert m['example_recall'] == pytest.approx((0 + 1) / 2)
+
+
+def test_row_mask_equals_dropping_rows():
+  scores, targets = _random(n=50)
+  mask = np.ones(50)
+  mask[[3, 10, 11, 40]] = 0
+  keep = mask > 0
+  masked = metrics.multilabel_metrics(scores, targets, mask=mask)
+  dropped = metrics.multilabel_metrics(scores[keep], targets[keep])
+  for key in dropped:
+    assert masked[key] == pytest.approx(dropped[key]), key
+
+
+def test_label_mask_by_hand():
+  # Class 0 of image 1 is "difficult": neither a positive nor a prediction.
+  s = np.array([[0.9, 0.2], [0.8, 0.7], [0.3, 0.6]])
+  t = np.array([[1, 0], [1, 1], [0, 0]])
+  mask = np.array([[1, 1], [0, 1], [1, 1]])
+  m = metrics.multilabel_metrics(s, t, mask=mask, top_k=2)
+  # class 0: predicted {0}, true {0} -> Nc 1 Np 1 Ng 1
+  # class 1: predicted {1,2}, true {1} -> Nc 1 Np 2 Ng 1
+  assert m['OP'] == pytest.approx(2 / 3) and m['OR'] == pytest.approx(1.0)
+  assert m['CP'] == pytest.approx((1 + 0.5) / 2)
+  ap = metrics.average_precision(s, t, mask=mask)
+  assert ap[0] == pytest.approx(1.0)  # the masked 0.8 does not outrank
+  assert ap[1] == pytest.approx(1.0)
+  assert m['hamming_loss'] == pytest.approx(1 / 5)
+
+
+def test_top_k_matches_loop_reference():
+  rng = np.random.default_rng(3)
+  s = np.round(rng.random((40, 9)), 1)  # ties included
+  t = rng.random((40, 9)) < 0.3
+  m = metrics.multilabel_metrics(s, t, threshold=0.3, top_k=3)
+  nc = np.zeros(9)
+  np_ = np.zeros(9)
+  for i in range(40):
+    order = sorted(range(9), key=lambda c: (-s[i, c], c))[:3]
+    for c in order:
+      if s[i, c] >= 0.3:
+        np_[c] += 1
+        nc[c] += t[i, c]
+  ng = t.sum(0)
+  assert m['OP_top3'] == pytest.approx(nc.sum() / np_.sum())
+  assert m['OR_top3'] == pytest.approx(nc.sum() / ng.sum())
+  cp = np.mean([nc[c] / np_[c] if np_[c] else 0 for c in range(9)])
+  assert m['CP_top3'] == pytest.approx(cp)
+
+
+def test_example_metrics_and_hamming_vs_references():
+  scores, targets = _random(n=80, c=6, seed=5)
+  m = metrics.multilabel_metrics(scores, targets, threshold=0.5)
+  pred = scores >= 0.5
+  prec, rec, acc = [], [], []
+  for p, y in zip(pred, targets > 0):
+    inter, union = (p & y).sum(), (p | y).sum()
+    prec.append(inter / p.sum() if p.sum() else 0.0)
+    rec.append(inter / y.sum() if y.sum() else 1.0)
+    acc.append(inter / union if union else 1.0)
+  assert m['example_precision'] == pytest.approx(np.mean(prec))
+  assert m['example_recall'] == pytest.approx(np.mean(rec))
+  assert m['example_accuracy'] == pytest.approx(np.mean(acc))
+  assert m['hamming_loss'] == pytest.approx(
+      skm.hamming_loss(targets.astype(int), pred.astype(int)))
+
+
+def test_f1_at_equal_pr():
+  # 8 positives at 0.6..0.95 and two negatives just above 0.6: lowering
+  # the threshold trades recall for precision; they meet near 0.65.
+  pos = np.linspace(0.6, 0.95, 8)
+  neg = np.concatenate([np.linspace(0.0, 0.5, 30), [0.62, 0.64]])
+  s = np.concatenate([pos, neg])[:, None]
+  t = np.concatenate([np.ones(8), np.zeros(32)])[:, None]
+  threshold, f1 = metrics.f1_at_equal_pr(s, t)
+  pred = s[:, 0] >= threshold
+  p = (pred & (t[:, 0] > 0)).sum() / pred.sum()
+  r = (pred & (t[:, 0] > 0)).sum() / 8
+  assert p == pytest.approx(r, abs=0.13)
+  assert f1 == pytest.approx(2 * p * r / (p + r))
+  scores, targets = _random(n=200, c=5)
+  for average in ('micro', 'macro'):
+    thr, f1 = metrics.f1_at_equal_pr(scores, targets, average=average)
+    assert 0 < thr < 1 and 0 < f1 <= 1
+  with pytest.raises(ValueError, match='micro'):
+    metrics.f1_at_equal_pr(scores, targets, average='weighted')
+
+
+def test_single_label_metrics_vs_sklearn():
+  rng = np.random.default_rng(1)
+  logits = rng.standard_normal((100, 12))
+  labels = rng.integers(0, 12, 100)
+  m = metrics.single_label_metrics(logits, labels)
+  assert m['top1'] == pytest.approx(
+      skm.top_k_accuracy_score(labels, logits, k=1, labels=range(12)))
+  assert m['top5'] == pytest.approx(
+      skm.top_k_accuracy_score(labels, logits, k=5, labels=range(12)))
+  assert metrics.single_label_metrics(logits[:, :3], labels % 3)['top5'] == 1.0

@@ -1,0 +1,177 @@
+"""The grain pipeline on an in-memory source of small PNGs."""
+import collections
+import io
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxtag.data import ops
+from jaxtag.data import pipeline
+
+NUM_CLASSES = 6
+
+
+def _png(seed: int, size: int = 16) -> bytes:
+  rng = np.random.default_rng(seed)
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+      buf, format='PNG')
+  return buf.getvalue()
+
+
+def _source(n: int, corrupt=()):
+  """Like a TFDS data source: record i has a unique first pixel row."""
+  out = []
+  for i in range(n):
+    image = _png(i)
+    if i in corrupt:
+      image = image[:40]  # truncated PNG
+    out.append({'image': image, 'tags': [i % NUM_CLASSES,
+                                         (i + 1) % NUM_CLASSES]})
+  return out
+
+
+def _data_config(**overrides):
+  c = ml_collections.ConfigDict(dict(
+      image_size=8, crop='random_resized', crop_scale=(0.3, 1.0), flip=True,
+      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), workers=0, prefetch=2))
+  c.update(overrides)
+  return c
+
+
+def _train(source, process_index=0, process_count=1, batch=8, **overrides):
+  return pipeline.create_train_iterator(
+      source, data_config=_data_config(**overrides), num_classes=NUM_CLASSES,
+      label_feature='tags', global_batch_size=batch, seed=7,
+      process_index=process_index, process_count=process_count)
+
+
+
+
+def test_two_processes_split_each_global_batch_exactly():
+  source = _source(32)
+  single = _train(source)
+  halves = [_train(source, p, 2) for p in range(2)]
+  seen = [collections.Counter(), collections.Counter()]
+  for _ in range(8):  # two epochs of 4 global batches
+    whole = next(single)
+    parts = [next(h) for h in halves]
+    assert parts[0]['image'].shape == (4, 8, 8, 3)
+    # Same global batch: identical rows (pixels and labels), other order.
+    rows_whole = sorted(map(bytes, np.concatenate(
+        [whole['image'].reshape(8, -1), whole['labels']], 1)))
+    rows_parts = sorted(map(bytes, np.concatenate(
+        [np.concatenate([p['image'] for p in parts]).reshape(8, -1),
+         np.concatenate([p['labels'] for p in parts])], 1)))
+    assert rows_whole == rows_parts
+    for p in range(2):
+      seen[p].update(map(bytes, parts[p]['image'].reshape(4, -1)))
+  # Disjoint shares whose union is everything, over an epoch pair.
+  assert not set(seen[0]) & set(seen[1])
+
+
+def test_each_epoch_covers_the_split_once_and_reshuffles():
+  source = _source(16)
+  order = pipeline._GlobalOrder(16, seed=3)  # pylint: disable=protected-access
+  epoch0 = [order[g][1] for g in range(16)]
+  epoch1 = [order[g][1] for g in range(16, 32)]
+  assert sorted(epoch0) == sorted(epoch1) == list(range(16))
+  assert epoch0 != epoch1
+  shares = [[order[g][1] for g in range(p, 16, 2)] for p in range(2)]
+  assert sorted(shares[0] + shares[1]) == list(range(16))
+  del source
+
+
+@pytest.mark.parametrize('n,batch,processes', [(23, 8, 1), (23, 8, 2),
+                                               (10, 6, 3), (5, 8, 2)])
+def test_eval_padding_counts_every_example_once(n, batch, processes):
+  source = _source(n)
+  seen, lengths = [], []
+  for p in range(processes):
+    batches = list(pipeline.create_eval_iterator(
+        source, data_config=_data_config(), num_classes=NUM_CLASSES,
+        label_feature='tags', global_batch_size=batch, process_index=p,
+        process_count=processes))
+    lengths.append(len(batches))
+    for b in batches:
+      assert b['image'].shape[0] == batch // processes
+      seen.extend(b['index'][b['mask'] > 0].tolist())
+      assert (b['index'][b['mask'] == 0] == -1).all()
+  assert lengths == [pipeline.num_eval_batches(n, batch)] * processes
+  assert sorted(seen) == list(range(n))
+
+
+def test_restored_iterator_continues_identically():
+  source = _source(20)
+  it = _train(source)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(4)]
+  restored = _train(source)
+  restored.set_state(state)
+  for want in expected:
+    got = next(restored)
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['labels'], want['labels'])
+
+
+def test_restored_iterator_with_a_worker_process():
+  source = _source(20)
+  it = _train(source, workers=1)
+  next(it)
+  state = it.get_state()
+  want = next(it)
+  restored = _train(source, workers=1)
+  restored.set_state(state)
+  np.testing.assert_array_equal(next(restored)['image'], want['image'])
+  # Workers do not change the stream: it equals the in-process one.
+  plain = _train(source)
+  next(plain)
+  np.testing.assert_array_equal(next(plain)['image'], want['image'])
+
+
+def test_corrupt_png_is_skipped_and_counted_in_training():
+  source = _source(12, corrupt={2, 5})
+  it = _train(source, batch=4)
+  rows = [next(it) for _ in range(5)]  # 10 good records an epoch
+  assert it.skipped_images.count >= 2
+  assert all(r['image'].shape == (4, 8, 8, 3) for r in rows)
+
+
+def test_corrupt_png_is_masked_and_counted_in_eval():
+  source = _source(12, corrupt={2, 5})
+  it = pipeline.create_eval_iterator(
+      source, data_config=_data_config(), num_classes=NUM_CLASSES,
+      label_feature='tags', global_batch_size=4, process_index=0,
+      process_count=1)
+  batches = list(it)
+  assert it.skipped_images.count == 2
+  mask = np.concatenate([b['mask'] for b in batches])
+  index = np.concatenate([b['index'] for b in batches])
+  assert len(mask) == 12 and mask.sum() == 10
+  assert sorted(index[mask > 0]) == sorted(set(range(12)) - {2, 5})
+
+
+def test_ops_against_numpy():
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    left, top, right, bottom = ops.random_resized_crop_box(30, 20, rng,
+                                                           (0.1, 1.0))
+    assert 0 <= left < right <= 20 and 0 <= top < bottom <= 30
+  image = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+  same = ops.crop_resize(image, (0, 0, 4, 4), 4, flip=False)
+  np.testing.assert_array_equal(same, np.asarray(image))
+  flipped = ops.crop_resize(image, (0, 0, 4, 4), 4, flip=True)
+  np.testing.assert_array_equal(flipped, np.asarray(image)[:, ::-1])
+  x = np.asarray(image)
+  np.testing.assert_allclose(ops.normalize(x, (0.5, 0.4, 0.3), (0.2, 0.2, 0.1)),
+                             (x / 255.0 - [0.5, 0.4, 0.3]) / [0.2, 0.2, 0.1],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(ops.multi_hot([0, 3], 5), [1, 0, 0, 1, 0])
+  with pytest.raises(ValueError, match='outside the vocabulary'):
+    ops.multi_hot([7], 5)
+  with pytest.raises(Exception):
+    ops.decode_png(b'\x89PNG\r\n\x1a\nbroken')
