@@ -1,13 +1,10 @@
-r"""Accelerator throughput of the standard backbones (train step, bf16).
+r"""python -m jaxtag.bench --config configs/bench_resnet.py:r50_224
 
-  python -m jaxtag.bench --config configs/bench_resnet.py:r50_224
-  python -m jaxtag.bench --config configs/bench_resnet.py:r101_448
-  python -m jaxtag.bench --config configs/bench_resnet.py:cpu_tiny
-
-Variants: r50_224 (ResNet-50, 224 px, batch 256 per device), r101_448
-(ResNet-101, 448 px, batch 64 per device), densenet121_512, and cpu_tiny (a
-width-1/4 ResNet-18 at 96 px that runs on any laptop). The batch is sized
-for one device; on N devices pass --config.batch_size=<N x that>.
+Accelerator throughput of the standard backbones (train step, bf16). Other
+variants: `:r101_448` (ResNet-101, 448 px, batch 64), `:densenet121_512`,
+and `:cpu_tiny` (a width-1/4 ResNet-18 at 96 px that runs on any laptop);
+r50_224 uses batch 256. The batch is sized for one device; on N devices pass
+--config.batch_size=<N x that>.
 """
 from jaxtag import config as config_lib
 

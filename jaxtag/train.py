@@ -148,6 +148,7 @@ class Run(Trainable):
                               'config.eval.batch_size')
     self.train_source, builder = sources.open_split(
         config.dataset, config.dataset.train_split)
+    self._sources = {config.dataset.train_split: self.train_source}
     self.tags = tag_metadata_lib.load_tag_metadata(builder.data_dir)
     self.num_classes = len(self.tags.names)
     self.num_train_steps = resolve_num_steps(config, len(self.train_source))
@@ -159,10 +160,11 @@ class Run(Trainable):
         keep=config.keep_checkpoints)
 
   def eval_batches(self, split: str):
-    source = (self.train_source if split == self.config.dataset.train_split
-              else sources.open_split(self.config.dataset, split)[0])
+    if split not in self._sources:
+      self._sources[split] = sources.open_split(self.config.dataset, split)[0]
     return pipeline.create_eval_iterator(
-        source, data_config=self.config.data, num_classes=self.num_classes,
+        self._sources[split],
+        data_config=self.config.data, num_classes=self.num_classes,
         label_feature=self.config.dataset.label_feature,
         global_batch_size=self.config.eval.batch_size,
         process_index=jax.process_index(), process_count=jax.process_count())
@@ -280,19 +282,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if pending is not None:
       check_finite(*pending)
     run.checkpointer.wait()
+    train_seconds = time.perf_counter() - train_start
+
+    # Final evaluation on the validation and test splits.
+    last_eval, _ = run.evaluate(state, config.dataset.eval_split)
+    writer.write(step, last_eval, prefix=f'{config.dataset.eval_split}/')
+    test, pred = run.evaluate(state, config.dataset.test_split)
+    writer.write(step, test, prefix=f'{config.dataset.test_split}/')
   finally:
     watcher.restore_handlers()
     writer.close()
-
-  # Final evaluation on the validation and test splits.
-  train_seconds = time.perf_counter() - train_start
-  step = int(jax.device_get(state.step))
-  last_eval, _ = run.evaluate(state, config.dataset.eval_split)
-  writer = reporting.MetricWriter(workdir)
-  writer.write(step, last_eval, prefix=f'{config.dataset.eval_split}/')
-  test, pred = run.evaluate(state, config.dataset.test_split)
-  writer.write(step, test, prefix=f'{config.dataset.test_split}/')
-  writer.close()
   logging.info('step %d %s: %s', step, config.dataset.test_split,
                _summary(test))
   run.write_results('results', step, test, pred, extra={

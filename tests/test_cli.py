@@ -86,6 +86,12 @@ def test_two_processes_equal_one_process(tiny_config, tmp_path, read_params):
   b, step_b = read_params(multi)
   assert step_a == step_b == 8
   flat_b = dict(jax.tree_util.tree_flatten_with_path(b)[0])
+  diffs = []
   for path, x in jax.tree_util.tree_flatten_with_path(a)[0]:
-    np.testing.assert_allclose(x, flat_b[path], rtol=1e-4, atol=1e-5,
+    # Adam divides by sqrt(v): reduction-order noise in a near-zero gradient
+    # can move a weight by up to ~lr * 1e-2, hence the element tolerance;
+    # the mean difference stays far below what another data order gives.
+    np.testing.assert_allclose(x, flat_b[path], rtol=1e-3, atol=1e-4,
                                err_msg=jax.tree_util.keystr(path))
+    diffs.append(np.abs(x - flat_b[path]).ravel())
+  assert np.concatenate(diffs).mean() < 1e-6
