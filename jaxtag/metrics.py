@@ -82,13 +82,8 @@ def average_precision(scores, targets, mask=None) -> np.ndarray:
       for i in range(0, c, step)])
 
 
-def _counts(predicted, targets):
-  nc = (predicted & targets).sum(axis=0)
-  return nc, predicted.sum(axis=0), targets.sum(axis=0)
-
-
-def _threshold_metrics(predicted, targets, suffix=''):
-  nc, np_, ng = _counts(predicted, targets)
+def _class_metrics(nc, np_, ng, suffix=''):
+  """OP/OR/OF1 from pooled counts, CP/CR/CF1 from per-class ratios."""
   op = float(_safe_div(nc.sum(), np_.sum()))
   o_r = float(_safe_div(nc.sum(), ng.sum()))
   cp = float(_safe_div(nc, np_).mean()) if nc.size else 0.0
@@ -97,14 +92,12 @@ def _threshold_metrics(predicted, targets, suffix=''):
           f'OP{suffix}': op, f'OR{suffix}': o_r, f'OF1{suffix}': _f1(op, o_r)}
 
 
-def top_k_predictions(scores, predicted, k: int, valid=None) -> np.ndarray:
-  """`predicted` restricted to each row's k highest scores (lower index wins ties)."""
-  n, c = scores.shape
+def _chunk_top_k(ranked, k: int):
+  """Per row, the k best (value, column) of a chunk, ties by lower column."""
+  n, c = ranked.shape
   if k >= c:
-    return predicted.copy()
-  ranked = scores if valid is None else np.where(valid, scores, -np.inf)
-  # A stable sort of -score among a partition would cost a full sort; instead
-  # find each row's k-th largest score and keep ties in index order.
+    cols = np.broadcast_to(np.arange(c), (n, c))
+    return ranked, cols
   kth = -np.partition(-ranked, k - 1, axis=1)[:, k - 1:k]
   above = ranked > kth
   tied = ranked == kth
@@ -117,27 +110,69 @@ def top_k_predictions(scores, predicted, k: int, valid=None) -> np.ndarray:
     t = tied[crowded]
     keep[crowded] = above[crowded] | (t & (np.cumsum(t, axis=1)
                                            <= room[crowded]))
-  return predicted & keep
+  _, cols = np.nonzero(keep)  # row-major: columns ascend within a row
+  cols = cols.reshape(n, k)
+  return np.take_along_axis(ranked, cols, axis=1), cols
+
+
+def _merge_top_k(best, chunk, k: int):
+  """Keeps the k best of two candidate sets; earlier columns win ties."""
+  if best is None:
+    return chunk
+  values = np.concatenate([best[0], chunk[0]], axis=1)
+  cols = np.concatenate([best[1], chunk[1]], axis=1)
+  order = np.argsort(-values, axis=1, kind='stable')[:, :k]
+  return (np.take_along_axis(values, order, axis=1),
+          np.take_along_axis(cols, order, axis=1))
 
 
 def multilabel_metrics(scores, targets, *, threshold: float = 0.5,
                        top_k: int = 3, mask=None) -> dict:
   scores, targets, mask = _prepare(scores, targets, mask)
-  valid = np.ones_like(targets) if mask is None else mask
-  predicted = (scores >= threshold) & valid
-
+  n, c = scores.shape
   ap = average_precision(scores, targets, mask)
   has_pos = ~np.isnan(ap)
   result = {'mAP': float(ap[has_pos].mean()) if has_pos.any() else 0.0,
             'num_classes_without_positives': int((~has_pos).sum())}
-  result.update(_threshold_metrics(predicted, targets))
-  top = top_k_predictions(scores, predicted, top_k, valid)
-  result.update(_threshold_metrics(top, targets, suffix=f'_top{top_k}'))
 
-  rows = valid.any(axis=1) if mask is not None else np.ones(len(scores), bool)
-  inter = (predicted & targets).sum(axis=1)[rows]
-  n_pred = predicted.sum(axis=1)[rows]
-  n_true = targets.sum(axis=1)[rows]
+  # One pass over class chunks keeps every temporary small: per-class
+  # counts, per-image counts, and each image's running top-k candidates.
+  nc, np_, ng = (np.zeros(c, np.int64) for _ in range(3))
+  inter, n_pred, n_true = (np.zeros(n, np.int64) for _ in range(3))
+  wrong = valid_count = 0
+  best = None
+  step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+  for i in range(0, c, step):
+    s, t = scores[:, i:i + step], targets[:, i:i + step]
+    v = np.ones_like(t) if mask is None else mask[:, i:i + step]
+    pred = (s >= threshold) & v
+    hit = pred & t
+    nc[i:i + step], np_[i:i + step] = hit.sum(0), pred.sum(0)
+    ng[i:i + step] = t.sum(0)
+    inter += hit.sum(1)
+    n_pred += pred.sum(1)
+    n_true += t.sum(1)
+    wrong += int(((pred != t) & v).sum())
+    valid_count += int(v.sum())
+    if top_k > 0 and n:
+      ranked = s if mask is None else np.where(v, s, -np.inf)
+      values, cols = _chunk_top_k(ranked, top_k)
+      best = _merge_top_k(best, (values, cols + i), top_k)
+  result.update(_class_metrics(nc, np_, ng))
+
+  # Top-k: the kept candidates that also reach the threshold.
+  tk_nc, tk_np = np.zeros(c, np.int64), np.zeros(c, np.int64)
+  if best is not None:
+    values, cols = best
+    chosen = values >= threshold
+    rows = np.broadcast_to(np.arange(n)[:, None], cols.shape)
+    tk_np = np.bincount(cols[chosen], minlength=c)
+    correct = chosen & targets[rows, cols]
+    tk_nc = np.bincount(cols[correct], minlength=c)
+  result.update(_class_metrics(tk_nc, tk_np, ng, suffix=f'_top{top_k}'))
+
+  rows = (mask.any(axis=1) if mask is not None else np.ones(n, bool))
+  inter, n_pred, n_true = inter[rows], n_pred[rows], n_true[rows]
   union = n_pred + n_true - inter
   if rows.any():
     result['example_precision'] = float(_safe_div(inter, n_pred).mean())
@@ -148,8 +183,7 @@ def multilabel_metrics(scores, targets, *, threshold: float = 0.5,
   else:
     result.update(example_precision=0.0, example_recall=0.0,
                   example_accuracy=0.0)
-  wrong = (predicted != targets) & valid
-  result['hamming_loss'] = float(_safe_div(wrong.sum(), valid.sum()))
+  result['hamming_loss'] = float(_safe_div(wrong, valid_count))
   return result
 
 

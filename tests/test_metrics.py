@@ -190,3 +190,17 @@ def test_single_label_metrics_vs_sklearn():
   assert m['top5'] == pytest.approx(
       skm.top_k_accuracy_score(labels, logits, k=5, labels=range(12)))
   assert metrics.single_label_metrics(logits[:, :3], labels % 3)['top5'] == 1.0
+
+
+def test_chunked_pass_equals_single_pass(monkeypatch):
+  rng = np.random.default_rng(9)
+  s = np.round(rng.random((30, 23)), 1)          # ties across chunk borders
+  t = rng.random((30, 23)) < 0.3
+  mask = rng.random((30, 23)) < 0.9
+  whole = metrics.multilabel_metrics(s, t, threshold=0.4, top_k=3, mask=mask)
+  whole_ap = metrics.average_precision(s, t, mask)
+  monkeypatch.setattr(metrics, '_CHUNK_ELEMENTS', 30 * 2)  # 2 classes a chunk
+  chunked = metrics.multilabel_metrics(s, t, threshold=0.4, top_k=3,
+                                       mask=mask)
+  np.testing.assert_allclose(metrics.average_precision(s, t, mask), whole_ap)
+  assert chunked == pytest.approx(whole)
