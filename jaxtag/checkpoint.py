@@ -39,10 +39,8 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 class Checkpointer:
   """The run's CheckpointManager under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str, *, every_steps: int, keep: int,
-               async_save: bool = True):
+  def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    self.every_steps = every_steps
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

@@ -5,6 +5,9 @@ takes an `example_mask` so that padded eval rows count for nothing.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import jax
 import jax.numpy as jnp
 
@@ -50,8 +53,17 @@ LOSSES = {
 }
 
 
-def get_loss(name: str):
+def get_loss(name: str, **kwargs):
+  """The loss `name` with `config.loss.kwargs` bound, checked by name."""
   if name not in LOSSES:
     raise ValueError(f'Unknown loss {name!r} (config.loss.name); valid: '
                      f'{", ".join(sorted(LOSSES))}.')
-  return LOSSES[name]
+  fn = LOSSES[name]
+  # The batch supplies logits, labels and the masks; the config the rest.
+  accepted = set(inspect.signature(fn).parameters) - {
+      'logits', 'labels', 'example_mask'}
+  unknown = set(kwargs) - accepted
+  if unknown:
+    raise ValueError(f'Unknown key(s) {sorted(unknown)} in config.loss.kwargs '
+                     f'for {name!r}; valid: {", ".join(sorted(accepted))}.')
+  return functools.partial(fn, **kwargs) if kwargs else fn

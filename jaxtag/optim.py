@@ -24,9 +24,21 @@ def kernel_mask(params):
       lambda path, _: _path(path).endswith('kernel'), params)
 
 
+SCHEDULE_KEYS = {
+    'constant': {'name', 'warmup_steps'},
+    'step': {'name', 'warmup_steps', 'boundaries', 'decay_factor'},
+    'cosine': {'name', 'warmup_steps', 'end_lr_factor'},
+}
+
+
 def build_schedule(optim_config, num_train_steps: int) -> Callable:
   sched = optim_config.schedule
   name = sched.get('name', 'constant')
+  if name in SCHEDULE_KEYS and set(sched) - SCHEDULE_KEYS[name]:
+    raise ValueError(
+        f'Unknown key(s) {sorted(set(sched) - SCHEDULE_KEYS[name])} in '
+        f'config.optim.schedule for {name!r}; valid: '
+        f'{", ".join(sorted(SCHEDULE_KEYS[name]))}.')
   lr = float(optim_config.lr)
   warmup = int(sched.get('warmup_steps', 0))
   if name == 'constant':

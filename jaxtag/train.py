@@ -106,8 +106,7 @@ class Trainable:
     self.mesh = mesh
     self.model = models.build_model(config.model, num_classes,
                                     tag_metadata=tag_metadata)
-    self.loss_fn = functools.partial(losses.get_loss(config.loss.name),
-                                     **config.loss.kwargs)
+    self.loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
     self.tx, self.schedule = optim.build_optimizer(
         config.optim, num_train_steps=num_train_steps)
 
@@ -156,8 +155,7 @@ class Run(Trainable):
                      num_train_steps=self.num_train_steps,
                      tag_metadata=self.tags)
     self.checkpointer = checkpoint_lib.Checkpointer(
-        workdir, every_steps=config.checkpoint_every_steps,
-        keep=config.keep_checkpoints)
+        workdir, keep=config.keep_checkpoints)
 
   def eval_batches(self, split: str):
     if split not in self._sources:

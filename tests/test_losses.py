@@ -73,3 +73,13 @@ def test_softmax_ce_vs_numpy():
 def test_unknown_loss_lists_known():
   with pytest.raises(ValueError, match='sigmoid_bce, softmax_ce'):
     losses.get_loss('focal')
+
+
+def test_config_kwargs_are_bound_and_checked():
+  logits = jnp.asarray([[2.0, -1.0]])
+  labels = np.array([[1.0, 0.0]])
+  weighted = losses.get_loss('sigmoid_bce', label_weights=[0.0, 1.0])
+  assert float(weighted(logits=logits, labels=labels)) == pytest.approx(
+      np.logaddexp(0, -1.0), rel=1e-5)
+  with pytest.raises(ValueError, match=r"config.loss.kwargs.*label_mask"):
+    losses.get_loss('sigmoid_bce', label_wieghts=[1.0, 1.0])

@@ -104,3 +104,9 @@ def test_unknown_names_are_listed():
   with pytest.raises(ValueError, match='constant, cosine, step'):
     optim.build_optimizer(_config(schedule={'name': 'poly'}),
                           num_train_steps=10)
+
+
+def test_unknown_schedule_key_is_rejected_with_valid_keys():
+  c = _config(schedule={'name': 'cosine', 'warmup_step': 10})
+  with pytest.raises(ValueError, match='config.optim.schedule.*warmup_steps'):
+    optim.build_optimizer(c, num_train_steps=10)
