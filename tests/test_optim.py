@@ -1,7 +1,6 @@
 """Optimisers, schedules, weight-decay masks and parameter groups."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 

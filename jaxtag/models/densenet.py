@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxtag.models import layers
+
 
 class DenseNet(nn.Module):
   block_sizes: Sequence[int]
@@ -24,24 +26,13 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, padding='SAME')
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32)
-    growth = max(int(round(self.growth * self.width)), 1)
-    features = max(int(round(self.init_features * self.width)), 1)
-    x = x.astype(self.dtype)
-    if self.small_stem:
-      x = conv(features, (3, 3), name='stem_conv')(x)
-    else:
-      x = conv(features, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
-               name='stem_conv')(x)
-    x = nn.relu(norm(name='stem_norm')(x))
-    if not self.small_stem:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    for i, layers in enumerate(self.block_sizes):
-      for _ in range(layers):
+    conv, norm = layers.conv_and_norm(self.dtype, train)
+    growth = layers.scaled(self.growth, self.width)
+    x = layers.stem(x.astype(self.dtype),
+                    layers.scaled(self.init_features, self.width),
+                    small_stem=self.small_stem, conv=conv, norm=norm)
+    for i, num_layers in enumerate(self.block_sizes):
+      for _ in range(num_layers):
         y = conv(self.bn_size * growth, (1, 1))(nn.relu(norm()(x)))
         y = conv(growth, (3, 3))(nn.relu(norm()(y)))
         x = jnp.concatenate([x, y], axis=-1)

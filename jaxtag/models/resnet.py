@@ -11,9 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-
-def _channels(base: int, width: float) -> int:
-  return max(int(round(base * width)), 1)
+from jaxtag.models import layers
 
 
 class BasicBlock(nn.Module):
@@ -74,26 +72,14 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, padding='SAME',
-                             kernel_init=nn.initializers.variance_scaling(
-                                 2.0, 'fan_out', 'normal'))
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32)
-    x = x.astype(self.dtype)
-    stem = _channels(64, self.width)
-    if self.small_stem:
-      x = conv(stem, (3, 3), name='stem_conv')(x)
-    else:
-      x = conv(stem, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
-               name='stem_conv')(x)
-    x = nn.relu(norm(name='stem_norm')(x))
-    if not self.small_stem:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    conv, norm = layers.conv_and_norm(
+        self.dtype, train,
+        kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
+    x = layers.stem(x.astype(self.dtype), layers.scaled(64, self.width),
+                    small_stem=self.small_stem, conv=conv, norm=norm)
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
-        x = self.block(_channels(64 * 2**i, self.width),
+        x = self.block(layers.scaled(64 * 2**i, self.width),
                        strides=2 if i > 0 and j == 0 else 1, conv=conv,
                        norm=norm, zero_init_last=self.zero_init_last)(x)
     return x
