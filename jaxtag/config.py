@@ -19,6 +19,10 @@ FREE_FORM = frozenset({
     'optim.schedule',
 })
 
+# Danbooru's tag categories by id, as selected_tags.csv writes them.
+CATEGORIES = {0: 'general', 1: 'artist', 3: 'copyright', 4: 'character',
+              5: 'meta', 9: 'rating'}
+
 
 def defaults() -> ml_collections.ConfigDict:
   """All keys with neutral defaults; see configs/default.py for a real run."""
@@ -32,6 +36,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.dataset.eval_split = 'validation'
   c.dataset.test_split = 'test'
   c.dataset.label_feature = 'tags'             # or 'tags_clean'
+  # How labels reach the loss: 'multi_hot' [C], 'class_id' (one id per
+  # example) or 'sequence' (START, labels..., END for a label decoder).
+  c.dataset.label_encoding = 'multi_hot'
+  c.dataset.sequence_order = 'frequent'        # 'frequent' | 'rare' | 'random'
+  c.dataset.max_labels = 16                    # labels kept in a sequence
 
   c.data = ml_collections.ConfigDict()
   c.data.image_size = 96
@@ -42,6 +51,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.std = (0.5, 0.5, 0.5)
   c.data.workers = 0                           # 0 = decode in the training process
   c.data.prefetch = 2                          # batches buffered per process
+  c.data.device_prefetch = 2                   # global batches already on device
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.model = 1                             # devices along the 'model' axis
@@ -53,6 +63,13 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.head_kwargs = ml_collections.ConfigDict()
   c.model.pool = 'gap'                         # 'gap' | 'gmp'
   c.model.dtype = 'float32'                    # computation dtype; params stay float32
+
+  # Starting weights for a fresh run (a resumed run ignores them): a workdir,
+  # a checkpoint folder or a .npz parameter file, and a regex over parameter
+  # paths ('backbone/...', 'head/...') selecting what is taken from it.
+  c.init = ml_collections.ConfigDict()
+  c.init.path = ml_collections.FieldReference(None, field_type=str)
+  c.init.include = '^backbone/'
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'sigmoid_bce'
@@ -82,8 +99,20 @@ def defaults() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 128
-  c.eval.threshold = 0.5
+  c.eval.threshold = 0.5                       # the 'global' policy's value
   c.eval.top_k = 3
+  # 'global' (eval.threshold), 'category' (eval.category_thresholds), 'tag'
+  # (per tag, fitted on the eval split), 'linear' (a linear function of the
+  # score vector, fitted on the eval split; Vallet & Sakamoto).
+  c.eval.thresholds = 'global'
+  c.eval.category_thresholds = ml_collections.ConfigDict({
+      name: {'general': 0.35, 'character': 0.85}.get(name, 0.5)
+      for name in CATEGORIES.values()})
+  # 'square' (resize to image_size^2), 'pad' (longest side to image_size,
+  # padded white to a square), 'native' (shortest side to image_size, aspect
+  # kept, batched in buckets of these longest/shortest ratios).
+  c.eval.geometry = 'square'
+  c.eval.bucket_aspects = (1.0, 1.5, 2.0)
   return c
 
 

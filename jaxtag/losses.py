@@ -1,12 +1,11 @@
-"""Pure jnp losses, chosen by name; keyword-only (*, logits, labels, ...).
+"""Pure jnp losses, keyword-only (*, logits, labels, ...).
+
+jaxtag/objectives.py chooses and combines them by `config.loss.name`.
 
 Every loss works in float32 whatever the model's computation dtype, and
 takes an `example_mask` so that padded eval rows count for nothing.
 """
 from __future__ import annotations
-
-import functools
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -39,31 +38,44 @@ def sigmoid_bce(*, logits, labels, label_weights=None, label_mask=None,
   return _masked_mean(jnp.sum(per_label, axis=-1), example_mask)
 
 
-def softmax_ce(*, logits, labels, example_mask=None):
-  """Single-label cross-entropy; labels are int class ids [B]."""
+def softmax_ce(*, logits, labels, label_smoothing=0.0, example_mask=None):
+  """Single-label cross-entropy; labels are int class ids [B].
+
+  label_smoothing eps puts 1 - eps on the class and eps / C on every class.
+  """
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32),
                                axis=-1)[:, 0]
-  return _masked_mean(-picked, example_mask)
+  per_example = -picked
+  if label_smoothing:
+    per_example = ((1.0 - label_smoothing) * per_example
+                   - label_smoothing * jnp.mean(log_probs, axis=-1))
+  return _masked_mean(per_example, example_mask)
 
 
-LOSSES = {
-    'sigmoid_bce': sigmoid_bce,
-    'softmax_ce': softmax_ce,
-}
+def multilabel_softmax_ce(*, logits, labels, example_mask=None):
+  """Cross-entropy of softmax(logits) against the label set spread evenly.
+
+  The target of an image with k labels is 1/k on each; an image without
+  labels contributes 0 (it has no target distribution).
+  """
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  labels = labels.astype(jnp.float32)
+  target = labels / jnp.maximum(jnp.sum(labels, axis=-1, keepdims=True), 1.0)
+  return _masked_mean(-jnp.sum(target * log_probs, axis=-1), example_mask)
 
 
-def get_loss(name: str, **kwargs):
-  """The loss `name` with `config.loss.kwargs` bound, checked by name."""
-  if name not in LOSSES:
-    raise ValueError(f'Unknown loss {name!r} (config.loss.name); valid: '
-                     f'{", ".join(sorted(LOSSES))}.')
-  fn = LOSSES[name]
-  # The batch supplies logits, labels and the masks; the config the rest.
-  accepted = set(inspect.signature(fn).parameters) - {
-      'logits', 'labels', 'example_mask'}
-  unknown = set(kwargs) - accepted
-  if unknown:
-    raise ValueError(f'Unknown key(s) {sorted(unknown)} in config.loss.kwargs '
-                     f'for {name!r}; valid: {", ".join(sorted(accepted))}.')
-  return functools.partial(fn, **kwargs) if kwargs else fn
+def sequence_ce(*, logits, targets, target_mask, example_mask=None):
+  """Per-step softmax cross-entropy, averaged over the valid steps.
+
+  logits [B, T, V], targets [B, T] int ids, target_mask [B, T] (0 past END).
+  Every valid step of the batch counts once, so long label lists weigh more
+  than short ones, as in a language model.
+  """
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32),
+                               axis=-1)[..., 0]
+  weight = target_mask.astype(jnp.float32)
+  if example_mask is not None:
+    weight = weight * example_mask.astype(jnp.float32)[:, None]
+  return -jnp.sum(picked * weight) / jnp.maximum(jnp.sum(weight), 1.0)

@@ -126,11 +126,16 @@ def _merge_top_k(best, chunk, k: int):
           np.take_along_axis(cols, order, axis=1))
 
 
-def multilabel_metrics(scores, targets, *, threshold: float = 0.5,
-                       top_k: int = 3, mask=None) -> dict:
+def multilabel_metrics(scores, targets, *, threshold=0.5, top_k: int = 3,
+                       mask=None, ap=None) -> dict:
+  """The suite; `threshold` is a float or an array broadcastable to [N, C]
+  (per tag [C], per image [N, 1]). `ap`: the per-class AP when the caller
+  has it already (it is the costly part)."""
   scores, targets, mask = _prepare(scores, targets, mask)
   n, c = scores.shape
-  ap = average_precision(scores, targets, mask)
+  threshold = np.broadcast_to(np.asarray(threshold, np.float32), (n, c))
+  if ap is None:
+    ap = average_precision(scores, targets, mask)
   has_pos = ~np.isnan(ap)
   result = {'mAP': float(ap[has_pos].mean()) if has_pos.any() else 0.0,
             'num_classes_without_positives': int((~has_pos).sum())}
@@ -145,7 +150,7 @@ def multilabel_metrics(scores, targets, *, threshold: float = 0.5,
   for i in range(0, c, step):
     s, t = scores[:, i:i + step], targets[:, i:i + step]
     v = np.ones_like(t) if mask is None else mask[:, i:i + step]
-    pred = (s >= threshold) & v
+    pred = (s >= threshold[:, i:i + step]) & v
     hit = pred & t
     nc[i:i + step], np_[i:i + step] = hit.sum(0), pred.sum(0)
     ng[i:i + step] = t.sum(0)
@@ -164,8 +169,8 @@ def multilabel_metrics(scores, targets, *, threshold: float = 0.5,
   tk_nc, tk_np = np.zeros(c, np.int64), np.zeros(c, np.int64)
   if best is not None:
     values, cols = best
-    chosen = values >= threshold
     rows = np.broadcast_to(np.arange(n)[:, None], cols.shape)
+    chosen = values >= threshold[rows, cols]
     tk_np = np.bincount(cols[chosen], minlength=c)
     correct = chosen & targets[rows, cols]
     tk_nc = np.bincount(cols[correct], minlength=c)
@@ -187,7 +192,7 @@ def multilabel_metrics(scores, targets, *, threshold: float = 0.5,
   return result
 
 
-def _bin_counts(scores, targets, valid, bins):
+def bin_counts(scores, targets, valid, bins):
   """Per-class histograms of positives and of all entries over score bins."""
   n, c = scores.shape
   pos = np.zeros((c, bins), np.int64)
@@ -217,7 +222,7 @@ def f1_at_equal_pr(scores, targets, average: str = 'micro', mask=None,
     raise ValueError(f"average must be 'micro' or 'macro', not {average!r}.")
   scores, targets, mask = _prepare(scores, targets, mask)
   valid = np.ones_like(targets) if mask is None else mask
-  pos, every = _bin_counts(scores, targets, valid, bins)
+  pos, every = bin_counts(scores, targets, valid, bins)
   # Counts at threshold j/bins: everything in bins >= j.
   tp = np.cumsum(pos[:, ::-1], axis=1)[:, ::-1]
   pp = np.cumsum(every[:, ::-1], axis=1)[:, ::-1]
@@ -236,12 +241,55 @@ def f1_at_equal_pr(scores, targets, average: str = 'micro', mask=None,
 
 
 def single_label_metrics(logits, labels) -> dict:
-  """Top-1 and top-5 accuracy for single-label tasks (character recognition)."""
+  """Top-1 / top-5 accuracy and the mean of per-class accuracies.
+
+  Works on logits or scores alike (only the ranking matters). A class
+  without examples is left out of the mean.
+  """
   logits = np.asarray(logits, np.float32)
   labels = np.asarray(labels).astype(np.int64)
   if len(labels) == 0:
-    return {'top1': 0.0, 'top5': 0.0}
+    return {'top1': 0.0, 'top5': 0.0, 'mean_class_accuracy': 0.0}
   true_score = logits[np.arange(len(labels)), labels][:, None]
   # Rank = number of classes strictly better; ties count in the label's favour.
   rank = (logits > true_score).sum(axis=1)
-  return {'top1': float((rank < 1).mean()), 'top5': float((rank < 5).mean())}
+  accuracy = per_class_accuracy(logits, labels)
+  present = ~np.isnan(accuracy)
+  return {'top1': float((rank < 1).mean()), 'top5': float((rank < 5).mean()),
+          'mean_class_accuracy': float(accuracy[present].mean())}
+
+
+def top1_predictions(logits) -> np.ndarray:
+  """argmax per row; ties go to the lower class index."""
+  return np.argmax(np.asarray(logits, np.float32), axis=1)
+
+
+def per_class_accuracy(logits, labels) -> np.ndarray:
+  """[C]: top-1 accuracy over each class's examples; NaN without examples."""
+  logits = np.asarray(logits, np.float32)
+  labels = np.asarray(labels).astype(np.int64)
+  c = logits.shape[1]
+  correct = top1_predictions(logits) == labels
+  count = np.bincount(labels, minlength=c)
+  hits = np.bincount(labels[correct], minlength=c)
+  return np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+
+
+def confusion_matrix(logits, labels) -> np.ndarray:
+  """[C, C] counts: row = true class, column = top-1 prediction."""
+  logits = np.asarray(logits, np.float32)
+  labels = np.asarray(labels).astype(np.int64)
+  c = logits.shape[1]
+  flat = labels * c + top1_predictions(logits)
+  return np.bincount(flat, minlength=c * c).reshape(c, c)
+
+
+def most_confused_pairs(logits, labels, top: int = 10):
+  """[(true, predicted, count)] of the most frequent errors, largest first;
+  ties by (true, predicted) ascending."""
+  confusion = confusion_matrix(logits, labels)
+  np.fill_diagonal(confusion, 0)
+  true, pred = np.nonzero(confusion)
+  counts = confusion[true, pred]
+  order = np.lexsort((pred, true, -counts))[:top]
+  return [(int(true[i]), int(pred[i]), int(counts[i])) for i in order]

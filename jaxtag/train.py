@@ -1,14 +1,13 @@
 """The one trainer: config, data, model, state, restore, loop, eval, results.
 
-Methods plug in as a backbone, head, loss or optimiser chosen by name in the
-config; nothing here knows which one it runs.
+Methods plug in as a backbone, a head (its outputs, declared features and
+prediction path), an objective (loss, scores, task) and an optimiser, each
+chosen by name in the config; nothing here knows which one it runs.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 import time
 from typing import Any
 
@@ -18,15 +17,21 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
+from etils import epath
 
 from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import config as config_lib
 from jaxtag import evaluate as evaluate_lib
-from jaxtag import losses
 from jaxtag import models
+from jaxtag import objectives
 from jaxtag import optim
 from jaxtag import reporting
 from jaxtag import sharding
+from jaxtag import thresholds as thresholds_lib
+from jaxtag import warm_start
+from jaxtag.data import device_feed as data_feed
+from jaxtag.data import geometry as geometry_lib
+from jaxtag.data import labels as labels_lib
 from jaxtag.data import pipeline
 from jaxtag.data import sources
 from jaxtag.data import tag_metadata as tag_metadata_lib
@@ -41,48 +46,100 @@ class TrainState:
   step: jax.Array
   params: Any
   batch_stats: Any
+  constants: Any     # not trained: label graphs, label orders (see heads/)
   opt_state: Any
+  # The first step whose loss or gradient was not finite, or -1. From it on
+  # no update is applied, so the state stays the last good one while the
+  # host reads this flag only when it logs, evaluates or checkpoints.
+  first_bad_step: jax.Array
 
 
 # ----------------------------------------------------------------- steps ---
 
 
-def init_state(rng, *, model, tx, image_shape) -> TrainState:
+def normalize(image, *, mean, std, dtype):
+  """uint8 pixels -> (x / 255 - mean) / std in the compute dtype, on device."""
+  scale = jnp.asarray([1.0 / (255.0 * s) for s in std], jnp.float32)
+  shift = jnp.asarray([m / s for m, s in zip(mean, std)], jnp.float32)
+  return (image.astype(jnp.float32) * scale - shift).astype(dtype)
+
+
+def _variables(state):
+  return {'params': state.params, 'batch_stats': state.batch_stats,
+          'constants': state.constants}
+
+
+def _inputs(batch, keys, preprocess):
+  """The model's keyword inputs: the image, its mask, declared features."""
+  inputs = {k: batch[k] for k in keys}
+  if 'image_mask' in batch:
+    inputs['image_mask'] = batch['image_mask']
+  return preprocess(batch['image']), inputs
+
+
+def init_state(rng, *, model, tx, input_spec, feature_keys) -> TrainState:
+  zeros = {k: jnp.zeros((1, *shape), dtype)
+           for k, (shape, dtype) in input_spec.items()}
   variables = model.init({'params': rng, 'dropout': rng},
-                         jnp.zeros(image_shape, jnp.float32), train=False)
+                         zeros['image'].astype(jnp.float32), train=False,
+                         **{k: zeros[k] for k in feature_keys})
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}),
-                    opt_state=tx.init(params))
+                    constants=variables.get('constants', {}),
+                    opt_state=tx.init(params),
+                    first_bad_step=jnp.full((), -1, jnp.int32))
 
 
-def train_step(state: TrainState, batch, rng, *, model, tx, loss_fn,
-               schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update. A non-finite loss leaves the state as it was."""
+def train_step(state: TrainState, batch, rng, *, model, tx, objective,
+               schedule, preprocess,
+               feature_keys) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update. A non-finite loss leaves the state as it was, for good."""
   rng = jax.random.fold_in(rng, state.step)
+  image, inputs = _inputs(batch, feature_keys, preprocess)
 
   def loss_of(params):
-    logits, new_vars = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-        train=True, rngs={'dropout': rng}, mutable=['batch_stats'],
-        **evaluate_lib.model_extras(batch))
-    loss = loss_fn(logits=logits.astype(jnp.float32), labels=batch['labels'])
-    return loss, new_vars.get('batch_stats', {})
+    outputs, new_vars = model.apply(
+        {**_variables(state), 'params': params}, image, train=True,
+        rngs={'dropout': rng}, mutable=['batch_stats'], **inputs)
+    loss, logged = objective.loss(outputs, batch)
+    return loss, (logged, new_vars.get('batch_stats', {}))
 
-  (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(
-      state.params)
+  (loss, (logged, batch_stats)), grads = jax.value_and_grad(
+      loss_of, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updated = TrainState(step=state.step + 1,
-                       params=optax.apply_updates(state.params, updates),
-                       batch_stats=batch_stats, opt_state=opt_state)
+  good = finite & (state.first_bad_step < 0)
+  updated = state.replace(step=state.step + 1,
+                          params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
   # Selecting the old state keeps the last good parameters in memory, so the
   # checkpoint written before the error is the newest good one.
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+  new_state = jax.tree.map(lambda new, old: jnp.where(good, new, old),
                            updated, state)
-  return new_state, {'loss': loss, 'grad_norm': grad_norm, 'finite': finite,
-                     'lr': schedule(state.step)}
+  new_state = new_state.replace(
+      step=state.step + 1,
+      first_bad_step=jnp.where((state.first_bad_step < 0) & ~finite,
+                               state.step + 1, state.first_bad_step))
+  return new_state, {'loss': loss, 'grad_norm': grad_norm,
+                     'lr': schedule(state.step), **logged}
+
+
+def run_until_event(state, feed, step_fn, rng, step: int, *, is_event,
+                    should_stop):
+  """Dispatches steps until `is_event(step)` or a stop request.
+
+  Nothing is read back from the device here, so the host runs ahead of the
+  accelerator; only the caller's events (log, eval, checkpoint) sync.
+  Returns (state, metrics of the last step, step, stopped).
+  """
+  while True:
+    state, metrics = step_fn(state, next(feed), rng)
+    step += 1
+    stopped = should_stop(step)
+    if stopped or is_event(step):
+      return state, metrics, step, stopped
 
 
 # ------------------------------------------------------------ assembling ---
@@ -96,23 +153,43 @@ def resolve_num_steps(config, num_train_records: int) -> int:
 
 
 class Trainable:
-  """Model, loss, optimiser, state shardings and the jitted steps.
+  """Model, objective, optimiser, state shardings and the jitted steps.
 
-  Needs only the number of classes, so benchmarks can build it without data.
+  Needs only the number of classes (and the tag statistics for methods that
+  use them), so benchmarks can build it without data. `feature_specs`
+  gives {key: (shape, dtype)} of record features a head may declare.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh, *,
-               num_classes: int, num_train_steps: int, tag_metadata=None):
-    self.mesh = mesh
+               num_classes: int, num_train_steps: int, tag_metadata=None,
+               feature_specs=None):
+    self.config, self.mesh = config, mesh
     self.model = models.build_model(config.model, num_classes,
                                     tag_metadata=tag_metadata)
-    self.loss_fn = losses.get_loss(config.loss.name, **config.loss.kwargs)
+    self.objective = objectives.get_objective(
+        config.loss, config.dataset.label_encoding)
+    self.encoder = labels_lib.make_encoder(
+        config.dataset, num_classes,
+        counts=None if tag_metadata is None else tag_metadata.counts)
     self.tx, self.schedule = optim.build_optimizer(
         config.optim, num_train_steps=num_train_steps)
 
+    # What the model receives: declared features, from the label encoder or
+    # passed through from the records.
+    self.predict_keys, teacher_keys = models.declared_features(self.model)
+    self.train_keys = self.predict_keys + teacher_keys
+    self.record_features = _record_features(
+        self.train_keys, self.encoder.spec, feature_specs or {})
     size = config.data.image_size
+    self.input_spec = {'image': ((size, size, 3), jnp.uint8),
+                       **self.encoder.spec, **self.record_features}
+    preprocess = functools.partial(
+        normalize, mean=tuple(config.data.mean), std=tuple(config.data.std),
+        dtype=models.DTYPES[config.model.dtype])
+
     init = functools.partial(init_state, model=self.model, tx=self.tx,
-                             image_shape=(1, size, size, 3))
+                             input_spec=self.input_spec,
+                             feature_keys=self.train_keys)
     init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
     abstract = jax.eval_shape(init, init_rng)
     self.state_shardings = sharding.state_shardings(abstract, mesh)
@@ -123,16 +200,35 @@ class Trainable:
     self._init_rng = init_rng
     self.train_step = jax.jit(
         functools.partial(train_step, model=self.model, tx=self.tx,
-                          loss_fn=self.loss_fn, schedule=self.schedule),
+                          objective=self.objective, schedule=self.schedule,
+                          preprocess=preprocess, feature_keys=self.train_keys),
         in_shardings=(self.state_shardings, sharding.batch_sharding(mesh),
                       sharding.replicated(mesh)),
         out_shardings=(self.state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,))
     self.eval_step = evaluate_lib.make_eval_step(
-        self.model, self.loss_fn, mesh, self.state_shardings)
+        self.model, self.objective, mesh, self.state_shardings,
+        preprocess=preprocess, predict_keys=self.predict_keys,
+        train_keys=self.train_keys)
 
   def fresh_state(self) -> TrainState:
     return self._init(self._init_rng)
+
+
+def _record_features(keys, encoder_spec, feature_specs):
+  """Specs of the declared keys that records must supply."""
+  out = {}
+  for key in keys:
+    if key in encoder_spec:
+      continue
+    if key not in feature_specs:
+      raise ValueError(
+          f'The head ({", ".join(keys)} declared) needs batch feature '
+          f'{key!r}, which neither config.dataset.label_encoding nor the '
+          f'dataset provides (fixed-shape features: '
+          f'{", ".join(sorted(feature_specs)) or "none"}).')
+    out[key] = feature_specs[key]
+  return out
 
 
 class Run(Trainable):
@@ -140,11 +236,13 @@ class Run(Trainable):
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     config_lib.validate(config)
-    self.config, self.workdir = config, workdir
+    self.workdir = workdir
     mesh = sharding.create_mesh(config.mesh.model)
     sharding.check_batch_size(config.batch_size, mesh, 'config.batch_size')
     sharding.check_batch_size(config.eval.batch_size, mesh,
                               'config.eval.batch_size')
+    geometry_lib.check(config.eval.geometry)
+    thresholds_lib.check(config.eval.thresholds)
     self.train_source, builder = sources.open_split(
         config.dataset, config.dataset.train_split)
     self._sources = {config.dataset.train_split: self.train_source}
@@ -153,9 +251,23 @@ class Run(Trainable):
     self.num_train_steps = resolve_num_steps(config, len(self.train_source))
     super().__init__(config, mesh, num_classes=self.num_classes,
                      num_train_steps=self.num_train_steps,
-                     tag_metadata=self.tags)
+                     tag_metadata=self.tags,
+                     feature_specs=sources.feature_specs(builder))
     self.checkpointer = checkpoint_lib.Checkpointer(
         workdir, keep=config.keep_checkpoints)
+
+  def train_batches(self) -> data_feed.DeviceFeed:
+    config = self.config
+    host = pipeline.create_train_iterator(
+        self.train_source, data_config=config.data,
+        num_classes=self.num_classes,
+        label_feature=config.dataset.label_feature,
+        global_batch_size=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        encoder=self.encoder, features=self.record_features)
+    return data_feed.DeviceFeed(
+        host, lambda b: sharding.to_global(b, self.mesh),
+        size=config.data.device_prefetch)
 
   def eval_batches(self, split: str):
     if split not in self._sources:
@@ -165,30 +277,54 @@ class Run(Trainable):
         data_config=self.config.data, num_classes=self.num_classes,
         label_feature=self.config.dataset.label_feature,
         global_batch_size=self.config.eval.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        encoder=self.encoder, features=self.record_features,
+        geometry=self.config.eval.geometry,
+        bucket_aspects=tuple(self.config.eval.bucket_aspects))
 
-  def evaluate(self, state, split: str):
-    return evaluate_lib.evaluate(
-        self.eval_step, state, self.eval_batches(split), self.mesh,
-        threshold=self.config.eval.threshold, top_k=self.config.eval.top_k)
+  def evaluate(self, state, split: str, thresholds=None):
+    """(metrics, predictions, thresholds) of `split` on process 0.
 
-  def write_results(self, name: str, step: int, result: dict,
-                    pred: dict, extra: dict | None = None) -> None:
+    thresholds: a fitted record to apply; None fits the config's policy on
+    this split. Other processes return ({}, None, None).
+    """
+    pred = evaluate_lib.predict(self.eval_step, state, self.eval_batches(split),
+                                self.mesh, self.workdir, split)
+    if pred is None:
+      return {}, None, None
+    return evaluate_lib.score(pred, task=self.objective.task,
+                              eval_config=self.config.eval,
+                              tag_metadata=self.tags, thresholds=thresholds)
+
+  def write_results(self, name: str, step: int, result: dict, pred: dict,
+                    thresholds: dict | None, extra: dict | None = None) -> None:
     if jax.process_index() != 0:
       return
-    path = os.path.join(self.workdir, f'{name}.json')
-    with open(path, 'w') as f:
-      json.dump({'step': int(step), 'dataset': self.config.dataset.name,
-                 'metrics': result, **(extra or {})}, f, indent=2)
-    evaluate_lib.write_per_tag_csv(
-        os.path.join(self.workdir, f'{name}_per_tag.csv'), pred, self.tags,
-        self.config.eval.threshold)
-    logging.info('Wrote %s', path)
+    evaluate_lib.write_results(
+        self.workdir, name, result, pred, tags=self.tags,
+        task=self.objective.task, thresholds=thresholds,
+        header={'step': int(step), 'dataset': self.config.dataset.name,
+                **(extra or {})})
 
 
 def _summary(result: dict) -> str:
-  keys = ('mAP', 'CF1', 'OF1', 'CF1_top3', 'OF1_top3', 'loss')
+  keys = ('mAP', 'CF1', 'OF1', 'CF1_top3', 'OF1_top3', 'top1', 'top5', 'loss')
   return ' '.join(f'{k}={result[k]:.4f}' for k in keys if k in result)
+
+
+def _check_finite(run: Run, state: TrainState, metrics) -> None:
+  """Reads the device-side flag; raises if any step so far was not finite."""
+  bad = int(jax.device_get(state.first_bad_step))
+  if bad < 0:
+    return
+  run.checkpointer.wait()
+  raise NonFiniteLossError(
+      f'Loss or gradient is not finite at step {bad} (last loss read: '
+      f'{float(jax.device_get(metrics["loss"]))}); no update was applied from '
+      f'it on. The last good checkpoint (step '
+      f'{run.checkpointer.latest_step()}) in {run.checkpointer.directory} is '
+      'kept. Lower config.optim.lr or set config.optim.clip_norm, then run '
+      'the same command to resume.')
 
 
 # ------------------------------------------------------------------ train ---
@@ -196,79 +332,65 @@ def _summary(result: dict) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`; returns the test results."""
-  os.makedirs(workdir, exist_ok=True)
+  """Trains (or resumes) the run in `workdir`; returns the test results
+  (on process 0; other processes return {})."""
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   run = Run(config, workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / 'config.json').write_text(
+        config.to_json_best_effort(indent=2))
 
-  # Data.
-  train_iter = pipeline.create_train_iterator(
-      run.train_source, data_config=config.data, num_classes=run.num_classes,
-      label_feature=config.dataset.label_feature,
-      global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  # Data: global batches on the device, `config.data.device_prefetch` ahead.
+  feed = run.train_batches()
 
-  # State, or the latest checkpoint with the iterator's position.
+  # State: the latest checkpoint with the iterator's position, else fresh
+  # (from config.init's weights when set).
   latest = run.checkpointer.latest_step()
   if latest is None:
     state = run.fresh_state()
+    if config.init.path:
+      state = warm_start.apply(state, config.init)
     logging.info('Starting %s from scratch: %d steps, %d tags.', workdir,
                  run.num_train_steps, run.num_classes)
   else:
-    state = run.checkpointer.restore(latest, run.abstract_state, train_iter)
+    state = run.checkpointer.restore(latest, run.abstract_state, feed)
     logging.info('Resumed %s at step %d.', workdir, latest)
   start_step = int(jax.device_get(state.step))
 
-  # Loop.
+  # Loop: steps are dispatched without reading back; the host syncs only
+  # on the steps that log, evaluate or checkpoint.
   writer = reporting.MetricWriter(workdir)
   progress = reporting.Progress(run.num_train_steps, config.batch_size,
                                 start_step)
   watcher = checkpoint_lib.PreemptionWatcher()
   train_start = time.perf_counter()
   last_eval: dict[str, Any] = {}
-  pending = None  # metrics of the previous step, read one step late
 
-  def check_finite(step_metrics, step):
-    if not bool(jax.device_get(step_metrics['finite'])):
-      run.checkpointer.wait()
-      raise NonFiniteLossError(
-          f'Loss is {float(jax.device_get(step_metrics["loss"]))} at step '
-          f'{step}; the update was not applied. The last good checkpoint '
-          f'(step {run.checkpointer.latest_step()}) in '
-          f'{run.checkpointer.directory} is kept. Lower config.optim.lr or '
-          'set config.optim.clip_norm, then run the same command to resume.')
+  def is_event(step):
+    return (step == run.num_train_steps or step % config.log_every_steps == 0
+            or step % config.eval_every_steps == 0
+            or step % config.checkpoint_every_steps == 0)
 
   try:
     step = start_step
     while step < run.num_train_steps:
-      batch = sharding.to_global(next(train_iter), run.mesh)
-      state, step_metrics = run.train_step(state, batch, run.step_rng)
-      if pending is not None:
-        check_finite(*pending)
-      step += 1
-      pending = (step_metrics, step)
-
+      state, step_metrics, step, preempted = run_until_event(
+          state, feed, run.train_step, run.step_rng, step, is_event=is_event,
+          should_stop=watcher.should_stop)
+      _check_finite(run, state, step_metrics)
       is_last = step == run.num_train_steps
       if step % config.log_every_steps == 0 or is_last:
-        check_finite(step_metrics, step)
         m = jax.device_get(step_metrics)
         progress.update(step, float(m['loss']), float(m['lr']))
-        writer.write(step, {'loss': m['loss'], 'grad_norm': m['grad_norm'],
-                            'lr': m['lr'],
-                            'images_per_s': progress.images_per_s},
+        writer.write(step, {**m, 'images_per_s': progress.images_per_s},
                      prefix='train/')
       if step % config.eval_every_steps == 0 and not is_last:
-        check_finite(step_metrics, step)
-        last_eval, _ = run.evaluate(state, config.dataset.eval_split)
+        last_eval, _, _ = run.evaluate(state, config.dataset.eval_split)
         logging.info('step %d %s: %s', step, config.dataset.eval_split,
                      _summary(last_eval))
         writer.write(step, last_eval, prefix=f'{config.dataset.eval_split}/')
-      preempted = watcher.should_stop(step)
       if step % config.checkpoint_every_steps == 0 or is_last or preempted:
-        check_finite(step_metrics, step)
-        run.checkpointer.save(step, state, train_iter)
+        run.checkpointer.save(step, state, feed)
       if step % config.eval_every_steps == 0 or (
           step % config.checkpoint_every_steps == 0):
         progress.restart_clock(step)
@@ -277,35 +399,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         logging.warning('Saved step %d after a stop signal; run the same '
                         'command to resume.', step)
         return {'preempted_at': step}
-    if pending is not None:
-      check_finite(*pending)
     run.checkpointer.wait()
     train_seconds = time.perf_counter() - train_start
 
-    # Final evaluation on the validation and test splits.
-    last_eval, _ = run.evaluate(state, config.dataset.eval_split)
+    # Final evaluation: thresholds fitted on the validation split are
+    # applied to the test split and saved for serving.
+    last_eval, _, thresholds = run.evaluate(state, config.dataset.eval_split)
     writer.write(step, last_eval, prefix=f'{config.dataset.eval_split}/')
-    test, pred = run.evaluate(state, config.dataset.test_split)
+    test, pred, _ = run.evaluate(state, config.dataset.test_split,
+                                 thresholds=thresholds)
     writer.write(step, test, prefix=f'{config.dataset.test_split}/')
   finally:
     watcher.restore_handlers()
     writer.close()
   logging.info('step %d %s: %s', step, config.dataset.test_split,
                _summary(test))
-  run.write_results('results', step, test, pred, extra={
+  run.write_results('results', step, test, pred, thresholds, extra={
       'split': config.dataset.test_split,
       'validation': last_eval,
       'train_seconds_this_session': train_seconds,
       'steps_this_session': step - start_step,
+      'skipped_train_images_this_process': _skipped(feed),
       'num_devices': jax.device_count(),
       'num_processes': jax.process_count()})
   run.checkpointer.close()
   return test
 
 
+def _skipped(feed) -> int | None:
+  counter = getattr(feed, 'skipped_images', None)
+  return None if counter is None else counter.count
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: str) -> dict[str, Any]:
-  """Eval-only: the latest checkpoint of `workdir` on `split`."""
+  """Eval-only: the latest checkpoint of `workdir` on `split`, with the
+  run's saved thresholds when it has them."""
   run = Run(config, workdir)
   latest = run.checkpointer.latest_step()
   if latest is None:
@@ -313,8 +442,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         f'No checkpoint in {run.checkpointer.directory}: train first with '
         f'the same --config and --workdir.')
   state = run.checkpointer.restore(latest, run.abstract_state)
-  result, pred = run.evaluate(state, split)
+  saved = None
+  if (epath.Path(workdir) / thresholds_lib.FILENAME).exists():
+    saved = thresholds_lib.load(workdir)
+  result, pred, thresholds = run.evaluate(state, split, thresholds=saved)
   logging.info('step %d %s: %s', latest, split, _summary(result))
-  run.write_results(f'eval_{split}', latest, result, pred, {'split': split})
+  run.write_results(f'eval_{split}', latest, result, pred, thresholds,
+                    {'split': split})
   run.checkpointer.close()
   return result

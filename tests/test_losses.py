@@ -70,16 +70,43 @@ def test_softmax_ce_vs_numpy():
                                      rel=1e-5)
 
 
-def test_unknown_loss_lists_known():
-  with pytest.raises(ValueError, match='sigmoid_bce, softmax_ce'):
-    losses.get_loss('focal')
+def test_softmax_ce_label_smoothing_vs_numpy():
+  rng = np.random.default_rng(5)
+  logits = rng.standard_normal((6, 4)) * 2
+  labels = rng.integers(0, 4, 6)
+  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  target = np.full((6, 4), 0.1 / 4)
+  target[np.arange(6), labels] += 0.9
+  got = losses.softmax_ce(logits=jnp.asarray(logits), labels=labels,
+                          label_smoothing=0.1)
+  assert float(got) == pytest.approx(-(target * logp).sum(1).mean(), rel=1e-5)
 
 
-def test_config_kwargs_are_bound_and_checked():
-  logits = jnp.asarray([[2.0, -1.0]])
-  labels = np.array([[1.0, 0.0]])
-  weighted = losses.get_loss('sigmoid_bce', label_weights=[0.0, 1.0])
-  assert float(weighted(logits=logits, labels=labels)) == pytest.approx(
-      np.logaddexp(0, -1.0), rel=1e-5)
-  with pytest.raises(ValueError, match=r"config.loss.kwargs.*label_mask"):
-    losses.get_loss('sigmoid_bce', label_wieghts=[1.0, 1.0])
+def test_multilabel_softmax_ce_spreads_the_target_evenly():
+  logits = np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
+  labels = np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0]], np.float32)
+  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  # Worked by hand: image 0 targets (1/2, 1/2, 0), image 1 (0, 0, 1), and
+  # image 2 has no labels, so no target: it adds 0 but still counts.
+  expected = (-(logp[0, 0] + logp[0, 1]) / 2 - logp[1, 2] + 0.0) / 3
+  got = losses.multilabel_softmax_ce(logits=jnp.asarray(logits),
+                                     labels=labels)
+  assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sequence_ce_averages_valid_steps_only():
+  rng = np.random.default_rng(3)
+  logits = rng.standard_normal((2, 3, 5))
+  targets = np.array([[1, 4, 4], [2, 3, 4]])
+  mask = np.array([[1, 1, 0], [1, 1, 1]], np.float32)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  picked = [logp[0, 0, 1], logp[0, 1, 4], logp[1, 0, 2], logp[1, 1, 3],
+            logp[1, 2, 4]]
+  got = losses.sequence_ce(logits=jnp.asarray(logits), targets=targets,
+                           target_mask=mask)
+  assert float(got) == pytest.approx(-np.mean(picked), rel=1e-6)
+  # A padded example counts for nothing.
+  only_first = losses.sequence_ce(logits=jnp.asarray(logits), targets=targets,
+                                  target_mask=mask,
+                                  example_mask=np.array([1.0, 0.0]))
+  assert float(only_first) == pytest.approx(-np.mean(picked[:2]), rel=1e-6)

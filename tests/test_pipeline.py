@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxtag.data import labels
 from jaxtag.data import ops
 from jaxtag.data import pipeline
 
@@ -166,12 +167,8 @@ def test_ops_against_numpy():
   np.testing.assert_array_equal(same, np.asarray(image))
   flipped = ops.crop_resize(image, (0, 0, 4, 4), 4, flip=True)
   np.testing.assert_array_equal(flipped, np.asarray(image)[:, ::-1])
-  x = np.asarray(image)
-  np.testing.assert_allclose(ops.normalize(x, (0.5, 0.4, 0.3), (0.2, 0.2, 0.1)),
-                             (x / 255.0 - [0.5, 0.4, 0.3]) / [0.2, 0.2, 0.1],
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(ops.multi_hot([0, 3], 5), [1, 0, 0, 1, 0])
+  np.testing.assert_array_equal(labels.multi_hot([0, 3], 5), [1, 0, 0, 1, 0])
   with pytest.raises(ValueError, match='outside the vocabulary'):
-    ops.multi_hot([7], 5)
+    labels.multi_hot([7], 5)
   with pytest.raises(Exception):
     ops.decode_png(b'\x89PNG\r\n\x1a\nbroken')

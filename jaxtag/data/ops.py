@@ -1,4 +1,4 @@
-"""Per-example operations: decode, crop, flip, resize, normalise, multi-hot.
+"""Per-example operations: decode, crop, flip, resize (uint8 in, uint8 out).
 
 They work on uint8 HWC arrays with Pillow, which releases the GIL, so
 grain's reader threads decode in parallel.
@@ -56,20 +56,3 @@ def crop_resize(image: Image.Image, box, size: int, flip: bool) -> np.ndarray:
   if flip:
     out = out.transpose(Image.FLIP_LEFT_RIGHT)
   return np.asarray(out, dtype=np.uint8)
-
-
-def normalize(image: np.ndarray, mean, std) -> np.ndarray:
-  mean = np.asarray(mean, np.float32) * 255.0
-  std = np.asarray(std, np.float32) * 255.0
-  return (image.astype(np.float32) - mean) / std
-
-
-def multi_hot(ids, num_classes: int) -> np.ndarray:
-  labels = np.zeros((num_classes,), np.float32)
-  ids = np.asarray(ids, np.int64)
-  if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
-    raise ValueError(f'Tag id {int(ids.max())} is outside the vocabulary of '
-                     f'{num_classes} tags; selected_tags.csv and the data '
-                     'disagree: rebuild the dataset.')
-  labels[ids] = 1.0
-  return labels

@@ -23,6 +23,8 @@ import numpy as np
 from absl import flags
 from absl import logging
 
+from jaxtag.data import geometry as geometry_lib
+from jaxtag.data import labels as labels_lib
 from jaxtag.data import ops
 
 # A stream long enough never to end (grain needs a finite length).
@@ -85,26 +87,39 @@ def _local_batch(global_batch: int, process_count: int) -> int:
 
 
 class _Loader:
-  """Reads, decodes, augments one record; picklable for worker processes."""
+  """Reads, decodes, augments one record; picklable for worker processes.
 
-  def __init__(self, source, data_config, num_classes, label_feature, seed,
-               train: bool):
-    self.source, self.num_classes = source, num_classes
+  Images leave as uint8: a quarter of the bytes of float32, and the train
+  step normalises on the device. Labels are encoded by `encoder`
+  (jaxtag.data.labels); `features` are record keys passed through as arrays
+  because the model declared them.
+  """
+
+  def __init__(self, source, data_config, encoder, label_feature, seed,
+               train: bool, *, features=(), geometry='square', shapes=None):
+    self.source, self.encoder = source, encoder
     self.skipped = SkipCounter()
     self.label_feature, self.seed, self.train = label_feature, seed, train
+    self.feature_specs = dict(features)  # key -> (shape, dtype)
     self.size = int(data_config.image_size)
     self.crop = data_config.crop
     self.scale = tuple(data_config.crop_scale)
     self.flip = bool(data_config.flip)
-    self.mean, self.std = tuple(data_config.mean), tuple(data_config.std)
+    self.geometry, self.shapes = geometry, shapes
     if self.crop not in ('random_resized', 'random', 'none'):
       raise ValueError(f'Unknown config.data.crop {self.crop!r}; valid: '
                        'random_resized, random, none.')
+    geometry_lib.check(geometry)
 
-  def _pixels(self, image, g: int) -> np.ndarray:
+  def _pixels(self, image, g: int, bucket: int) -> dict[str, np.ndarray]:
     w, h = image.size
     if not self.train:
-      return ops.crop_resize(image, (0, 0, w, h), self.size, False)
+      if self.geometry == 'pad':
+        return {'image': geometry_lib.pad(image, self.size)}
+      if self.geometry == 'native':
+        pixels, mask = geometry_lib.native(image, self.shapes[bucket])
+        return {'image': pixels, 'image_mask': mask}
+      return {'image': geometry_lib.square(image, self.size)}
     rng = np.random.default_rng([self.seed, g])
     if self.crop == 'random_resized':
       box = ops.random_resized_crop_box(h, w, rng, self.scale)
@@ -113,7 +128,7 @@ class _Loader:
     else:
       box = (0, 0, w, h)
     flip = self.flip and rng.random() < 0.5
-    return ops.crop_resize(image, box, self.size, flip)
+    return {'image': ops.crop_resize(image, box, self.size, flip)}
 
   def __getstate__(self):  # worker processes count on their own
     state = dict(self.__dict__)
@@ -125,28 +140,46 @@ class _Loader:
     self.skipped = SkipCounter()
 
   def __call__(self, position):
-    g, record = position
+    g, record, bucket = (*position, 0)[:3]
     if record < 0:
-      return self._padding(record)
+      return self._padding(record, bucket)
     example = self.source[record]
     try:
+      out = self.encoder.encode(example[self.label_feature], self.seed, g)
       image = ops.decode_png(example['image'])
+    except labels_lib.SkipExample as e:
+      return self._skip(record, bucket, e)
     except Exception as e:  # pylint: disable=broad-except
-      self.skipped.add(record, e)
-      return None if self.train else self._padding(-1)
-    out = {'image': ops.normalize(self._pixels(image, g), self.mean,
-                                  self.std),
-           'labels': ops.multi_hot(example[self.label_feature],
-                                   self.num_classes)}
+      # Pillow raises several types for corrupt or truncated data; a
+      # vocabulary mismatch (ValueError from the encoder) is never skipped.
+      if isinstance(e, ValueError) and 'vocabulary' in str(e):
+        raise
+      return self._skip(record, bucket, e)
+    out.update(self._pixels(image, g, bucket))
+    for key, (shape, dtype) in self.feature_specs.items():
+      out[key] = np.asarray(example[key], dtype).reshape(shape)
     if not self.train:
       out['mask'] = np.float32(1.0)
       out['index'] = np.int32(record)
     return out
 
-  def _padding(self, record: int):
-    return {'image': np.zeros((self.size, self.size, 3), np.float32),
-            'labels': np.zeros((self.num_classes,), np.float32),
-            'mask': np.float32(0.0), 'index': np.int32(record)}
+  def _skip(self, record: int, bucket: int, error: Exception):
+    self.skipped.add(record, error)
+    return None if self.train else self._padding(-1, bucket)
+
+  def _padding(self, record: int, bucket: int):
+    if self.geometry == 'native':
+      h, w = self.shapes[bucket]
+      out = {'image': np.zeros((h, w, 3), np.uint8),
+             'image_mask': np.zeros((h, w), np.uint8)}
+    else:
+      out = {'image': np.zeros((self.size, self.size, 3), np.uint8)}
+    out.update(self.encoder.padding())
+    for key, (shape, dtype) in self.feature_specs.items():
+      out[key] = np.zeros(shape, dtype)
+    out['mask'] = np.float32(0.0)
+    out['index'] = np.int32(record)
+    return out
 
 
 def _finish(ds: grain.MapDataset, local_batch: int, data_config,
@@ -175,16 +208,25 @@ def _with_counter(ds: grain.IterDataset, loader: _Loader):
   return iterator
 
 
+def _encoder(encoder, num_classes):
+  return encoder if encoder is not None else labels_lib.MultiHot(num_classes)
+
+
 def create_train_iterator(source, *, data_config, num_classes: int,
                           label_feature: str, global_batch_size: int,
-                          seed: int, process_index: int,
-                          process_count: int) -> Any:
-  """An endless, checkpointable iterator of this process's train batches."""
+                          seed: int, process_index: int, process_count: int,
+                          encoder=None, features=None) -> Any:
+  """An endless, checkpointable iterator of this process's train batches.
+
+  encoder: a jaxtag.data.labels encoder (default multi-hot); features:
+  {record key: (shape, dtype)} passed through for the model.
+  """
   local = _local_batch(global_batch_size, process_count)
   if len(source) == 0:
     raise ValueError('The training split is empty.')
   ds = grain.MapDataset.source(_GlobalOrder(len(source), seed))
-  loader = _Loader(source, data_config, num_classes, label_feature, seed, True)
+  loader = _Loader(source, data_config, _encoder(encoder, num_classes),
+                   label_feature, seed, True, features=features or {})
   ds = ds[process_index::process_count].map(loader)
   return _with_counter(_finish(ds, local, data_config, True), loader)
 
@@ -193,13 +235,64 @@ def num_eval_batches(num_records: int, global_batch_size: int) -> int:
   return math.ceil(num_records / global_batch_size)
 
 
+class _BucketedEvalOrder:
+  """Position g -> (g, record or -1, bucket): buckets one after another.
+
+  Each bucket's records are in record order and padded to a whole number of
+  global batches, so every batch has one shape and every process runs the
+  same number of batches.
+  """
+
+  def __init__(self, buckets: list[list[int]], global_batch: int):
+    self._entries = []
+    for b, records in enumerate(buckets):
+      padded = num_eval_batches(len(records), global_batch) * global_batch
+      self._entries += [(r, b) for r in records]
+      self._entries += [(-1, b)] * (padded - len(records))
+
+  def __len__(self):
+    return len(self._entries)
+
+  def __getitem__(self, g: int):
+    return (g, *self._entries[g])
+
+
+def native_buckets(source, shapes) -> list[list[int]]:
+  """Record indices per bucket, from every image's header (a read pass)."""
+  buckets = [[] for _ in shapes]
+  for record in range(len(source)):
+    hw = geometry_lib.image_size(source[record]['image'])
+    # An unreadable image goes to the first bucket; the loader counts it.
+    b = geometry_lib.bucket_of(*hw, shapes) if hw else 0
+    buckets[b].append(record)
+  return buckets
+
+
 def create_eval_iterator(source, *, data_config, num_classes: int,
                          label_feature: str, global_batch_size: int,
-                         process_index: int, process_count: int) -> Any:
-  """This process's eval batches, in record order, padded and masked."""
+                         process_index: int, process_count: int,
+                         encoder=None, features=None, geometry='square',
+                         bucket_aspects=(1.0,)) -> Any:
+  """This process's eval batches, in record order, padded and masked.
+
+  With geometry='native' the batches come bucket by bucket (each with its
+  own image shape) and each batch carries an `image_mask`.
+  """
   local = _local_batch(global_batch_size, process_count)
-  length = num_eval_batches(len(source), global_batch_size) * global_batch_size
-  ds = grain.MapDataset.source(_EvalOrder(len(source), length))
-  loader = _Loader(source, data_config, num_classes, label_feature, 0, False)
+  geometry_lib.check(geometry)
+  shapes = None
+  if geometry == 'native':
+    shapes = geometry_lib.bucket_shapes(int(data_config.image_size),
+                                        bucket_aspects)
+    order = _BucketedEvalOrder(native_buckets(source, shapes),
+                               global_batch_size)
+  else:
+    length = num_eval_batches(len(source),
+                              global_batch_size) * global_batch_size
+    order = _EvalOrder(len(source), length)
+  ds = grain.MapDataset.source(order)
+  loader = _Loader(source, data_config, _encoder(encoder, num_classes),
+                   label_feature, 0, False, features=features or {},
+                   geometry=geometry, shapes=shapes)
   ds = ds[process_index::process_count].map(loader)
   return _with_counter(_finish(ds, local, data_config, False), loader)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
@@ -27,3 +28,18 @@ def open_split(dataset_config, split: str, *, build_if_missing: bool = True):
   source = builder.as_data_source(
       split, decoders={'image': tfds.decode.SkipDecoding()})
   return source, builder
+
+
+def feature_specs(builder) -> dict[str, tuple[tuple[int, ...], object]]:
+  """{key: (shape, dtype)} of the dataset's fixed-shape, non-image features:
+  what a head may declare as a batch feature."""
+  out = {}
+  for key, feature in builder.info.features.items():
+    shape = tuple(getattr(feature, 'shape', ()) or ())
+    dtype = getattr(feature, 'np_dtype', None)
+    if key == 'image' or dtype is None or None in shape:
+      continue
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+      continue  # text and other object features cannot become arrays
+    out[key] = (shape, dtype)
+  return out

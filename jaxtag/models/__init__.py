@@ -57,5 +57,13 @@ def build_model(model_config, num_classes: int, tag_metadata=None) -> Tagger:
   return Tagger(backbone=backbone, head=head)
 
 
+def declared_features(model: Tagger) -> tuple[tuple[str, ...],
+                                              tuple[str, ...]]:
+  """(batch_features, teacher_features) that the model's head receives."""
+  head = type(model.head)
+  return (tuple(getattr(head, 'batch_features', ())),
+          tuple(getattr(head, 'teacher_features', ())))
+
+
 def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,11 +1,25 @@
-"""Heads turn a backbone's feature map into per-tag logits.
+"""Heads turn a backbone's feature map into a method's outputs.
 
-The head API: a flax Module constructed with `num_classes`, `pool`, `dtype`
-and its own fields (from `config.model.head_kwargs`), called as
-`head(features [B,H,W,D], *, train, **extras) -> logits [B,C] float32`.
-`extras` carries extra batch features (captions, semantic vectors) by name.
-A head that needs the dataset's tag statistics (the label graph of ML-GCN or
-ADD-GCN) declares a `tag_metadata` field; `build_head` fills it.
+The head API, for a flax Module chosen by `config.model.head`:
+- Constructed with `num_classes`, `pool`, `dtype` and its own fields (from
+  `config.model.head_kwargs`, checked by name). A head that needs the
+  dataset's tag statistics (a label graph) declares a `tag_metadata` field.
+- `head(features [B,H,W,D], *, train, feature_mask, **batch_features)`
+  returns the outputs the objective (jaxtag.objectives, `config.loss.name`)
+  reads: logits [B, C] float32, or a dict of named arrays.
+  `feature_mask` is None, or [B,H,W] with 1 on real cells (native-size
+  evaluation pads images inside their shape bucket).
+- Class attributes declare which batch keys the head receives; nothing
+  else reaches it. `batch_features`: fed in training and prediction (for
+  example 'semantic'). `teacher_features`: fed only to the training pass
+  (for example 'label_sequence'), never to prediction.
+- An optional `predict(features, *, feature_mask, **batch_features)` is the
+  prediction path when it differs from training (beam search, a fully
+  convolutional test network).
+- Constants that are not trained (a label graph, a label order) live in the
+  'constants' collection: `self.variable('constants', name, init_fn)`.
+  They are saved and restored with the state and reach the compiled step
+  as arguments, not literals.
 """
 from jaxtag.models.heads.linear import LinearHead
 

@@ -13,9 +13,9 @@ class LinearHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features, *, train: bool):
+  def __call__(self, features, *, train: bool, feature_mask=None):
     del train
-    x = pooling.pool(features, self.pool)
+    x = pooling.pool(features, self.pool, feature_mask)
     logits = nn.Dense(self.num_classes, dtype=self.dtype,
                       param_dtype=jnp.float32)(x)
     return logits.astype(jnp.float32)

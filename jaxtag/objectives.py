@@ -1,0 +1,178 @@
+"""Objectives: how a method's outputs are trained, scored and judged.
+
+`config.loss.name` picks one; `config.loss.kwargs` sets its fields (checked
+by name). An objective states
+- `task`: 'multi_label' (the multi-label metric suite on scores [N, C]) or
+  'single_label' (top-1/top-5, per-class accuracy, confused pairs);
+- `label_encoding`: the `config.dataset.label_encoding` it trains on;
+- `loss(outputs, batch, example_mask) -> (loss, logged)`: the training loss
+  on the model's outputs and the batch, and named values logged beside it;
+- `scores(outputs) -> [B, C]`: per-tag scores from the prediction path.
+
+Outputs are an array of logits, or a dict. In a dict, 'logits' is what the
+loss and the scores use, and any other array of the same shape (ADD-GCN's
+static and dynamic branches, say) gets its own loss logged as
+`loss_<name>`. A prediction path that computes its scores itself (beam
+search, pruned fully convolutional sums) returns them under 'scores', and
+every objective takes those as they are.
+
+The primitive losses are in jaxtag/losses.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxtag import losses
+
+
+def logits_of(outputs) -> jax.Array:
+  if isinstance(outputs, dict):
+    if 'logits' not in outputs:
+      raise KeyError(f'The model returned {sorted(outputs)}; this objective '
+                     "reads 'logits'.")
+    return outputs['logits']
+  return outputs
+
+
+def branch_logits(outputs) -> dict[str, jax.Array]:
+  """Other outputs shaped like 'logits': each branch, logged on its own."""
+  if not isinstance(outputs, dict) or 'logits' not in outputs:
+    return {}
+  shape = outputs['logits'].shape
+  return {k: v for k, v in outputs.items()
+          if k != 'logits' and getattr(v, 'shape', None) == shape}
+
+
+def given_scores(outputs) -> jax.Array | None:
+  if isinstance(outputs, dict) and 'scores' in outputs:
+    return outputs['scores'].astype(jnp.float32)
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class SigmoidBCE:
+  """Sigmoid binary cross-entropy per tag (baseline, ML-GCN, ADD-GCN)."""
+  task: ClassVar[str] = 'multi_label'
+  label_encoding: ClassVar[str] = 'multi_hot'
+
+  def loss(self, outputs, batch, example_mask=None):
+    def bce(logits):
+      return losses.sigmoid_bce(logits=logits, labels=batch['labels'],
+                                example_mask=example_mask)
+    logged = {f'loss_{k}': bce(v) for k, v in branch_logits(outputs).items()}
+    return bce(logits_of(outputs)), logged
+
+  def scores(self, outputs):
+    given = given_scores(outputs)
+    if given is not None:
+      return given
+    return jax.nn.sigmoid(logits_of(outputs).astype(jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class MultilabelSoftmax(SigmoidBCE):
+  """Vallet & Sakamoto's multi-label softmax: cross-entropy against the
+  label set spread evenly, y / |y|; scores are the softmax."""
+
+  def loss(self, outputs, batch, example_mask=None):
+    def ce(logits):
+      return losses.multilabel_softmax_ce(
+          logits=logits, labels=batch['labels'], example_mask=example_mask)
+    logged = {f'loss_{k}': ce(v) for k, v in branch_logits(outputs).items()}
+    return ce(logits_of(outputs)), logged
+
+  def scores(self, outputs):
+    given = given_scores(outputs)
+    if given is not None:
+      return given
+    return jax.nn.softmax(logits_of(outputs).astype(jnp.float32), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxCE:
+  """Single-label softmax cross-entropy on class ids (character faces)."""
+  task: ClassVar[str] = 'single_label'
+  label_encoding: ClassVar[str] = 'class_id'
+  label_smoothing: float = 0.0
+
+  def loss(self, outputs, batch, example_mask=None):
+    def ce(logits):
+      return losses.softmax_ce(logits=logits, labels=batch['labels'],
+                               label_smoothing=self.label_smoothing,
+                               example_mask=example_mask)
+    logged = {f'loss_{k}': ce(v) for k, v in branch_logits(outputs).items()}
+    return ce(logits_of(outputs)), logged
+
+  def scores(self, outputs):
+    given = given_scores(outputs)
+    if given is not None:
+      return given
+    return jax.nn.softmax(logits_of(outputs).astype(jnp.float32), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceCE:
+  """Per-step softmax cross-entropy of a label decoder, teacher forced.
+
+  Training outputs hold 'sequence_logits' [B, L + 1, C + 2], the prediction
+  for each next token of `label_sequence` (labels, then END). Prediction
+  must return 'scores' (from beam search): the decoder's training pass
+  sees the labels and cannot score an image on its own.
+  """
+  task: ClassVar[str] = 'multi_label'
+  label_encoding: ClassVar[str] = 'sequence'
+
+  def loss(self, outputs, batch, example_mask=None):
+    if not isinstance(outputs, dict) or 'sequence_logits' not in outputs:
+      raise KeyError("The sequence objective reads outputs['sequence_logits'] "
+                     '[B, L + 1, C + 2] from the training pass.')
+    loss = losses.sequence_ce(
+        logits=outputs['sequence_logits'],
+        targets=batch['label_sequence'][:, 1:],
+        target_mask=batch['label_sequence_mask'][:, 1:],
+        example_mask=example_mask)
+    return loss, {}
+
+  def scores(self, outputs):
+    given = given_scores(outputs)
+    if given is None:
+      raise KeyError("The sequence objective scores images with "
+                     "outputs['scores'] from the head's predict().")
+    return given
+
+
+OBJECTIVES = {
+    'sigmoid_bce': SigmoidBCE,
+    'multilabel_softmax': MultilabelSoftmax,
+    'softmax_ce': SoftmaxCE,
+    'sequence_ce': SequenceCE,
+}
+
+
+def get_objective(loss_config, label_encoding: str | None = None) -> Any:
+  """The objective `config.loss.name` with `config.loss.kwargs` set.
+
+  label_encoding: `config.dataset.label_encoding`, checked against the one
+  the objective trains on.
+  """
+  name = loss_config.name
+  if name not in OBJECTIVES:
+    raise ValueError(f'Unknown loss {name!r} (config.loss.name); valid: '
+                     f'{", ".join(sorted(OBJECTIVES))}.')
+  cls = OBJECTIVES[name]
+  fields = {f.name for f in dataclasses.fields(cls)}
+  kwargs = dict(loss_config.kwargs)
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f'Unknown key(s) {unknown} in config.loss.kwargs for '
+                     f'{name!r}; valid: {", ".join(sorted(fields)) or "none"}.')
+  if label_encoding is not None and label_encoding != cls.label_encoding:
+    raise ValueError(
+        f'config.loss.name={name!r} trains on '
+        f'config.dataset.label_encoding={cls.label_encoding!r}, but the '
+        f'config sets {label_encoding!r}; set them to match.')
+  return cls(**kwargs)

@@ -1,0 +1,95 @@
+"""Small fake heads that exercise every part of the method contract."""
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtag.models import pooling
+
+
+class TwoOutputHead(nn.Module):
+  """Two logit branches and their mean, as ADD-GCN returns them."""
+  num_classes: int
+  pool: str = 'gap'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, *, train, feature_mask=None):
+    x = pooling.pool(features, self.pool, feature_mask)
+    a = nn.Dense(self.num_classes, name='static')(x)
+    b = nn.Dense(self.num_classes, name='dynamic')(x)
+    return {'logits': (a + b) / 2, 'static': a, 'dynamic': b}
+
+
+class IdFeatureHead(nn.Module):
+  """Uses a declared record feature: an embedding of `id % 5` per image."""
+  num_classes: int
+  pool: str = 'gap'
+  dtype: Any = jnp.float32
+  batch_features: ClassVar[tuple[str, ...]] = ('id',)
+
+  @nn.compact
+  def __call__(self, features, *, train, feature_mask=None, id):  # pylint: disable=redefined-builtin
+    x = pooling.pool(features, self.pool, feature_mask)
+    bias = nn.Embed(5, self.num_classes, name='by_id')(id % 5)
+    return nn.Dense(self.num_classes)(x) + bias
+
+
+class ConstantHead(nn.Module):
+  """A linear head plus a fixed [C, C] mixing matrix kept as a constant."""
+  num_classes: int
+  pool: str = 'gap'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, *, train, feature_mask=None):
+    mixing = self.variable(
+        'constants', 'mixing', lambda: jnp.asarray(np.random.default_rng(0)
+                                                   .random((self.num_classes,
+                                                            self.num_classes)),
+                                                   jnp.float32))
+    x = pooling.pool(features, self.pool, feature_mask)
+    return nn.Dense(self.num_classes)(x) @ mixing.value
+
+
+class ToyDecoder(nn.Module):
+  """A one-layer recurrent label decoder: teacher forced in training,
+  greedy in prediction (where it never sees the labels)."""
+  num_classes: int
+  pool: str = 'gap'
+  dtype: Any = jnp.float32
+  max_steps: int = 4
+  teacher_features: ClassVar[tuple[str, ...]] = ('label_sequence',)
+
+  def setup(self):
+    vocab = self.num_classes + 2
+    self.embed = nn.Embed(vocab, 16)
+    self.image_proj = nn.Dense(16)
+    self.cell = nn.GRUCell(16)
+    self.out = nn.Dense(vocab)
+
+  def _start(self, features, feature_mask):
+    return jnp.tanh(self.image_proj(pooling.pool(features, self.pool,
+                                                 feature_mask)))
+
+  def __call__(self, features, *, train, feature_mask=None,
+               label_sequence=None):
+    carry = self._start(features, feature_mask)
+    logits = []
+    for t in range(label_sequence.shape[1] - 1):  # predict tokens 1..L+1
+      carry, y = self.cell(carry, self.embed(label_sequence[:, t]))
+      logits.append(self.out(y))
+    return {'sequence_logits': jnp.stack(logits, axis=1)}
+
+  def predict(self, features, *, feature_mask=None):
+    carry = self._start(features, feature_mask)
+    token = jnp.full((features.shape[0],), self.num_classes, jnp.int32)
+    scores = jnp.zeros((features.shape[0], self.num_classes), jnp.float32)
+    for _ in range(self.max_steps):
+      carry, y = self.cell(carry, self.embed(token))
+      probs = jax.nn.softmax(self.out(y).astype(jnp.float32), axis=-1)
+      scores = jnp.maximum(scores, probs[:, :self.num_classes])
+      token = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    return {'scores': scores}
