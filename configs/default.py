@@ -17,7 +17,7 @@ def get_config(arg=None):
   config.data.image_size = 96
   config.data.crop = 'random_resized'
   config.data.crop_scale = (0.6, 1.0)
-  config.data.workers = 0
+  config.data.workers = 'auto'   # 0 on a CPU-only host: the step uses the cores
 
   config.model.backbone = 'resnet18'
   # Half-width ResNet-18 with the standard stem: 0.44 GFLOP per training

@@ -49,7 +49,14 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.flip = True
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.5, 0.5, 0.5)
-  c.data.workers = 0                           # 0 = decode in the training process
+  # Worker processes and reader threads: an int, or 'auto' to size them from
+  # the host's cores (jaxtag.data.pipeline.read_parallelism). Typed `object`
+  # so that both `--config.data.workers=auto` and `=4` parse. The default 0
+  # decodes in the training process, which works anywhere (tests,
+  # notebooks); configs/ ask for 'auto'.
+  c.data.workers = ml_collections.FieldReference(0, field_type=object)
+  c.data.read_threads = ml_collections.FieldReference('auto',
+                                                      field_type=object)
   c.data.prefetch = 2                          # batches buffered per process
   c.data.device_prefetch = 2                   # global batches already on device
 

@@ -1,6 +1,9 @@
 """The synthetic_anime builder: reproducible shards, true statistics, design."""
 import glob
+import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,18 +22,39 @@ def _read(data_dir, split):
   return [source[i] for i in range(len(source))], builder
 
 
-def test_building_twice_gives_identical_shards(tiny_data_dir, tmp_path):
-  other = str(tmp_path / 'again')
-  build.ensure_built(build.get_builder('synthetic_anime/tiny', other))
-  first = sorted(glob.glob(os.path.join(tiny_data_dir, '**', '*.array_record*'),
-                           recursive=True))
-  second = sorted(glob.glob(os.path.join(other, '**', '*.array_record*'),
-                            recursive=True))
-  assert len(first) == len(second) == 3
-  for a, b in zip(first, second):
-    assert os.path.basename(a) == os.path.basename(b)
-    with open(a, 'rb') as fa, open(b, 'rb') as fb:
-      assert fa.read() == fb.read(), a
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _shard_digests(data_dir) -> dict[str, str]:
+  """sha256 of every array_record shard, by path relative to data_dir."""
+  digests = {}
+  for path in glob.glob(os.path.join(data_dir, '**', '*.array_record*'),
+                        recursive=True):
+    with open(path, 'rb') as f:
+      digests[os.path.relpath(path, data_dir)] = hashlib.sha256(
+          f.read()).hexdigest()
+  return digests
+
+
+@pytest.mark.slow
+def test_builds_in_separate_processes_give_identical_shards(tiny_data_dir,
+                                                            tmp_path):
+  # protobuf orders a map by a hash seeded per process, so only builds in
+  # different processes show whether the bytes depend on the process.
+  dirs = [str(tmp_path / name) for name in ('first', 'second')]
+  builds = [subprocess.Popen(
+      [sys.executable, '-m', 'jaxtag.data.build', 'synthetic_anime/tiny',
+       '--data_dir', d], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for d in dirs]
+  for proc in builds:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+  first, second = (_shard_digests(d) for d in dirs)
+  assert sorted(first) == [
+      f'synthetic_anime/tiny/1.0.0/synthetic_anime-{split}.array_record-'
+      '00000-of-00001' for split in ('test', 'train', 'validation')]
+  assert first == second
+  assert _shard_digests(tiny_data_dir) == first  # and this process's build
 
 
 def test_written_statistics_agree_with_examples(tiny_data_dir):

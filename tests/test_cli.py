@@ -1,4 +1,5 @@
 """The command line: flags, SIGTERM, and 2 processes equal to 1 process."""
+import json
 import os
 import signal
 import subprocess
@@ -7,8 +8,13 @@ import time
 
 import jax
 import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
 
+from jaxtag import config as config_lib
 from jaxtag import train
+from jaxtag.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +36,7 @@ def _main_args(workdir, data_dir, *extra):
           f'--config.dataset.data_dir={data_dir}', *extra]
 
 
+@pytest.mark.slow
 def test_unknown_override_is_rejected_with_valid_keys(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'jaxtag.main', '--config', 'configs/default.py',
@@ -41,6 +48,29 @@ def test_unknown_override_is_rejected_with_valid_keys(tmp_path):
       proc.stderr)
 
 
+@pytest.mark.parametrize('value,want', [('auto', 'auto'), ('4', 4)])
+def test_data_workers_flag_takes_auto_or_a_count(monkeypatch, value, want):
+  monkeypatch.chdir(ROOT)
+  argv = ['main', '--config', 'configs/default.py:tiny', '--workdir', 'w',
+          f'--config.data.workers={value}',
+          f'--config.data.read_threads={value}']
+  config_lib.check_overrides(argv)
+  # As jaxtag.main defines its flags, on a FlagValues of the test's own.
+  flag_values = flags.FlagValues()
+  config = config_flags.DEFINE_config_file(
+      'config', None, flag_values=flag_values, lock_config=True,
+      sys_argv=argv)
+  flags.DEFINE_string('workdir', None, '', flag_values=flag_values)
+  flag_values(argv)
+  assert config.value.data.workers == want
+  assert config.value.data.read_threads == want
+  workers, threads = pipeline.read_parallelism(
+      config.value.data.workers, config.value.data.read_threads, cores=8,
+      accelerator=True)
+  assert (workers, threads) == ((6, 2) if want == 'auto' else (4, 4))
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_restores(tiny_config, tmp_path):
   workdir = str(tmp_path / 'term')
   proc = subprocess.Popen(
@@ -70,6 +100,7 @@ def test_sigterm_saves_a_checkpoint_that_restores(tiny_config, tmp_path):
   assert os.path.exists(os.path.join(workdir, 'eval_validation.json'))
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tiny_config, tmp_path, read_params):
   data_dir = tiny_config.dataset.data_dir
   single = str(tmp_path / 'single')
@@ -95,3 +126,24 @@ def test_two_processes_equal_one_process(tiny_config, tmp_path, read_params):
                                err_msg=jax.tree_util.keystr(path))
     diffs.append(np.abs(x - flat_b[path]).ravel())
   assert np.concatenate(diffs).mean() < 1e-6
+
+
+@pytest.mark.slow
+def test_two_processes_build_a_fresh_dataset_once_and_train(tmp_path):
+  data_dir, workdir = str(tmp_path / 'fresh'), str(tmp_path / 'run')
+  env = _env(2)
+  env['JAXTAG_LOCAL_DEVICES'] = '2'
+  proc = subprocess.run(
+      ['bash', 'launch/local.sh', '2', '--', *_main_args(workdir, data_dir)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  log = proc.stdout + proc.stderr
+  assert proc.returncode == 0, log[-8000:]
+  builds = [line for line in log.splitlines()
+            if 'Building synthetic_anime/tiny' in line]
+  assert len(builds) == 1 and builds[0].startswith('[p0]'), builds
+  built = os.listdir(os.path.join(data_dir, 'synthetic_anime', 'tiny', '1.0.0'))
+  assert sorted(f for f in built if '.array_record' in f) == [
+      f'synthetic_anime-{split}.array_record-00000-of-00001'
+      for split in ('test', 'train', 'validation')]
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f)['step'] == 8

@@ -1,12 +1,16 @@
 """The grain pipeline on an in-memory source of small PNGs."""
 import collections
+import concurrent.futures
 import io
+import threading
+import time
 
-import ml_collections
 import numpy as np
+import PIL
 import pytest
 from PIL import Image
 
+from jaxtag import config as config_lib
 from jaxtag.data import labels
 from jaxtag.data import ops
 from jaxtag.data import pipeline
@@ -35,7 +39,8 @@ def _source(n: int, corrupt=()):
 
 
 def _data_config(**overrides):
-  c = ml_collections.ConfigDict(dict(
+  c = config_lib.defaults().data  # the schema's types, as a run has them
+  c.update(dict(
       image_size=8, crop='random_resized', crop_scale=(0.3, 1.0), flip=True,
       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), workers=0, prefetch=2))
   c.update(overrides)
@@ -49,15 +54,15 @@ def _train(source, process_index=0, process_count=1, batch=8, **overrides):
       process_index=process_index, process_count=process_count)
 
 
-
-
 def test_two_processes_split_each_global_batch_exactly():
   source = _source(32)
   single = _train(source)
   halves = [_train(source, p, 2) for p in range(2)]
   seen = [collections.Counter(), collections.Counter()]
+  everything = collections.Counter()
   for _ in range(8):  # two epochs of 4 global batches
     whole = next(single)
+    everything.update(map(bytes, whole['image'].reshape(8, -1)))
     parts = [next(h) for h in halves]
     assert parts[0]['image'].shape == (4, 8, 8, 3)
     # Same global batch: identical rows (pixels and labels), other order.
@@ -69,8 +74,11 @@ def test_two_processes_split_each_global_batch_exactly():
     assert rows_whole == rows_parts
     for p in range(2):
       seen[p].update(map(bytes, parts[p]['image'].reshape(4, -1)))
+  # Each position has its own crop, so 64 distinct rows: one per position.
+  assert len(everything) == 64
   # Disjoint shares whose union is everything, over an epoch pair.
   assert not set(seen[0]) & set(seen[1])
+  assert seen[0] + seen[1] == everything
 
 
 def test_each_epoch_covers_the_split_once_and_reshuffles():
@@ -83,6 +91,74 @@ def test_each_epoch_covers_the_split_once_and_reshuffles():
   shares = [[order[g][1] for g in range(p, 16, 2)] for p in range(2)]
   assert sorted(shares[0] + shares[1]) == list(range(16))
   del source
+
+
+def test_each_epoch_permutation_is_computed_once_by_concurrent_readers(
+    monkeypatch):
+  n, seed, num_threads = 50, 11, 16
+  computed = collections.Counter()
+  original = pipeline.epoch_permutation
+
+  def counting(seed_, epoch, num_records):
+    computed[epoch] += 1
+    time.sleep(0.02)  # hold the miss open so that other threads collide
+    return original(seed_, epoch, num_records)
+
+  monkeypatch.setattr(pipeline, 'epoch_permutation', counting)
+  order = pipeline._GlobalOrder(n, seed)  # pylint: disable=protected-access
+  # The tail of epoch 0, all of epoch 1, the head of epoch 2, each thread in
+  # its own order, all starting at once.
+  positions = np.arange(n - 20, 2 * n + 20)
+  start = threading.Barrier(num_threads)
+
+  def read(t):
+    start.wait()
+    return [order[int(g)] for g in np.random.default_rng(t).permutation(
+        positions)]
+
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    reads = list(pool.map(read, range(num_threads)))
+  assert computed == {0: 1, 1: 1, 2: 1}
+  want = [np.random.default_rng([seed, e]).permutation(n) for e in range(3)]
+  for got in reads:
+    assert [r for _, r in got] == [want[g // n][g % n] for g, _ in got]
+
+  # The real pipeline: 8 reader threads over 4 epochs of 10 records.
+  computed.clear()
+  it = _train(_source(10), batch=4, read_threads=8)
+  for _ in range(10):
+    next(it)
+  assert {0, 1, 2, 3} <= set(computed)
+  assert set(computed.values()) == {1}, computed
+
+
+@pytest.mark.parametrize('workers,read_threads,cores,accelerator,want', [
+    ('auto', 'auto', 2, False, (0, 2)),     # this project's CPU machine
+    ('auto', 'auto', 64, False, (0, 16)),   # the step uses the cores
+    ('auto', 'auto', 2, True, (0, 2)),      # no core to spare
+    ('auto', 'auto', 8, True, (6, 2)),      # 2 cores kept for training
+    ('auto', 'auto', 96, True, (32, 3)),    # capped; 96 // 32 threads each
+    (4, 'auto', 64, True, (4, 16)),
+    (0, 3, 64, True, (0, 3)),
+    ('auto', 5, 16, True, (14, 5)),
+])
+def test_read_parallelism_from_config_and_cores(workers, read_threads, cores,
+                                                accelerator, want):
+  assert pipeline.read_parallelism(workers, read_threads, cores=cores,
+                                   accelerator=accelerator) == want
+
+
+def test_read_parallelism_rejects_other_values():
+  with pytest.raises(ValueError, match=r"config.data.workers must be 'auto' "
+                     r"or an integer >= 0, got 'four'"):
+    pipeline.read_parallelism('four', 'auto', cores=4, accelerator=True)
+  with pytest.raises(ValueError, match=r'config.data.workers .* got -1'):
+    pipeline.read_parallelism(-1, 'auto', cores=4, accelerator=True)
+  with pytest.raises(ValueError, match=r'config.data.read_threads .* >= 1, '
+                     'got 0'):
+    pipeline.read_parallelism(0, 0, cores=4, accelerator=True)
+  with pytest.raises(ValueError, match=r'config.data.read_threads .* got True'):
+    pipeline.read_parallelism(0, True, cores=4, accelerator=True)
 
 
 @pytest.mark.parametrize('n,batch,processes', [(23, 8, 1), (23, 8, 2),
@@ -119,6 +195,7 @@ def test_restored_iterator_continues_identically():
     np.testing.assert_array_equal(got['labels'], want['labels'])
 
 
+@pytest.mark.slow  # starts a grain worker process
 def test_restored_iterator_with_a_worker_process():
   source = _source(20)
   it = _train(source, workers=1)
@@ -170,5 +247,6 @@ def test_ops_against_numpy():
   np.testing.assert_array_equal(labels.multi_hot([0, 3], 5), [1, 0, 0, 1, 0])
   with pytest.raises(ValueError, match='outside the vocabulary'):
     labels.multi_hot([7], 5)
-  with pytest.raises(Exception):
+  with pytest.raises(PIL.UnidentifiedImageError,
+                     match='cannot identify image file'):
     ops.decode_png(b'\x89PNG\r\n\x1a\nbroken')

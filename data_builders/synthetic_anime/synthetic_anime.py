@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from data_builders import deterministic_writer
 from data_builders.synthetic_anime import annotate
 from data_builders.synthetic_anime import render
 from data_builders.synthetic_anime import vocab
@@ -124,6 +125,11 @@ class SyntheticAnime(tfds.core.GeneratorBasedBuilder):
         }),
         metadata=TagStatistics(),
     )
+
+  def _example_writer(self):
+    # The default writer's bytes change from process to process.
+    return deterministic_writer.DeterministicExampleWriter(
+        file_format=self.info.file_format)
 
   def _split_generators(self, dl_manager):
     del dl_manager

@@ -115,11 +115,12 @@ def _pipeline(config, trainable, state, steps, mesh,
   load_s = (time.perf_counter() - start) / steps
   seconds, _ = _time_steps(
       trainable, state, lambda: sharding.to_global(next(it), mesh), steps)
-  cores = max(config.data.workers, 1)
+  workers, _ = pipeline.host_read_parallelism(config.data)
+  cores = max(workers, 1)
   logging.info('pipeline: %.1f ms/batch loading alone', 1e3 * load_s)
   return {
       'pipeline_images_per_s': config.batch_size * steps / seconds,
       'loader_only_images_per_s': config.batch_size / load_s,
       'loader_images_per_s_per_core': config.batch_size / load_s / cores,
-      'data_workers': config.data.workers,
+      'data_workers': workers,
   }

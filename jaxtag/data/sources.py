@@ -15,12 +15,22 @@ def open_split(dataset_config, split: str, *, build_if_missing: bool = True):
   Process 0 builds a missing dataset while the others wait, so that no two
   processes write the same files.
   """
-  builder = build.get_builder(dataset_config.name, dataset_config.data_dir)
   if build_if_missing and jax.process_index() == 0:
-    build.ensure_built(builder)
+    build.ensure_built(build.get_builder(dataset_config.name,
+                                         dataset_config.data_dir))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('jaxtag_dataset_built')
+  # Created only now: TFDS reads dataset_info.json (the splits) when a builder
+  # is created, and before the barrier the other processes would find none.
+  builder = build.get_builder(dataset_config.name, dataset_config.data_dir)
   splits = builder.info.splits
+  if not splits:
+    raise ValueError(
+        f'Process {jax.process_index()} finds no built {dataset_config.name} '
+        f'in {builder.data_dir}. Point config.dataset.data_dir at a directory '
+        'that every process can read (process 0 builds it there), or build '
+        'it first with `python -m jaxtag.data.build '
+        f'{dataset_config.name} --data_dir DIR`.')
   if split not in splits:
     raise ValueError(f'Split {split!r} is not in {dataset_config.name} '
                      f'(available: {", ".join(sorted(splits))}); fix '
