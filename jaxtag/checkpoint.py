@@ -29,11 +29,20 @@ def _key_name(key) -> str:
   return str(key)
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """'params/backbone/.../kernel' -> shape; dataclass and dict trees alike."""
+def path_name(path) -> str:
+  """A leaf's key path as 'params/backbone/.../kernel'."""
+  return '/'.join(_key_name(k) for k in path)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+  """'params/backbone/.../kernel' -> leaf; dataclass and dict trees alike."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {'/'.join(_key_name(k) for k in path):
-          tuple(getattr(leaf, 'shape', ())) for path, leaf in flat}
+  return {path_name(path): leaf for path, leaf in flat}
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {k: tuple(getattr(leaf, 'shape', ()))
+          for k, leaf in flatten(tree).items()}
 
 
 class Checkpointer:

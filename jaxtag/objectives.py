@@ -21,6 +21,7 @@ The primitive losses are in jaxtag/losses.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
 import jax
@@ -53,65 +54,61 @@ def given_scores(outputs) -> jax.Array | None:
   return None
 
 
-@dataclasses.dataclass(frozen=True)
-class SigmoidBCE:
-  """Sigmoid binary cross-entropy per tag (baseline, ML-GCN, ADD-GCN)."""
-  task: ClassVar[str] = 'multi_label'
-  label_encoding: ClassVar[str] = 'multi_hot'
+class _OnLogits:
+  """The loss of 'logits' (each branch logged too), scored by `activation`."""
+  activation: ClassVar[Any] = staticmethod(jax.nn.sigmoid)
+
+  def primitive(self, logits, batch, example_mask):
+    raise NotImplementedError
 
   def loss(self, outputs, batch, example_mask=None):
-    def bce(logits):
-      return losses.sigmoid_bce(logits=logits, labels=batch['labels'],
-                                example_mask=example_mask)
-    logged = {f'loss_{k}': bce(v) for k, v in branch_logits(outputs).items()}
-    return bce(logits_of(outputs)), logged
+    logged = {f'loss_{k}': self.primitive(v, batch, example_mask)
+              for k, v in branch_logits(outputs).items()}
+    return self.primitive(logits_of(outputs), batch, example_mask), logged
 
   def scores(self, outputs):
     given = given_scores(outputs)
     if given is not None:
       return given
-    return jax.nn.sigmoid(logits_of(outputs).astype(jnp.float32))
+    return self.activation(logits_of(outputs).astype(jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SigmoidBCE(_OnLogits):
+  """Sigmoid binary cross-entropy per tag (baseline, ML-GCN, ADD-GCN)."""
+  task: ClassVar[str] = 'multi_label'
+  label_encoding: ClassVar[str] = 'multi_hot'
+
+  def primitive(self, logits, batch, example_mask):
+    return losses.sigmoid_bce(logits=logits, labels=batch['labels'],
+                              example_mask=example_mask)
 
 
 @dataclasses.dataclass(frozen=True)
 class MultilabelSoftmax(SigmoidBCE):
   """Vallet & Sakamoto's multi-label softmax: cross-entropy against the
   label set spread evenly, y / |y|; scores are the softmax."""
+  activation: ClassVar[Any] = staticmethod(
+      functools.partial(jax.nn.softmax, axis=-1))
 
-  def loss(self, outputs, batch, example_mask=None):
-    def ce(logits):
-      return losses.multilabel_softmax_ce(
-          logits=logits, labels=batch['labels'], example_mask=example_mask)
-    logged = {f'loss_{k}': ce(v) for k, v in branch_logits(outputs).items()}
-    return ce(logits_of(outputs)), logged
-
-  def scores(self, outputs):
-    given = given_scores(outputs)
-    if given is not None:
-      return given
-    return jax.nn.softmax(logits_of(outputs).astype(jnp.float32), axis=-1)
+  def primitive(self, logits, batch, example_mask):
+    return losses.multilabel_softmax_ce(
+        logits=logits, labels=batch['labels'], example_mask=example_mask)
 
 
 @dataclasses.dataclass(frozen=True)
-class SoftmaxCE:
+class SoftmaxCE(_OnLogits):
   """Single-label softmax cross-entropy on class ids (character faces)."""
   task: ClassVar[str] = 'single_label'
   label_encoding: ClassVar[str] = 'class_id'
+  activation: ClassVar[Any] = staticmethod(
+      functools.partial(jax.nn.softmax, axis=-1))
   label_smoothing: float = 0.0
 
-  def loss(self, outputs, batch, example_mask=None):
-    def ce(logits):
-      return losses.softmax_ce(logits=logits, labels=batch['labels'],
-                               label_smoothing=self.label_smoothing,
-                               example_mask=example_mask)
-    logged = {f'loss_{k}': ce(v) for k, v in branch_logits(outputs).items()}
-    return ce(logits_of(outputs)), logged
-
-  def scores(self, outputs):
-    given = given_scores(outputs)
-    if given is not None:
-      return given
-    return jax.nn.softmax(logits_of(outputs).astype(jnp.float32), axis=-1)
+  def primitive(self, logits, batch, example_mask):
+    return losses.softmax_ce(logits=logits, labels=batch['labels'],
+                             label_smoothing=self.label_smoothing,
+                             example_mask=example_mask)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,23 +19,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from jaxtag import checkpoint as checkpoint_lib
+
 COLLECTIONS = ('params', 'batch_stats')
 
 
 class InitError(ValueError):
   """The starting weights do not fit the model."""
-
-
-def _key_name(key) -> str:
-  for attr in ('name', 'key', 'idx'):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def flatten(tree: Any) -> dict[str, Any]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {'/'.join(_key_name(k) for k in path): leaf for path, leaf in flat}
 
 
 def _checkpoint_state_dir(path: epath.Path) -> epath.Path | None:
@@ -79,7 +69,7 @@ def read(path: str) -> dict[str, dict[str, np.ndarray]]:
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         restore_args=as_numpy))
-  return {c: flatten(state.get(c, {})) for c in COLLECTIONS}
+  return {c: checkpoint_lib.flatten(state.get(c, {})) for c in COLLECTIONS}
 
 
 def select(target: dict[str, Any], source: dict[str, np.ndarray],
@@ -115,14 +105,14 @@ def apply(state, init_config):
   replaced = {}
   for collection in COLLECTIONS:
     tree = getattr(state, collection)
-    target = flatten(tree)
+    target = checkpoint_lib.flatten(tree)
     taken = select(target, loaded[collection], init_config.include,
                    collection)
     replaced[collection] = len(taken)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     new_leaves = []
     for path, leaf in leaves:
-      key = '/'.join(_key_name(k) for k in path)
+      key = checkpoint_lib.path_name(path)
       if key in taken:
         value = taken[key].astype(leaf.dtype)
         # Every process holds the same file: each fills its own shards.

@@ -18,6 +18,7 @@ from PIL import Image
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
 
+from jaxtag import checkpoint
 from jaxtag import evaluate
 from jaxtag import objectives
 from jaxtag import sharding
@@ -147,6 +148,7 @@ def test_objective_must_match_the_label_encoding():
 # ------------------------------------------------ teacher forcing/predict ---
 
 
+@pytest.mark.slow
 def test_sequence_head_is_teacher_forced_and_predicts_without_labels(
     tiny_config, fake_heads):
   tiny_config.model.head = 'toy_decoder'
@@ -335,9 +337,8 @@ def test_native_geometry_buckets_pad_and_mask():
   sizes = [(40, 40)] * 6 + [(40, 44)] * 4 + [(20, 37)] * 7
   source = [{'image': _png(h, w, i), 'tags': [i % 3]}
             for i, (h, w) in enumerate(sizes)]
-  data_config = ml_collections.ConfigDict(dict(
-      image_size=32, crop='none', crop_scale=(1.0, 1.0), flip=False,
-      mean=(0.5,) * 3, std=(0.5,) * 3, workers=0, prefetch=2))
+  data_config = train.config_lib.defaults().data
+  data_config.image_size = 32
   batches = list(pipeline.create_eval_iterator(
       source, data_config=data_config, num_classes=3, label_feature='tags',
       global_batch_size=4, process_index=0, process_count=1,
@@ -441,7 +442,7 @@ def test_constants_are_state_not_parameters_nor_literals(tiny_config,
 
 
 def _flat(tree):
-  return {k: np.asarray(v) for k, v in warm_start.flatten(tree).items()}
+  return {k: np.asarray(v) for k, v in checkpoint.flatten(tree).items()}
 
 
 @pytest.mark.slow

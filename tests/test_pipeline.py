@@ -250,3 +250,29 @@ def test_ops_against_numpy():
   with pytest.raises(PIL.UnidentifiedImageError,
                      match='cannot identify image file'):
     ops.decode_png(b'\x89PNG\r\n\x1a\nbroken')
+
+
+def test_device_feed_checkpoints_the_first_unconsumed_batch():
+  from jaxtag.data import device_feed
+  source = _source(24)
+  sent = []
+
+  def to_device(batch):
+    sent.append(batch['image'])
+    return batch
+
+  feed = device_feed.DeviceFeed(_train(source, batch=4), to_device, size=2)
+  consumed = [next(feed) for _ in range(3)]
+  # Two batches beyond the consumed ones are already on their way...
+  assert len(sent) == 5
+  state = feed.get_state()
+  expected = [next(feed)['image'] for _ in range(3)]
+  # ...yet a restore resumes right after the last consumed batch.
+  restored = device_feed.DeviceFeed(_train(source, batch=4), lambda b: b,
+                                    size=2)
+  restored.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(restored)['image'], want)
+  plain = _train(source, batch=4)
+  for got in consumed:
+    np.testing.assert_array_equal(got['image'], next(plain)['image'])

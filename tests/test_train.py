@@ -2,8 +2,10 @@
 import json
 import os
 import re
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -79,6 +81,7 @@ def _independent_test_map(config, workdir, read_params):
                   for c in np.flatnonzero(present)])
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end_writes_outputs(tiny_config, tmp_path, read_params):
   workdir = str(tmp_path / 'run')
   result = train.train_and_evaluate(tiny_config, workdir)
@@ -107,6 +110,7 @@ def _dataset_dir(config):
   return build.get_builder(config.dataset.name, config.dataset.data_dir).data_dir
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch,
                                      read_params):
   straight = str(tmp_path / 'straight')
@@ -136,6 +140,7 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch,
   assert max(moved) > 1e-3
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path,
                                                       read_params):
   workdir = str(tmp_path / 'nan')
@@ -158,6 +163,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path,
   _assert_trees_close(params, good, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_restore_with_other_vocabulary_fails_clearly(tiny_config, tmp_path):
   workdir = str(tmp_path / 'shape')
   tiny_config.num_train_steps = 2
@@ -176,3 +182,32 @@ def test_unknown_config_key_lists_valid_keys(tiny_config):
   assert 'config.optim.lrr' in message
   for key in ('lr', 'weight_decay', 'schedule', 'clip_norm'):
     assert key in message
+
+
+def test_steps_between_events_do_not_block_the_host():
+  """Five dispatched steps return long before the first has finished."""
+  x = jnp.ones((384, 384), jnp.float32) / 384
+
+  @jax.jit
+  def slow_step(state, batch, rng):
+    del rng  # a step that takes a while on the device and reads nothing back
+    y = jax.lax.fori_loop(0, 60, lambda i, y: jnp.tanh(y @ y + batch), state)
+    return y, {'loss': jnp.sum(y)}
+
+  state = slow_step(x, x, None)[0]
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  one = jax.block_until_ready(slow_step(state, x, None))
+  one_step = time.perf_counter() - start
+
+  start = time.perf_counter()
+  state, metrics, step, stopped = train.run_until_event(
+      state, iter([x] * 5), slow_step, None, 0,
+      is_event=lambda s: s == 5, should_stop=lambda s: False)
+  dispatched = time.perf_counter() - start
+  jax.block_until_ready(metrics)
+  finished = time.perf_counter() - start
+  assert (step, stopped) == (5, False)
+  assert finished > 3 * one_step  # the five steps really ran...
+  assert dispatched < 0.5 * one_step, (dispatched, one_step)  # ...after it
+  del one
