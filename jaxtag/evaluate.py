@@ -12,6 +12,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from jaxtag import metrics as metrics_lib
 from jaxtag import sharding
@@ -77,7 +78,7 @@ def write_per_tag_csv(path: str, pred: dict[str, np.ndarray], tag_metadata,
   correct = (predicted & labels).sum(0)
   n_pred, n_true = predicted.sum(0), labels.sum(0)
   ap = metrics_lib.average_precision(scores, labels.astype(np.float32))
-  with open(path, 'w', newline='') as f:
+  with epath.Path(path).open('w') as f:
     writer = csv.writer(f)
     writer.writerow(['tag', 'category', 'train_count', 'test_count', 'AP',
                      'precision', 'recall'])

@@ -6,9 +6,7 @@ config; nothing here knows which one it runs.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 import time
 from typing import Any
 
@@ -18,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
+from etils import epath
 
 from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import config as config_lib
@@ -27,6 +26,7 @@ from jaxtag import models
 from jaxtag import optim
 from jaxtag import reporting
 from jaxtag import sharding
+from jaxtag import storage
 from jaxtag.data import pipeline
 from jaxtag.data import sources
 from jaxtag.data import tag_metadata as tag_metadata_lib
@@ -176,12 +176,12 @@ class Run(Trainable):
                     pred: dict, extra: dict | None = None) -> None:
     if jax.process_index() != 0:
       return
-    path = os.path.join(self.workdir, f'{name}.json')
-    with open(path, 'w') as f:
-      json.dump({'step': int(step), 'dataset': self.config.dataset.name,
-                 'metrics': result, **(extra or {})}, f, indent=2)
+    path = epath.Path(self.workdir) / f'{name}.json'
+    storage.write_json(path, {
+        'step': int(step), 'dataset': self.config.dataset.name,
+        'metrics': result, **(extra or {})})
     evaluate_lib.write_per_tag_csv(
-        os.path.join(self.workdir, f'{name}_per_tag.csv'), pred, self.tags,
+        epath.Path(self.workdir) / f'{name}_per_tag.csv', pred, self.tags,
         self.config.eval.threshold)
     logging.info('Wrote %s', path)
 
@@ -197,11 +197,11 @@ def _summary(result: dict) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the test results."""
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   run = Run(config, workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    storage.write_text(epath.Path(workdir) / 'config.json',
+                       config.to_json_best_effort(indent=2))
 
   # Data.
   train_iter = pipeline.create_train_iterator(
