@@ -15,7 +15,10 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
+
+from jaxtag import storage
 
 
 class ShapeMismatchError(ValueError):
@@ -48,8 +51,11 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 class Checkpointer:
   """The run's CheckpointManager under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  def __init__(self, workdir: epath.PathLike, *, keep: int,
+               async_save: bool = True):
+    # Local workdirs become absolute for Orbax; gs:// and other URIs stay as
+    # they are, so every worker writes to the same bucket.
+    self.directory = storage.as_path(workdir) / 'checkpoints'
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -70,7 +76,7 @@ class Checkpointer:
     """Compares stored shapes with the model's before any array is read."""
     stored = _shapes(self._manager.item_metadata(step)['state'])
     expected = _shapes(abstract_state)
-    where = os.path.join(self.directory, str(step))
+    where = self.directory / str(step)
     problems = [f'{k}: checkpoint {stored[k]} vs model {v}'
                 for k, v in expected.items() if k in stored and stored[k] != v]
     missing = sorted(set(expected) ^ set(stored))

@@ -5,12 +5,14 @@ Only process 0 writes files; every process may call these methods.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import jax
 from absl import logging
+from etils import epath
+
+from jaxtag import storage
 
 
 def _plain(value: Any) -> Any:
@@ -23,22 +25,22 @@ def _plain(value: Any) -> Any:
 class MetricWriter:
   """One JSON object per log or eval in metrics.jsonl, mirrored to TensorBoard."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: epath.PathLike):
     self._enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if self._enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-      from tensorboardX import SummaryWriter  # only process 0 needs it
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      workdir = epath.Path(workdir)
+      workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = storage.open_append(workdir / 'metrics.jsonl')
+      self._tb = storage.tensorboard_writer(workdir / 'tensorboard')
 
   def write(self, step: int, metrics: dict[str, Any], prefix: str = '') -> None:
     if not self._enabled:
       return
     record = {'step': int(step), **{f'{prefix}{k}': _plain(v)
                                      for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.write((json.dumps(record) + '\n').encode())
     self._jsonl.flush()
     for key, value in record.items():
       if key != 'step' and isinstance(value, float):

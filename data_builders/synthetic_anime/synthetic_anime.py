@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import multiprocessing
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 from data_builders import deterministic_writer
 from data_builders.synthetic_anime import annotate
@@ -46,21 +48,25 @@ class TagStatistics(tfds.core.Metadata):
     self.cooccurrence = None
     self.num_images = 0
 
+  # Built in memory and written whole through epath, so that a gs:// data_dir
+  # works and the bytes do not depend on whether the target can seek.
   def save_metadata(self, data_dir):
-    with open(os.path.join(data_dir, 'selected_tags.csv'), 'w',
-              newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(['tag_id', 'name', 'category', 'count'])
-      for i, name in enumerate(vocab.TAGS):
-        writer.writerow([i, name, vocab.CATEGORIES[i], int(self.counts[i])])
-    with open(os.path.join(data_dir, 'label_stats.npz'), 'wb') as f:
-      np.savez(f, counts=self.counts, cooccurrence=self.cooccurrence,
-               num_images=np.int64(self.num_images))
+    table = io.StringIO(newline='')
+    writer = csv.writer(table)
+    writer.writerow(['tag_id', 'name', 'category', 'count'])
+    for i, name in enumerate(vocab.TAGS):
+      writer.writerow([i, name, vocab.CATEGORIES[i], int(self.counts[i])])
+    (epath.Path(data_dir) / 'selected_tags.csv').write_bytes(
+        table.getvalue().encode())
+    stats = io.BytesIO()
+    np.savez(stats, counts=self.counts, cooccurrence=self.cooccurrence,
+             num_images=np.int64(self.num_images))
+    (epath.Path(data_dir) / 'label_stats.npz').write_bytes(stats.getvalue())
 
   def load_metadata(self, data_dir):
-    path = os.path.join(data_dir, 'label_stats.npz')
-    if os.path.exists(path):
-      with np.load(path) as stats:
+    path = epath.Path(data_dir) / 'label_stats.npz'
+    if path.exists():
+      with np.load(io.BytesIO(path.read_bytes())) as stats:
         self.counts = stats['counts']
         self.cooccurrence = stats['cooccurrence']
         self.num_images = int(stats['num_images'])

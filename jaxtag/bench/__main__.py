@@ -5,11 +5,12 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --what=metrics
 """
 import json
-import os
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from jaxtag import storage
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
@@ -29,14 +30,11 @@ _OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
 
 
 def _append(path: str, record: dict) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  records = []
-  if os.path.exists(path):
-    with open(path) as f:
-      records = json.load(f)
+  path = storage.as_path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  records = json.loads(path.read_text()) if path.exists() else []
   records.append(record)
-  with open(path, 'w') as f:
-    json.dump(records, f, indent=2)
+  storage.write_json(path, records)
 
 
 def main(argv):

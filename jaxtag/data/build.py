@@ -5,7 +5,6 @@ r"""Builds a TFDS dataset of data_builders/ by its 'name/config'.
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 import time
 
@@ -13,6 +12,7 @@ import tensorflow_datasets as tfds
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 
 import data_builders
 
@@ -45,7 +45,7 @@ def get_builder(name: str, data_dir: str | None = None):
 
 def ensure_built(builder) -> None:
   """Builds the dataset when its files are not there yet."""
-  if os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
+  if (epath.Path(builder.data_dir) / 'dataset_info.json').exists():
     return
   start = time.perf_counter()
   logging.info('Building %s into %s ...', builder.info.full_name,

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
+import io
 
 import numpy as np
+from etils import epath
 
 
 @dataclasses.dataclass
@@ -17,18 +18,18 @@ class TagMetadata:
   num_images: int
 
 
-def load_tag_metadata(data_dir: str) -> TagMetadata:
-  csv_path = os.path.join(data_dir, 'selected_tags.csv')
-  npz_path = os.path.join(data_dir, 'label_stats.npz')
+def load_tag_metadata(data_dir: epath.PathLike) -> TagMetadata:
+  csv_path = epath.Path(data_dir) / 'selected_tags.csv'
+  npz_path = epath.Path(data_dir) / 'label_stats.npz'
   for path in (csv_path, npz_path):
-    if not os.path.exists(path):
+    if not path.exists():
       raise FileNotFoundError(
           f'{path} is missing: the dataset in {data_dir} was not built by a '
           'jaxtag builder or was built incompletely. Rebuild it with '
           '`python -m jaxtag.data.build NAME/CONFIG --data_dir DIR`.')
-  with open(csv_path, newline='') as f:
-    rows = list(csv.DictReader(f))
-  with np.load(npz_path) as stats:
+  rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+  # np.load seeks inside the zip; a bucket file is read whole first.
+  with np.load(io.BytesIO(npz_path.read_bytes())) as stats:
     return TagMetadata(
         names=[r['name'] for r in rows],
         categories=np.array([int(r['category']) for r in rows]),
