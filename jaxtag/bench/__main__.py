@@ -2,6 +2,7 @@ r"""Benchmarks: print figures and write them as JSON.
 
   python -m jaxtag.bench --config configs/bench_resnet.py:r50_224
   python -m jaxtag.bench --config configs/default.py --pipeline
+  python -m jaxtag.bench --config configs/bench_pipeline.py:cpu --pipeline
   python -m jaxtag.bench --what=metrics
 """
 import json

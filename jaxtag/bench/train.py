@@ -2,11 +2,16 @@
 
 - step: images/s of the jitted train step alone, the batch already on device;
 - pipeline: images/s of data loading + host-to-device + step, as in training;
+- loader: images/s of the host pipeline alone, as configured and on one core
+  (the figure that says how many host cores one accelerator needs);
 - TFLOP/s from XLA's cost analysis of the compiled step, and MFU where the
   device's peak is known.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import statistics
 import time
 from typing import Any
 
@@ -43,8 +48,9 @@ def _flops_per_step(compiled) -> float | None:
 def _fake_batch(batch_size: int, image_size: int, num_classes: int, mesh):
   rng = np.random.default_rng(0)
   local = batch_size // jax.process_count()
-  batch = {'image': rng.standard_normal(
-               (local, image_size, image_size, 3), dtype=np.float32),
+  # uint8 pixels, as the pipeline feeds them.
+  batch = {'image': rng.integers(0, 256, (local, image_size, image_size, 3),
+                                 dtype=np.uint8),
            'labels': (rng.random((local, num_classes)) < 0.05).astype(
                np.float32)}
   return sharding.to_global(batch, mesh)
@@ -95,32 +101,88 @@ def run(config, *, num_classes: int, steps: int, warmup: int,
   }
   if with_pipeline:
     result.update(_pipeline(config, trainable, state, steps, mesh,
-                             num_classes))
+                             num_classes, result['step_images_per_s']))
   return result
 
 
-def _pipeline(config, trainable, state, steps, mesh,
-              num_classes) -> dict[str, Any]:
-  from jaxtag.data import pipeline, sources
+# Timed windows of the loader; the median is reported, since the host's
+# cores may be shared with other work.
+_LOADER_WINDOWS = 3
+
+
+@contextlib.contextmanager
+def _one_core():
+  """Pins this thread, and the threads it starts meanwhile, to one core."""
+  if not hasattr(os, 'sched_setaffinity'):
+    raise RuntimeError('Pinning to one core needs os.sched_setaffinity '
+                       '(Linux).')
+  cores = os.sched_getaffinity(0)
+  os.sched_setaffinity(0, {min(cores)})
+  try:
+    yield
+  finally:
+    os.sched_setaffinity(0, cores)
+
+
+def _time_loader(make_iterator, batch_size: int, steps: int):
+  """(images/s, images per CPU-second of this process), loading alone.
+
+  Medians over windows of `steps` batches. CPU time counts every thread of
+  this process (not worker processes), so it divides by the cores used.
+  """
+  it = make_iterator()
+  next(it)  # start threads and workers outside the timed windows
+  rates, cpu_rates = [], []
+  for _ in range(_LOADER_WINDOWS):
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+      next(it)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    rates.append(batch_size * steps / wall)
+    cpu_rates.append(batch_size * steps / cpu)
+  if hasattr(it, 'close'):
+    it.close()
+  return statistics.median(rates), statistics.median(cpu_rates)
+
+
+def _pipeline(config, trainable, state, steps, mesh, num_classes,
+              step_rate) -> dict[str, Any]:
+  from jaxtag.data import device_feed, pipeline, sources
   source, _ = sources.open_split(config.dataset, config.dataset.train_split)
-  it = pipeline.create_train_iterator(
-      source, data_config=config.data, num_classes=num_classes,
-      label_feature=config.dataset.label_feature,
-      global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  next(it)  # start workers outside the timed region
-  start = time.perf_counter()
-  for _ in range(steps):
-    next(it)
-  load_s = (time.perf_counter() - start) / steps
-  seconds, _ = _time_steps(
-      trainable, state, lambda: sharding.to_global(next(it), mesh), steps)
+
+  def make_iterator(data_config):
+    return lambda: pipeline.create_train_iterator(
+        source, data_config=data_config, num_classes=num_classes,
+        label_feature=config.dataset.label_feature,
+        global_batch_size=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  local_batch = config.batch_size // jax.process_count()
+  load_rate, load_cpu_rate = _time_loader(make_iterator(config.data),
+                                          local_batch, steps)
+  # One core: no worker processes, and the reader threads share one core,
+  # which is what one reader thread does alone.
+  one_core = config.data.copy_and_resolve_references()
+  one_core.workers = 0
+  with _one_core():
+    core_rate, _ = _time_loader(make_iterator(one_core), local_batch, steps)
+  # As in training: global batches prefetched onto the devices.
+  feed = device_feed.DeviceFeed(make_iterator(config.data)(),
+                                lambda b: sharding.to_global(b, mesh),
+                                size=config.data.device_prefetch)
+  next(feed)  # start workers outside the timed region
+  seconds, _ = _time_steps(trainable, state, lambda: next(feed), steps)
   workers, _ = pipeline.host_read_parallelism(config.data)
-  cores = max(workers, 1)
-  logging.info('pipeline: %.1f ms/batch loading alone', 1e3 * load_s)
+  logging.info('pipeline: %.1f ms/batch loading alone', 1e3 * local_batch
+               / load_rate)
+  # Loader rates are this process's; every process loads alike.
   return {
       'pipeline_images_per_s': config.batch_size * steps / seconds,
-      'loader_only_images_per_s': config.batch_size / load_s,
-      'loader_images_per_s_per_core': config.batch_size / load_s / cores,
+      'loader_only_images_per_s': load_rate,
+      # Worker processes' CPU time is not this process's: no figure then.
+      'loader_images_per_cpu_second': load_cpu_rate if not workers else None,
+      'loader_images_per_s_per_core': core_rate,
+      'loader_to_step_ratio': load_rate * jax.process_count() / step_rate,
+      'cores_to_feed_step': step_rate / core_rate,
       'data_workers': workers,
   }
