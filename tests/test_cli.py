@@ -126,6 +126,13 @@ def test_two_processes_equal_one_process(tiny_config, tmp_path, read_params):
                                err_msg=jax.tree_util.keystr(path))
     diffs.append(np.abs(x - flat_b[path]).ravel())
   assert np.concatenate(diffs).mean() < 1e-6
+  # Evaluation met on process 0 alone: every test image once, the same
+  # metrics as one process, and no leftover per-process rows.
+  results = [json.load(open(os.path.join(w, 'results.json')))['metrics']
+             for w in (single, multi)]
+  assert results[0]['num_examples'] == results[1]['num_examples'] == 64
+  assert results[1]['mAP'] == pytest.approx(results[0]['mAP'], abs=1e-3)
+  assert not os.path.exists(os.path.join(multi, 'eval_rows', 'test'))
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -162,7 +163,7 @@ def _pipeline(config, trainable, state, steps, mesh, num_classes,
                                           local_batch, steps)
   # One core: no worker processes, and the reader threads share one core,
   # which is what one reader thread does alone.
-  one_core = config.data.copy_and_resolve_references()
+  one_core = ml_collections.ConfigDict(config.data.to_dict(), type_safe=False)
   one_core.workers = 0
   with _one_core():
     core_rate, _ = _time_loader(make_iterator(one_core), local_batch, steps)
