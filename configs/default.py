@@ -2,7 +2,7 @@ r"""python -m jaxtag.main --config configs/default.py --workdir runs/demo
 
 A small ResNet tagger on the embedded synthetic anime dataset. The default
 builds `synthetic_anime/default` on first use (12k train images at 96 px,
-about 10 s) and trains 8 epochs in about 15 minutes on 2 CPU cores.
+about 10 s) and trains 8 epochs in about 9 minutes on 2 CPU cores.
 
   python -m jaxtag.main --config configs/default.py:tiny --workdir runs/tiny
 

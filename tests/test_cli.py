@@ -103,29 +103,33 @@ def test_sigterm_saves_a_checkpoint_that_restores(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tiny_config, tmp_path, read_params):
   data_dir = tiny_config.dataset.data_dir
+  # Two SGD steps. The last-bit noise of another all-reduce order
+  # (in-process vs gloo) grows fast in this tiny network: its batch norm on
+  # 1 x 1 maps of 16 images makes the gradient chaotic, so that 1e-7
+  # differences reach percents within five steps, with SGD or Adam (which
+  # also turns noise in a near-zero gradient into a full step). Two SGD
+  # steps keep the noise near 1e-6, far below what a missing or repeated
+  # row or a wrong gradient sum would do.
+  args = ('--config.optim.name=sgd', '--config.optim.lr=0.005',
+          '--config.num_train_steps=2')
   single = str(tmp_path / 'single')
-  subprocess.run(_main_args(single, data_dir), cwd=ROOT, env=_env(4),
+  subprocess.run(_main_args(single, data_dir, *args), cwd=ROOT, env=_env(4),
                  check=True, capture_output=True, timeout=600)
   multi = str(tmp_path / 'multi')
   env = _env(2)
   env['JAXTAG_LOCAL_DEVICES'] = '2'
   proc = subprocess.run(
-      ['bash', 'launch/local.sh', '2', '--', *_main_args(multi, data_dir)],
+      ['bash', 'launch/local.sh', '2', '--', *_main_args(multi, data_dir,
+                                                          *args)],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   a, step_a = read_params(single)
   b, step_b = read_params(multi)
-  assert step_a == step_b == 8
+  assert step_a == step_b == 2
   flat_b = dict(jax.tree_util.tree_flatten_with_path(b)[0])
-  diffs = []
   for path, x in jax.tree_util.tree_flatten_with_path(a)[0]:
-    # Adam divides by sqrt(v): reduction-order noise in a near-zero gradient
-    # can move a weight by up to ~lr * 1e-2, hence the element tolerance;
-    # the mean difference stays far below what another data order gives.
-    np.testing.assert_allclose(x, flat_b[path], rtol=1e-3, atol=1e-4,
+    np.testing.assert_allclose(x, flat_b[path], rtol=1e-4, atol=1e-6,
                                err_msg=jax.tree_util.keystr(path))
-    diffs.append(np.abs(x - flat_b[path]).ravel())
-  assert np.concatenate(diffs).mean() < 1e-6
   # Evaluation met on process 0 alone: every test image once, the same
   # metrics as one process, and no leftover per-process rows.
   results = [json.load(open(os.path.join(w, 'results.json')))['metrics']
