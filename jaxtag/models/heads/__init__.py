@@ -22,7 +22,9 @@ The head API, for a flax Module chosen by `config.model.head`:
   as arguments, not literals.
 """
 from jaxtag.models.heads.linear import LinearHead
+from jaxtag.models.heads.lstm_decoder import LSTMDecoder
 
 HEADS = {
     'linear': LinearHead,
+    'lstm_decoder': LSTMDecoder,
 }
