@@ -90,6 +90,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim.nesterov = False
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  # vallet_rmsprop's alpha_max (its alpha0 is lr); None: the same as lr.
+  c.optim.max_lr = ml_collections.FieldReference(None, field_type=float)
   c.optim.clip_norm = ml_collections.FieldReference(None, field_type=float)
   c.optim.schedule = ml_collections.ConfigDict(
       {'name': 'cosine', 'warmup_steps': 0, 'end_lr_factor': 0.0})

@@ -2,8 +2,10 @@
 
 jaxtag/objectives.py chooses and combines them by `config.loss.name`.
 
-Every loss works in float32 whatever the model's computation dtype, and
-takes an `example_mask` so that padded eval rows count for nothing.
+Every loss works in float32 whatever the model's computation dtype. The
+batch losses take an `example_mask` so that padded eval rows count for
+nothing; `multilabel_softmax` returns per-example values [B], which its
+objective averages with `masked_mean`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 
-def _masked_mean(per_example, example_mask):
+def masked_mean(per_example, example_mask=None):
+  """The mean over the rows that `example_mask` [B] keeps (all if None)."""
   if example_mask is None:
     return jnp.mean(per_example)
   example_mask = example_mask.astype(jnp.float32)
@@ -35,7 +38,7 @@ def sigmoid_bce(*, logits, labels, label_weights=None, label_mask=None,
     per_label = per_label * jnp.asarray(label_weights, jnp.float32)
   if label_mask is not None:
     per_label = per_label * jnp.asarray(label_mask, jnp.float32)
-  return _masked_mean(jnp.sum(per_label, axis=-1), example_mask)
+  return masked_mean(jnp.sum(per_label, axis=-1), example_mask)
 
 
 def softmax_ce(*, logits, labels, label_smoothing=0.0, example_mask=None):
@@ -50,19 +53,32 @@ def softmax_ce(*, logits, labels, label_smoothing=0.0, example_mask=None):
   if label_smoothing:
     per_example = ((1.0 - label_smoothing) * per_example
                    - label_smoothing * jnp.mean(log_probs, axis=-1))
-  return _masked_mean(per_example, example_mask)
+  return masked_mean(per_example, example_mask)
 
 
-def multilabel_softmax_ce(*, logits, labels, example_mask=None):
-  """Cross-entropy of softmax(logits) against the label set spread evenly.
+def multilabel_softmax(*, logits, labels):
+  """Vallet & Sakamoto's multi-label softmax, per example [B]:
 
-  The target of an image with k labels is 1/k on each; an image without
-  labels contributes 0 (it has no target distribution).
+    E_i = -log(sum_{j in Y_i} exp(C_ij) / sum_{j in L} exp(C_ij)),
+
+  the log of the softmax mass on the label set. With one positive it is
+  the ordinary softmax cross-entropy. A row without positives has no
+  defined value (log 0); it gets 0 here, and the objective leaves it out
+  of the mean (`has_positive`).
   """
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  labels = labels.astype(jnp.float32)
-  target = labels / jnp.maximum(jnp.sum(labels, axis=-1, keepdims=True), 1.0)
-  return _masked_mean(-jnp.sum(target * log_probs, axis=-1), example_mask)
+  logits = logits.astype(jnp.float32)
+  positive = labels > 0.5
+  # A row without positives takes its whole row instead, so the value is
+  # exactly 0 and every gradient stays finite.
+  positive = jnp.where(has_positive(labels)[:, None], positive, True)
+  low = jnp.finfo(jnp.float32).min
+  on_labels = jax.nn.logsumexp(jnp.where(positive, logits, low), axis=-1)
+  return jax.nn.logsumexp(logits, axis=-1) - on_labels
+
+
+def has_positive(labels):
+  """[B] bool: the row has at least one label."""
+  return jnp.any(labels > 0.5, axis=-1)
 
 
 def sequence_ce(*, logits, targets, target_mask, example_mask=None):

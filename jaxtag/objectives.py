@@ -86,14 +86,21 @@ class SigmoidBCE(_OnLogits):
 
 @dataclasses.dataclass(frozen=True)
 class MultilabelSoftmax(SigmoidBCE):
-  """Vallet & Sakamoto's multi-label softmax: cross-entropy against the
-  label set spread evenly, y / |y|; scores are the softmax."""
+  """Vallet & Sakamoto's multi-label softmax, -log of the softmax mass on
+  the label set (losses.multilabel_softmax), averaged over the images that
+  have a label: an image without one has no defined loss and counts for
+  nothing. Scores are the softmax, unless the head's prediction path gives
+  its own (their test network gives summed confidences)."""
   activation: ClassVar[Any] = staticmethod(
       functools.partial(jax.nn.softmax, axis=-1))
 
   def primitive(self, logits, batch, example_mask):
-    return losses.multilabel_softmax_ce(
-        logits=logits, labels=batch['labels'], example_mask=example_mask)
+    labels = batch['labels']
+    counted = losses.has_positive(labels).astype(jnp.float32)
+    if example_mask is not None:
+      counted = counted * example_mask.astype(jnp.float32)
+    return losses.masked_mean(
+        losses.multilabel_softmax(logits=logits, labels=labels), counted)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,9 +8,10 @@ base_lr(step) * multiplier (and, as in torch, its decoupled decay scales too).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -82,7 +83,55 @@ def _sgd(c, lr):
                                nesterov=c.nesterov))
 
 
-OPTIMIZERS = {'adam': _adam_l2, 'adamw': _adam, 'sgd': _sgd}
+class ValletRMSPropState(NamedTuple):
+  count: jax.Array
+  msq: optax.Updates
+
+
+def vallet_rmsprop(alpha0: optax.ScalarOrSchedule = 0.01,
+                   alpha_max: float = 0.01,
+                   decay: float = 0.9) -> optax.GradientTransformation:
+  """Vallet & Sakamoto's RMSprop variant (their Sec. 2.5), per weight:
+
+    msq_0 = 1,  msq_t = decay msq_{t-1} + (1 - decay) g_t^2,
+    update_t = -min(alpha_max, alpha0 / sqrt(msq_t)) g_t.
+
+  The cap alpha_max makes it plain SGD at alpha_max wherever the running
+  gradient magnitude is below alpha0 / alpha_max, and divides by that
+  magnitude above it. alpha0 may be a schedule of the step (the paper
+  keeps it constant).
+  """
+
+  def init(params):
+    return ValletRMSPropState(
+        count=jnp.zeros((), jnp.int32),
+        msq=jax.tree.map(lambda p: jnp.ones_like(p, jnp.float32), params))
+
+  def update(updates, state, params=None):
+    del params
+    lr = alpha0(state.count) if callable(alpha0) else alpha0
+    msq = jax.tree.map(
+        lambda m, g: decay * m + (1 - decay) * jnp.square(g.astype(m.dtype)),
+        state.msq, updates)
+    new = jax.tree.map(
+        lambda g, m: (-jnp.minimum(alpha_max, lr / jnp.sqrt(m)) * g).astype(
+            g.dtype), updates, msq)
+    return new, ValletRMSPropState(count=optax.safe_increment(state.count),
+                                   msq=msq)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _vallet_rmsprop(c, lr):
+  # alpha0 is config.optim.lr (through the schedule), alpha_max
+  # config.optim.max_lr (None: the same as lr); decay as L2 on kernels.
+  alpha_max = float(c.lr if c.max_lr is None else c.max_lr)
+  return optax.chain(optax.add_decayed_weights(c.weight_decay, kernel_mask),
+                     vallet_rmsprop(lr, alpha_max))
+
+
+OPTIMIZERS = {'adam': _adam_l2, 'adamw': _adam, 'sgd': _sgd,
+              'vallet_rmsprop': _vallet_rmsprop}
 
 
 def scale_by_param_group(groups) -> optax.GradientTransformation:

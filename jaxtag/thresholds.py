@@ -11,7 +11,8 @@
   image's score vector s (Vallet & Sakamoto, after their Ref. [17]). Each
   fitting image's target is the midpoint between consecutive ranked scores
   that maximises its multi-label accuracy |Y & P| / |Y | P|; w and b are a
-  ridge least-squares fit to those targets.
+  ridge least-squares fit to those targets. `fit_linear_threshold` and
+  `apply_linear_threshold` are the policy on arrays alone.
 
 A fitted policy is a JSON-able record; the trainer fits it on the eval
 split, applies it to the test split and saves it as `thresholds.json` in
@@ -75,8 +76,8 @@ def linear_targets(scores, labels) -> np.ndarray:
   """[N]: per image, the threshold of best accuracy |Y & P| / |Y | P|.
 
   P is always a top-k set of the image's ranked scores; the threshold is
-  the midpoint between the k-th and (k+1)-th score (1 above the first,
-  0 below the last). The first k of highest accuracy wins ties.
+  the midpoint between the k-th and (k+1)-th score (above the first: 1, or
+  the first + 1 when it is 1 or more; below the last: 0, or the last - 1). The first k of highest accuracy wins ties.
   """
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels) > 0.5
@@ -89,8 +90,13 @@ def linear_targets(scores, labels) -> np.ndarray:
   union = k + labels.sum(axis=1, keepdims=True) - inter
   accuracy = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
   best = np.argmax(accuracy, axis=1)
-  upper = np.concatenate([np.maximum(ranked[:, :1], 1.0), ranked], axis=1)
-  lower = np.concatenate([ranked, np.minimum(ranked[:, -1:], 0.0)], axis=1)
+  # Past the ends: 1 and 0 for scores inside [0, 1); scores beyond them
+  # (raw confidences) get a margin of 1, so that predicting no label, or
+  # every label, stays what the target says.
+  top, bottom = ranked[:, :1], ranked[:, -1:]
+  upper = np.concatenate([np.where(top < 1.0, 1.0, top + 1.0), ranked], axis=1)
+  lower = np.concatenate([ranked, np.where(bottom > 0.0, 0.0, bottom - 1.0)],
+                         axis=1)
   rows = np.arange(n)
   return (upper[rows, best] + lower[rows, best]) / 2
 
@@ -113,6 +119,20 @@ def ridge_fit(x, y, penalty: float) -> tuple[np.ndarray, float]:
   return w, float(y_mean - x_mean @ w)
 
 
+def fit_linear_threshold(scores, labels) -> tuple[np.ndarray, float]:
+  """(weights [C], bias) of the `linear` policy: the per-image threshold
+  t = weights . s + bias, fitted on (scores [N, C], labels [N, C])."""
+  targets = linear_targets(scores, labels)
+  return ridge_fit(scores, targets, _RIDGE_PER_IMAGE * len(targets))
+
+
+def apply_linear_threshold(scores, weights, bias: float) -> np.ndarray:
+  """[N, C] bool: the labels predicted with the linear threshold, s >= t."""
+  scores = np.asarray(scores, np.float64)
+  per_image = scores @ np.asarray(weights, np.float64) + bias
+  return scores >= per_image[:, None]
+
+
 def fit(eval_config, scores, labels, tag_metadata) -> dict[str, Any]:
   """The record of `config.eval.thresholds`, fitted on (scores, labels)."""
   policy = eval_config.thresholds
@@ -129,8 +149,7 @@ def fit(eval_config, scores, labels, tag_metadata) -> dict[str, Any]:
     record['per_tag'] = best_f1_per_tag(
         scores, labels, float(eval_config.threshold)).tolist()
   else:
-    targets = linear_targets(scores, labels)
-    w, b = ridge_fit(scores, targets, _RIDGE_PER_IMAGE * len(targets))
+    w, b = fit_linear_threshold(scores, labels)
     record.update(weights=w.tolist(), bias=b)
   return record
 

@@ -82,16 +82,23 @@ def test_softmax_ce_label_smoothing_vs_numpy():
   assert float(got) == pytest.approx(-(target * logp).sum(1).mean(), rel=1e-5)
 
 
-def test_multilabel_softmax_ce_spreads_the_target_evenly():
-  logits = np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
-  labels = np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0]], np.float32)
-  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-  # Worked by hand: image 0 targets (1/2, 1/2, 0), image 1 (0, 0, 1), and
-  # image 2 has no labels, so no target: it adds 0 but still counts.
-  expected = (-(logp[0, 0] + logp[0, 1]) / 2 - logp[1, 2] + 0.0) / 3
-  got = losses.multilabel_softmax_ce(logits=jnp.asarray(logits),
-                                     labels=labels)
-  assert float(got) == pytest.approx(expected, rel=1e-6)
+def test_multilabel_softmax_vs_numpy():
+  rng = np.random.default_rng(6)
+  logits = rng.standard_normal((6, 5)) * 3
+  labels = (rng.random((6, 5)) < 0.4).astype(np.float32)
+  labels[0] = [0, 0, 1, 0, 0]
+  labels[1] = [1, 0, 0, 1, 1]
+  labels[2] = 0
+  e = np.exp(logits)
+  # -log of the softmax mass on the label set; 0 for a row without labels.
+  with np.errstate(divide='ignore'):
+    ref = np.where(labels.any(1),
+                   -np.log((e * labels).sum(1) / e.sum(1)), 0.0)
+  got = losses.multilabel_softmax(logits=jnp.asarray(logits), labels=labels)
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  # One positive: the ordinary softmax cross-entropy.
+  ce = losses.softmax_ce(logits=jnp.asarray(logits[:1]), labels=np.array([2]))
+  assert float(got[0]) == pytest.approx(float(ce), rel=1e-6)
 
 
 def test_sequence_ce_averages_valid_steps_only():

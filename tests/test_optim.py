@@ -98,7 +98,7 @@ def test_clipping_caps_the_global_norm():
 
 
 def test_unknown_names_are_listed():
-  with pytest.raises(ValueError, match='adam, adamw, sgd'):
+  with pytest.raises(ValueError, match='adam, adamw, sgd, vallet_rmsprop'):
     optim.build_optimizer(_config(name='lamb'), num_train_steps=10)
   with pytest.raises(ValueError, match='constant, cosine, step'):
     optim.build_optimizer(_config(schedule={'name': 'poly'}),

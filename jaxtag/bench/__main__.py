@@ -4,6 +4,7 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --config configs/default.py --pipeline
   python -m jaxtag.bench --config configs/bench_pipeline.py:cpu --pipeline
   python -m jaxtag.bench --what=metrics
+  python -m jaxtag.bench --what=predict --config configs/vallet_pixiv.py:synthetic
 """
 import json
 
@@ -15,9 +16,10 @@ from jaxtag import storage
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
-_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'metrics'],
+_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'metrics', 'predict'],
                           'train: the train step (and the pipeline with '
-                          '--pipeline); metrics: the metric suite at 50k x 10k.')
+                          '--pipeline); metrics: the metric suite at 50k x 10k;'
+                          ' predict: FLOPs and time of the prediction path.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -45,6 +47,13 @@ def main(argv):
   if _WHAT.value == 'metrics':
     from jaxtag.bench import metrics as metrics_bench
     result = {'benchmark': 'metrics', **metrics_bench.run()}
+  elif _WHAT.value == 'predict':
+    if _CONFIG.value is None:
+      raise app.UsageError('--config is required for --what=predict.')
+    from jaxtag.bench import predict as predict_bench
+    result = {'benchmark': 'predict', **predict_bench.run(
+        _CONFIG.value, num_classes=_NUM_CLASSES.value or 1000,
+        steps=_STEPS.value, warmup=_WARMUP.value)}
   else:
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=train.')

@@ -56,3 +56,15 @@ def crop_resize(image: Image.Image, box, size: int, flip: bool) -> np.ndarray:
   if flip:
     out = out.transpose(Image.FLIP_LEFT_RIGHT)
   return np.asarray(out, dtype=np.uint8)
+
+
+def mean_pixel(source, max_images: int | None = None) -> tuple[float, ...]:
+  """The mean RGB value, in [0, 1], of every pixel of a split's images
+  (the first `max_images`): the `config.data.mean` of Vallet & Sakamoto's
+  preprocessing, which subtracts the training set's mean pixel."""
+  total, count = np.zeros(3, np.float64), 0
+  for i in range(min(len(source), max_images or len(source))):
+    pixels = np.asarray(decode_png(source[i]['image']), np.float64)
+    total += pixels.reshape(-1, 3).sum(axis=0)
+    count += pixels.shape[0] * pixels.shape[1]
+  return tuple(float(v) for v in total / (255.0 * max(count, 1)))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from jaxtag.models import densenet
 from jaxtag.models import resnet
+from jaxtag.models import vallet
 from jaxtag.models.heads import HEADS
 from jaxtag.models.tagger import Tagger
 
@@ -19,6 +20,7 @@ BACKBONES = {
     'resnet152': resnet.ResNet152,
     'densenet121': densenet.DenseNet121,
     'densenet169': densenet.DenseNet169,
+    'vallet': vallet.Vallet,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

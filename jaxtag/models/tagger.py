@@ -4,13 +4,21 @@ Two entry points, so that a method may predict differently from how it
 trains: `__call__` is the training forward pass (teacher forcing included),
 `predict` the evaluation and serving path, which never receives the head's
 `teacher_features` (ground truth). A head without its own `predict` is
-evaluated with its training forward pass in eval mode.
+evaluated with its training forward pass in eval mode. A head whose
+`test_crops` is above 0 is judged on that many random crops of each image
+instead (see `_predict_on_crops`).
 """
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
+from jaxtag.models import crops as crops_lib
 from jaxtag.models import pooling
+
+# Fixed: every evaluation of a checkpoint sees the same crops.
+_CROP_SEED = 0
 
 
 class Tagger(nn.Module):
@@ -31,8 +39,27 @@ class Tagger(nn.Module):
                      **batch_features)
 
   def predict(self, image, *, image_mask=None, **batch_features) -> Any:
+    num_crops = int(getattr(self.head, 'test_crops', 0))
+    if num_crops:
+      return self._predict_on_crops(image, image_mask, num_crops,
+                                    batch_features)
     features, mask = self._features(image, image_mask, False)
     if hasattr(self.head, 'predict'):
       return self.head.predict(features, feature_mask=mask, **batch_features)
     return self.head(features, train=False, feature_mask=mask,
                      **batch_features)
+
+  def _predict_on_crops(self, image, image_mask, num: int, batch_features):
+    """The head's prediction averaged over `num` random square crops of
+    each image, of side `head.test_crop_fraction` of the shortest side of
+    the batch (the image size the eval geometry resized to), inside the
+    real pixels. All crops go through the backbone as one batch."""
+    size = int(round(min(image.shape[1:3]) * self.head.test_crop_fraction))
+    views = crops_lib.random_crops(image, image_mask, num=num, size=size,
+                                   key=jax.random.key(_CROP_SEED))
+    features = self.backbone(views, train=False)
+    tiled = {k: jnp.concatenate([v] * num, axis=0)
+             for k, v in batch_features.items()}
+    outputs = self.head.predict(features, feature_mask=None, **tiled)
+    return jax.tree.map(
+        lambda x: jnp.mean(x.reshape(num, -1, *x.shape[1:]), axis=0), outputs)

@@ -16,6 +16,12 @@ The head API, for a flax Module chosen by `config.model.head`:
 - An optional `predict(features, *, feature_mask, **batch_features)` is the
   prediction path when it differs from training (beam search, a fully
   convolutional test network).
+- A head may ask to be judged on random crops of each image instead of
+  the whole image: `Tagger.predict` then runs the backbone and the head's
+  `predict` on `test_crops` crops of side `test_crop_fraction` of the
+  image's shortest side, and averages the outputs (the 10-crop baseline
+  of heads/vallet.py). Crops are drawn from a fixed key: every evaluation
+  sees the same crops.
 - Constants that are not trained (a label graph, a label order) live in the
   'constants' collection: `self.variable('constants', name, init_fn)`.
   They are saved and restored with the state and reach the compiled step
@@ -23,8 +29,10 @@ The head API, for a flax Module chosen by `config.model.head`:
 """
 from jaxtag.models.heads.linear import LinearHead
 from jaxtag.models.heads.lstm_decoder import LSTMDecoder
+from jaxtag.models.heads.vallet import ValletHead
 
 HEADS = {
     'linear': LinearHead,
     'lstm_decoder': LSTMDecoder,
+    'vallet': ValletHead,
 }
