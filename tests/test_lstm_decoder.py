@@ -278,6 +278,7 @@ def _counts_only(num_classes):
       cooccurrence=np.eye(num_classes), num_images=100)
 
 
+@pytest.mark.slow  # several training steps
 def test_decoder_trains_and_predicts_without_labels(decoder_config):
   mesh = sharding.create_mesh()
   tags = _counts_only(12)

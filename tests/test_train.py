@@ -24,6 +24,7 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow  # several training steps
 def test_train_step_lowers_loss_on_8_devices(tiny_config):
   assert jax.device_count() == 8
   mesh = sharding.create_mesh()

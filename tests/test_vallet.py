@@ -310,6 +310,7 @@ def test_backbone_is_table_1():
   assert features.shape == (1, 2, 3, 64)   # total stride 32
 
 
+@pytest.mark.slow  # several training steps
 def test_tiny_training_lowers_the_loss():
   config = _config('tiny')
   mesh = sharding.create_mesh()
