@@ -174,14 +174,14 @@ class _Loader:
     example = self.source[record]
     try:
       out = self.encoder.encode(example[self.label_feature], self.seed, g)
-      image = ops.decode_png(example['image'])
     except labels_lib.SkipExample as e:
       return self._skip(record, bucket, e)
+    try:
+      image = ops.decode_png(example['image'])
     except Exception as e:  # pylint: disable=broad-except
-      # Pillow raises several types for corrupt or truncated data; a
-      # vocabulary mismatch (ValueError from the encoder) is never skipped.
-      if isinstance(e, ValueError) and 'vocabulary' in str(e):
-        raise
+      # Pillow raises several types for corrupt or truncated data. (A tag id
+      # outside the vocabulary raised above: the dataset is wrong, not one
+      # image, so it is never skipped.)
       return self._skip(record, bucket, e)
     out.update(self._pixels(image, g, bucket))
     for key, (shape, dtype) in self.feature_specs.items():
