@@ -35,9 +35,9 @@ Preprocessing, as their Sec. 2.1: the shortest side goes to
 `data.image_size` (256) and training takes a random square of that side
 (crop 'random' with scale 1) with random flips; test images keep their
 aspect ratio (eval geometry 'native'). Pixels are divided by 255 and the
-training split's mean pixel is subtracted (std 1). Resizing is Pillow's
-bilinear, which averages the whole footprint when it shrinks (close to
-OpenCV's area interpolation that they use).
+training split's mean pixel is subtracted (std 1). Resizing uses area
+interpolation (`data.interpolation='area'`, Pillow's BOX filter: the mean of
+each output pixel's footprint, OpenCV's INTER_AREA when shrinking).
 """
 from jaxtag import config as config_lib
 
@@ -56,6 +56,7 @@ def get_config(arg=None):
   config.data.crop = 'random'          # a square of the whole shortest side
   config.data.crop_scale = (1.0, 1.0)
   config.data.flip = True
+  config.data.interpolation = 'area'
   config.data.mean = IMAGENET_MEAN     # stand-in; see the docstring
   config.data.std = (1.0, 1.0, 1.0)
   config.data.workers = 'auto'

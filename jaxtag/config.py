@@ -47,6 +47,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.crop = 'random_resized'               # 'random_resized' | 'random' | 'none'
   c.data.crop_scale = (0.5, 1.0)               # area fraction kept by the crop
   c.data.flip = True
+  c.data.interpolation = 'bilinear'            # 'bilinear' | 'area' (Pillow BOX)
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.5, 0.5, 0.5)
   # Worker processes and reader threads: an int, or 'auto' to size them from

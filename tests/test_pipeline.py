@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from jaxtag import config as config_lib
+from jaxtag.data import geometry
 from jaxtag.data import labels
 from jaxtag.data import ops
 from jaxtag.data import pipeline
@@ -276,3 +277,22 @@ def test_device_feed_checkpoints_the_first_unconsumed_batch():
   plain = _train(source, batch=4)
   for got in consumed:
     np.testing.assert_array_equal(got['image'], next(plain)['image'])
+
+
+def test_area_interpolation_is_the_block_mean():
+  """'area' shrinks by averaging each output pixel's footprint, like OpenCV's
+  INTER_AREA: an integer factor gives exact block means (worked in numpy)."""
+  rng = np.random.default_rng(1)
+  pixels = rng.integers(0, 256, (12, 18, 3), dtype=np.uint8)
+  image = Image.fromarray(pixels)
+  blocks = pixels.reshape(4, 3, 6, 3, 3).astype(np.float64).mean(axis=(1, 3))
+  crop = ops.crop_resize(image, (0, 0, 18, 12), 6, flip=False,
+                         interpolation='area')
+  np.testing.assert_allclose(crop, pixels.reshape(6, 2, 6, 3, 3).astype(
+      np.float64).mean(axis=(1, 3)), atol=1)
+  bilinear = ops.crop_resize(image, (0, 0, 18, 12), 6, flip=False)
+  assert np.abs(bilinear - crop.astype(float)).max() > 1
+  shortest = geometry.native(image, (4, 6), ops.resample('area'))[0]
+  np.testing.assert_allclose(shortest, np.round(blocks), atol=1)
+  with pytest.raises(ValueError, match='valid: bilinear, area'):
+    ops.resample('lanczos')

@@ -73,11 +73,13 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def square(image: Image.Image, size: int) -> np.ndarray:
-  return np.asarray(image.resize((size, size), Image.BILINEAR), np.uint8)
+def square(image: Image.Image, size: int,
+           resample: int = Image.BILINEAR) -> np.ndarray:
+  return np.asarray(image.resize((size, size), resample), np.uint8)
 
 
-def pad(image: Image.Image, size: int) -> np.ndarray:
+def pad(image: Image.Image, size: int,
+        resample: int = Image.BILINEAR) -> np.ndarray:
   width, height = image.size
   scale = size / max(width, height)
   w = max(1, round(width * scale))
@@ -85,11 +87,12 @@ def pad(image: Image.Image, size: int) -> np.ndarray:
   canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
   top, left = (size - h) // 2, (size - w) // 2
   canvas[top:top + h, left:left + w] = np.asarray(
-      image.resize((w, h), Image.BILINEAR), np.uint8)
+      image.resize((w, h), resample), np.uint8)
   return canvas
 
 
-def native(image: Image.Image, shape: tuple[int, int]):
+def native(image: Image.Image, shape: tuple[int, int],
+           resample: int = Image.BILINEAR):
   """(pixels [H, W, 3] uint8 placed top-left, mask [H, W] uint8)."""
   bucket_h, bucket_w = shape
   width, height = image.size
@@ -98,7 +101,7 @@ def native(image: Image.Image, shape: tuple[int, int]):
   w = min(bucket_w, max(1, round(width * scale)))
   h = min(bucket_h, max(1, round(height * scale)))
   pixels = np.zeros((bucket_h, bucket_w, 3), np.uint8)
-  pixels[:h, :w] = np.asarray(image.resize((w, h), Image.BILINEAR), np.uint8)
+  pixels[:h, :w] = np.asarray(image.resize((w, h), resample), np.uint8)
   mask = np.zeros((bucket_h, bucket_w), np.uint8)
   mask[:h, :w] = 1
   return pixels, mask

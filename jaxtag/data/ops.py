@@ -50,9 +50,25 @@ def random_crop_box(height: int, width: int, rng: np.random.Generator,
   return left, top, left + side, top + side
 
 
-def crop_resize(image: Image.Image, box, size: int, flip: bool) -> np.ndarray:
-  """Crops `box`, resizes to size x size (bilinear), optionally mirrors."""
-  out = image.resize((size, size), Image.BILINEAR, box=box)
+# config.data.interpolation -> Pillow filter. 'area' is Pillow's BOX filter:
+# each output pixel is the mean of the input pixels its footprint covers
+# (weighted at the edges), which is OpenCV's INTER_AREA when shrinking, the
+# interpolation Vallet & Sakamoto resize with.
+INTERPOLATIONS = {'bilinear': Image.BILINEAR, 'area': Image.BOX}
+
+
+def resample(interpolation: str) -> int:
+  """The Pillow filter of `interpolation`; an unknown name lists the valid."""
+  if interpolation not in INTERPOLATIONS:
+    raise ValueError(f'Unknown config.data.interpolation {interpolation!r}; '
+                     f'valid: {", ".join(INTERPOLATIONS)}.')
+  return INTERPOLATIONS[interpolation]
+
+
+def crop_resize(image: Image.Image, box, size: int, flip: bool,
+                interpolation: str = 'bilinear') -> np.ndarray:
+  """Crops `box`, resizes to size x size, optionally mirrors."""
+  out = image.resize((size, size), resample(interpolation), box=box)
   if flip:
     out = out.transpose(Image.FLIP_LEFT_RIGHT)
   return np.asarray(out, dtype=np.uint8)

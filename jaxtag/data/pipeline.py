@@ -133,6 +133,8 @@ class _Loader:
     self.crop = data_config.crop
     self.scale = tuple(data_config.crop_scale)
     self.flip = bool(data_config.flip)
+    self.interpolation = data_config.interpolation
+    self.resample = ops.resample(self.interpolation)
     self.geometry, self.shapes = geometry, shapes
     if self.crop not in ('random_resized', 'random', 'none'):
       raise ValueError(f'Unknown config.data.crop {self.crop!r}; valid: '
@@ -143,11 +145,12 @@ class _Loader:
     w, h = image.size
     if not self.train:
       if self.geometry == 'pad':
-        return {'image': geometry_lib.pad(image, self.size)}
+        return {'image': geometry_lib.pad(image, self.size, self.resample)}
       if self.geometry == 'native':
-        pixels, mask = geometry_lib.native(image, self.shapes[bucket])
+        pixels, mask = geometry_lib.native(image, self.shapes[bucket],
+                                           self.resample)
         return {'image': pixels, 'image_mask': mask}
-      return {'image': geometry_lib.square(image, self.size)}
+      return {'image': geometry_lib.square(image, self.size, self.resample)}
     rng = np.random.default_rng([self.seed, g])
     if self.crop == 'random_resized':
       box = ops.random_resized_crop_box(h, w, rng, self.scale)
@@ -156,7 +159,8 @@ class _Loader:
     else:
       box = (0, 0, w, h)
     flip = self.flip and rng.random() < 0.5
-    return {'image': ops.crop_resize(image, box, self.size, flip)}
+    return {'image': ops.crop_resize(image, box, self.size, flip,
+                                     self.interpolation)}
 
   def __getstate__(self):  # worker processes count on their own
     state = dict(self.__dict__)
