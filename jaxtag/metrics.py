@@ -293,3 +293,60 @@ def most_confused_pairs(logits, labels, top: int = 10):
   counts = confusion[true, pred]
   order = np.lexsort((pred, true, -counts))[:top]
   return [(int(true[i]), int(pred[i]), int(counts[i])) for i in order]
+
+
+# --- Captions ---------------------------------------------------------------
+# BLEU as captioning papers report it: coco-caption's scorer (Papineni et al.
+# 2002, corpus level). Per image, each n-gram's count is clipped by its
+# largest count in any one reference; the counts are summed over the corpus;
+# the effective reference length of an image is the reference length closest
+# to its hypothesis (the shorter on a tie); the brevity penalty is taken once,
+# on the corpus totals. BLEU-n is the geometric mean of the 1..n-gram
+# precisions times that penalty. No smoothing: coco-caption adds 1e-15 to the
+# matches and 1e-9 to the totals only to avoid 0/0, and so does this.
+_BLEU_TINY, _BLEU_SMALL = 1e-15, 1e-9
+
+
+def _ngrams(tokens, n: int) -> dict[tuple, int]:
+  counts: dict[tuple, int] = {}
+  for i in range(len(tokens) - n + 1):
+    gram = tuple(tokens[i:i + n])
+    counts[gram] = counts.get(gram, 0) + 1
+  return counts
+
+
+def bleu(hypotheses, references, max_n: int = 4) -> dict[str, float]:
+  """{'BLEU-1': ..., 'BLEU-max_n': ...} in [0, 1], corpus level.
+
+  hypotheses: one tokenised caption per image (a list of words; lower-case
+  and tokenise before, as the references). references: a list of
+  tokenised reference captions per image (any number, at least one).
+  """
+  if len(hypotheses) != len(references):
+    raise ValueError(f'bleu: {len(hypotheses)} hypotheses but '
+                     f'{len(references)} reference lists; give one list of '
+                     'references per hypothesis.')
+  matches = np.zeros(max_n)
+  totals = np.zeros(max_n)
+  hyp_len = ref_len = 0
+  for i, (hyp, refs) in enumerate(zip(hypotheses, references)):
+    if isinstance(hyp, str) or any(isinstance(r, str) for r in refs):
+      raise TypeError(f'bleu: image {i} has an untokenised caption; pass '
+                      'lists of words (for example caption.lower().split()).')
+    if not refs:
+      raise ValueError(f'bleu: image {i} has no reference caption.')
+    hyp_len += len(hyp)
+    ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+    for n in range(1, max_n + 1):
+      most: dict[tuple, int] = {}
+      for ref in refs:
+        for gram, count in _ngrams(ref, n).items():
+          most[gram] = max(most.get(gram, 0), count)
+      for gram, count in _ngrams(hyp, n).items():
+        matches[n - 1] += min(count, most.get(gram, 0))
+      totals[n - 1] += max(len(hyp) - n + 1, 0)
+  precisions = (matches + _BLEU_TINY) / (totals + _BLEU_SMALL)
+  ratio = (hyp_len + _BLEU_TINY) / (ref_len + _BLEU_SMALL)
+  brevity = 1.0 if ratio >= 1 else float(np.exp(1 - 1 / ratio))
+  return {f'BLEU-{n}': float(np.prod(precisions[:n]) ** (1 / n) * brevity)
+          for n in range(1, max_n + 1)}
