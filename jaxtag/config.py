@@ -37,10 +37,17 @@ def defaults() -> ml_collections.ConfigDict:
   c.dataset.test_split = 'test'
   c.dataset.label_feature = 'tags'             # or 'tags_clean'
   # How labels reach the loss: 'multi_hot' [C], 'class_id' (one id per
-  # example) or 'sequence' (START, labels..., END for a label decoder).
+  # example), 'sequence' (START, labels..., END for a label decoder) or
+  # 'caption' (START, words..., END for a caption decoder).
   c.dataset.label_encoding = 'multi_hot'
   c.dataset.sequence_order = 'frequent'        # 'frequent' | 'rare' | 'random'
   c.dataset.max_labels = 16                    # labels kept in a sequence
+  # label_encoding 'caption' (a caption decoder, label_feature 'caption' or
+  # 'captions'): words kept per caption, references kept per image for
+  # BLEU, and how often a train word must occur to enter the vocabulary.
+  c.dataset.caption_max_tokens = 20
+  c.dataset.caption_references = 5
+  c.dataset.caption_min_count = 5
 
   c.data = ml_collections.ConfigDict()
   c.data.image_size = 96

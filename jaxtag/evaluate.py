@@ -26,6 +26,7 @@ from jaxtag import config as config_lib
 from jaxtag import metrics as metrics_lib
 from jaxtag import sharding
 from jaxtag import thresholds as thresholds_lib
+from jaxtag.data import captions as captions_lib
 
 ROW_KEYS = ('scores', 'labels', 'mask', 'index')
 
@@ -133,7 +134,14 @@ def score(pred: dict[str, np.ndarray], *, task: str, eval_config,
   Multi-label: `thresholds` (a fitted record) is applied, or, when None,
   the config's policy is fitted on these very predictions.
   """
-  if task == 'single_label':
+  if task == 'captioning':
+    # scores: decoded token ids; labels: [R, T + 2] references per image.
+    hyps = [captions_lib.hypothesis_words(t) for t in pred['scores']]
+    refs = [captions_lib.reference_words(r) for r in pred['labels']]
+    keep = [i for i, r in enumerate(refs) if r]
+    result = metrics_lib.bleu([hyps[i] for i in keep],
+                              [refs[i] for i in keep])
+  elif task == 'single_label':
     result = metrics_lib.single_label_metrics(pred['scores'], pred['labels'])
     result['most_confused'] = [
         [tag_metadata.names[t], tag_metadata.names[p], n] for t, p, n in
@@ -154,12 +162,16 @@ def score(pred: dict[str, np.ndarray], *, task: str, eval_config,
 
 
 def write_results(workdir: str, name: str, result: dict, pred: dict, *, tags,
-                  task: str, thresholds, header: dict) -> None:
-  """`<name>.json`, the per-tag or per-class CSV, and `thresholds.json`."""
+                  task: str, thresholds, header: dict,
+                  vocabulary=None) -> None:
+  """`<name>.json`, the per-tag, per-class or per-image caption CSV, and
+  `thresholds.json`."""
   folder = epath.Path(workdir)
   (folder / f'{name}.json').write_text(json.dumps(
       {**header, 'metrics': result}, indent=2))
-  if task == 'single_label':
+  if task == 'captioning':
+    write_captions_csv(folder / f'{name}_captions.csv', pred, vocabulary)
+  elif task == 'single_label':
     write_per_class_csv(folder / f'{name}_per_class.csv', pred, tags)
   else:
     write_per_tag_csv(folder / f'{name}_per_tag.csv', pred, tags)
@@ -195,6 +207,20 @@ def write_per_tag_csv(path, pred: dict[str, np.ndarray], tag_metadata) -> None:
         '' if per_tag is None else f'{per_tag[c]:.4f}',
         f'{correct[c] / n_pred[c]:.4f}' if n_pred[c] else '0.0000',
         f'{correct[c] / n_true[c]:.4f}' if n_true[c] else ''])
+  epath.Path(path).write_text(out.getvalue())
+
+
+def write_captions_csv(path, pred: dict[str, np.ndarray], vocabulary) -> None:
+  """Per image: its record index, the decoded caption and its first
+  reference (as the vocabulary spells it: unknown words read <unk>)."""
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(['index', 'caption', 'reference'])
+  for index, tokens, refs in zip(pred['index'], pred['scores'],
+                                 pred['labels']):
+    writer.writerow([int(index),
+                     ' '.join(vocabulary.decode(tokens.astype(np.int64))),
+                     ' '.join(vocabulary.decode(refs[0]))])
   epath.Path(path).write_text(out.getvalue())
 
 

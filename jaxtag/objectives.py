@@ -2,8 +2,9 @@
 
 `config.loss.name` picks one; `config.loss.kwargs` sets its fields (checked
 by name). An objective states
-- `task`: 'multi_label' (the multi-label metric suite on scores [N, C]) or
-  'single_label' (top-1/top-5, per-class accuracy, confused pairs);
+- `task`: 'multi_label' (the multi-label metric suite on scores [N, C]),
+  'single_label' (top-1/top-5, per-class accuracy, confused pairs) or
+  'captioning' (BLEU-1..4 of decoded captions);
 - `label_encoding`: the `config.dataset.label_encoding` it trains on;
 - `loss(outputs, batch, example_mask) -> (loss, logged)`: the training loss
   on the model's outputs and the batch, and named values logged beside it;
@@ -149,11 +150,53 @@ class SequenceCE:
     return given
 
 
+@dataclasses.dataclass(frozen=True)
+class CaptionCE:
+  """Show, Attend and Tell's loss: cross-entropy per valid caption token,
+  teacher forced, plus the doubly stochastic attention penalty
+  `attention_weight` · Σ_i (1 − Σ_t α_ti)², averaged over images, which
+  asks every grid cell to be attended about once over the caption.
+
+  Training outputs: 'sequence_logits' [B, T + 1, V] (the next token after
+  each of START, w_1.., w_T) and 'attention' [B, T + 1, L]. Prediction
+  returns 'scores': decoded token ids [B, T'] (float32), judged by BLEU.
+  """
+  task: ClassVar[str] = 'captioning'
+  label_encoding: ClassVar[str] = 'caption'
+  attention_weight: float = 1.0
+
+  def loss(self, outputs, batch, example_mask=None):
+    for key in ('sequence_logits', 'attention', 'cells'):
+      if not isinstance(outputs, dict) or key not in outputs:
+        raise KeyError(f"caption_ce reads outputs[{key!r}] from the "
+                       'training pass of a caption decoder.')
+    targets = batch['caption_tokens'][:, 1:]
+    steps = batch['caption_mask'][:, 1:].astype(jnp.float32)
+    tokens = losses.sequence_ce(logits=outputs['sequence_logits'],
+                                targets=targets, target_mask=steps,
+                                example_mask=example_mask)
+    # Σ_t over the steps that emit a word or END; Σ_i over the real cells.
+    attended = jnp.einsum('btl,bt->bl',
+                          outputs['attention'].astype(jnp.float32), steps)
+    per_image = jnp.sum(outputs['cells'] * (1.0 - attended) ** 2, axis=-1)
+    penalty = losses.masked_mean(per_image, example_mask)
+    return tokens + self.attention_weight * penalty, {
+        'loss_tokens': tokens, 'attention_penalty': penalty}
+
+  def scores(self, outputs):
+    given = given_scores(outputs)
+    if given is None:
+      raise KeyError("caption_ce scores images with outputs['scores'] (the "
+                     "decoded tokens) from the head's predict().")
+    return given
+
+
 OBJECTIVES = {
     'sigmoid_bce': SigmoidBCE,
     'multilabel_softmax': MultilabelSoftmax,
     'softmax_ce': SoftmaxCE,
     'sequence_ce': SequenceCE,
+    'caption_ce': CaptionCE,
 }
 
 

@@ -18,6 +18,7 @@ import ml_collections
 import optax
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import config as config_lib
@@ -29,6 +30,7 @@ from jaxtag import reporting
 from jaxtag import sharding
 from jaxtag import thresholds as thresholds_lib
 from jaxtag import warm_start
+from jaxtag.data import captions as captions_lib
 from jaxtag.data import device_feed as data_feed
 from jaxtag.data import geometry as geometry_lib
 from jaxtag.data import labels as labels_lib
@@ -162,7 +164,7 @@ class Trainable:
 
   def __init__(self, config: ml_collections.ConfigDict, mesh, *,
                num_classes: int, num_train_steps: int, tag_metadata=None,
-               feature_specs=None):
+               feature_specs=None, vocabulary=None):
     self.config, self.mesh = config, mesh
     self.model = models.build_model(config.model, num_classes,
                                     tag_metadata=tag_metadata)
@@ -170,7 +172,8 @@ class Trainable:
         config.loss, config.dataset.label_encoding)
     self.encoder = labels_lib.make_encoder(
         config.dataset, num_classes,
-        counts=None if tag_metadata is None else tag_metadata.counts)
+        counts=None if tag_metadata is None else tag_metadata.counts,
+        vocabulary=vocabulary)
     self.tx, self.schedule = optim.build_optimizer(
         config.optim, num_train_steps=num_train_steps)
 
@@ -248,11 +251,17 @@ class Run(Trainable):
     self._sources = {config.dataset.train_split: self.train_source}
     self.tags = tag_metadata_lib.load_tag_metadata(builder.data_dir)
     self.num_classes = len(self.tags.names)
+    self.vocabulary = None
+    if config.dataset.label_encoding == 'caption':
+      # A caption decoder's classes are the words of its train captions.
+      self.vocabulary = _caption_vocabulary(config, workdir, self.train_source)
+      self.num_classes = len(self.vocabulary)
     self.num_train_steps = resolve_num_steps(config, len(self.train_source))
     super().__init__(config, mesh, num_classes=self.num_classes,
                      num_train_steps=self.num_train_steps,
                      tag_metadata=self.tags,
-                     feature_specs=sources.feature_specs(builder))
+                     feature_specs=sources.feature_specs(builder),
+                     vocabulary=self.vocabulary)
     self.checkpointer = checkpoint_lib.Checkpointer(
         workdir, keep=config.keep_checkpoints)
 
@@ -303,12 +312,27 @@ class Run(Trainable):
     evaluate_lib.write_results(
         self.workdir, name, result, pred, tags=self.tags,
         task=self.objective.task, thresholds=thresholds,
+        vocabulary=self.vocabulary,
         header={'step': int(step), 'dataset': self.config.dataset.name,
                 **(extra or {})})
 
 
+def _caption_vocabulary(config, workdir: str, train_source):
+  """The run's caption vocabulary: built by process 0 from the train split
+  into the workdir on the first start, read from there afterwards."""
+  vocabulary = functools.partial(
+      captions_lib.run_vocabulary, workdir, train_source,
+      config.dataset.label_feature, config.dataset.caption_min_count)
+  if jax.process_index() == 0:
+    vocabulary(is_writer=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('jaxtag_caption_vocabulary')
+  return vocabulary(is_writer=False)
+
+
 def _summary(result: dict) -> str:
-  keys = ('mAP', 'CF1', 'OF1', 'CF1_top3', 'OF1_top3', 'top1', 'top5', 'loss')
+  keys = ('mAP', 'CF1', 'OF1', 'CF1_top3', 'OF1_top3', 'top1', 'top5',
+          'BLEU-1', 'BLEU-4', 'loss')
   return ' '.join(f'{k}={result[k]:.4f}' for k in keys if k in result)
 
 

@@ -4,6 +4,8 @@ Chosen by `config.dataset.label_encoding`:
 - `multi_hot`: `labels` [C] float32, 1 for each present tag.
 - `class_id`: `labels` int32, the example's single class; an example with
   no label or several is skipped and counted, like an undecodable image.
+- `caption`: words of a caption for a caption decoder; see
+  jaxtag/data/captions.py.
 - `sequence`: for label decoders trained with teacher forcing.
   `label_sequence` [L + 2] int32 is START, the labels in the chosen order,
   END, then END padding; `label_sequence_mask` [L + 2] float32 is 1 from
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-ENCODINGS = ('multi_hot', 'class_id', 'sequence')
+ENCODINGS = ('multi_hot', 'class_id', 'sequence', 'caption')
 ORDERS = ('frequent', 'rare', 'random')
 
 
@@ -133,8 +135,12 @@ class LabelSequence(MultiHot):
             'label_sequence': sequence, 'label_sequence_mask': mask}
 
 
-def make_encoder(dataset_config, num_classes: int, counts=None) -> MultiHot:
-  """The encoder that `config.dataset.label_encoding` names."""
+def make_encoder(dataset_config, num_classes: int, counts=None,
+                 vocabulary=None) -> MultiHot:
+  """The encoder that `config.dataset.label_encoding` names.
+
+  vocabulary: the run's caption vocabulary (jaxtag.data.captions), for
+  'caption'."""
   name = dataset_config.label_encoding
   if name == 'multi_hot':
     return MultiHot(num_classes)
@@ -143,5 +149,13 @@ def make_encoder(dataset_config, num_classes: int, counts=None) -> MultiHot:
   if name == 'sequence':
     return LabelSequence(num_classes, order=dataset_config.sequence_order,
                          max_labels=dataset_config.max_labels, counts=counts)
+  if name == 'caption':
+    from jaxtag.data import captions  # pylint: disable=g-import-not-at-top
+    if vocabulary is None:
+      raise ValueError("label_encoding='caption' needs the run's caption "
+                       'vocabulary (built from the train split by the run).')
+    return captions.CaptionEncoder(
+        vocabulary, max_tokens=dataset_config.caption_max_tokens,
+        references=dataset_config.caption_references)
   raise ValueError(f'Unknown config.dataset.label_encoding {name!r}; valid: '
                    f'{", ".join(ENCODINGS)}.')

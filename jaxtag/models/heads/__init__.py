@@ -27,6 +27,7 @@ The head API, for a flax Module chosen by `config.model.head`:
   They are saved and restored with the state and reach the compiled step
   as arguments, not literals.
 """
+from jaxtag.models.captioner import ShowAttendTell
 from jaxtag.models.heads.linear import LinearHead
 from jaxtag.models.heads.lstm_decoder import LSTMDecoder
 from jaxtag.models.heads.vallet import ValletHead
@@ -34,5 +35,6 @@ from jaxtag.models.heads.vallet import ValletHead
 HEADS = {
     'linear': LinearHead,
     'lstm_decoder': LSTMDecoder,
+    'show_attend_tell': ShowAttendTell,
     'vallet': ValletHead,
 }

@@ -1,0 +1,183 @@
+"""Show, Attend and Tell: captions as tokens, attention, loss, beam search."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtag import objectives
+from jaxtag.data import captions
+from jaxtag.models import caption_search
+from jaxtag.models.captioner import ShowAttendTell
+
+
+def test_vocabulary_and_encoding():
+  vocab = captions.Vocabulary.build(
+      ['Two girls, with red hair.', 'two boys at night', 'red sky'], 2)
+  assert vocab.words == ['<pad>', '<start>', '<end>', '<unk>', 'red', 'two']
+  encoder = captions.CaptionEncoder(vocab, max_tokens=3, references=3)
+  out = encoder.encode([b'Two red cats at night', b'red two'], seed=0,
+                       position=5)
+  picked = int(np.random.default_rng([0, 5, 2]).integers(2))
+  expected = {0: [1, 5, 4, 3, 2], 1: [1, 4, 5, 2, 0]}[picked]
+  np.testing.assert_array_equal(out['caption_tokens'], expected)
+  np.testing.assert_array_equal(out['caption_mask'],
+                                np.array(expected) != 0)
+  np.testing.assert_array_equal(out['labels'], [[1, 5, 4, 3, 2],
+                                                [1, 4, 5, 2, 0],
+                                                [0, 0, 0, 0, 0]])
+  # BLEU references: a truncated caption keeps its 3 words; each <unk> is a
+  # word no hypothesis can match; the missing third reference is left out.
+  assert captions.reference_words(out['labels']) == [[5, 4, -1], [4, 5]]
+  assert vocab.decode([1, 5, 4, 2, 4]) == ['two', 'red']
+  with pytest.raises(captions.SkipExample):
+    encoder.encode([b'  '], 0, 0)
+
+
+def _head(**kw):
+  return ShowAttendTell(num_classes=9, context_dim=8, embed_dim=6,
+                        attention_dim=5, lstm_dim=7, dropout=0.0, **kw)
+
+
+def test_attention_sums_to_one_over_real_cells_and_masked_tokens_do_not_count():
+  head = _head()
+  rng = np.random.default_rng(0)
+  features = jnp.asarray(rng.normal(size=(2, 3, 4, 10)), jnp.float32)
+  cell_mask = np.ones((2, 3, 4), np.float32)
+  cell_mask[1, :, 3] = 0  # a padded column, as native-size eval pads
+  tokens = jnp.asarray([[1, 4, 5, 2, 0, 0], [1, 6, 2, 0, 0, 0]], jnp.int32)
+  variables = head.init(jax.random.key(0), features, train=False,
+                        feature_mask=jnp.asarray(cell_mask),
+                        caption_tokens=tokens)
+  out = head.apply(variables, features, train=False,
+                   feature_mask=jnp.asarray(cell_mask), caption_tokens=tokens)
+  alpha = np.asarray(out['attention'])
+  assert alpha.shape == (2, 5, 12)
+  np.testing.assert_allclose(alpha.sum(-1), 1.0, rtol=1e-6)
+  assert (alpha[1].reshape(5, 3, 4)[:, :, 3] == 0).all()
+
+  batch = {'caption_tokens': tokens,
+           'caption_mask': (tokens > 0).astype(jnp.float32).at[:, 0].set(1)}
+  objective = objectives.CaptionCE(attention_weight=0.5)
+  loss, logged = objective.loss(out, batch)
+  # The same loss in numpy: CE over the valid steps, plus the penalty.
+  logits = np.asarray(out['sequence_logits'], np.float64)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets, steps = np.asarray(tokens[:, 1:]), np.asarray(
+      batch['caption_mask'][:, 1:])
+  ce = -(np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
+         * steps).sum() / steps.sum()
+  attended = (alpha * steps[..., None]).sum(1)
+  penalty = (cell_mask.reshape(2, 12) * (1 - attended) ** 2).sum(-1).mean()
+  assert float(logged['loss_tokens']) == pytest.approx(ce, rel=1e-5)
+  assert float(loss) == pytest.approx(ce + 0.5 * penalty, rel=1e-5)
+
+  # Tokens after END are padding: changing them changes nothing.
+  noisy = tokens.at[0, 5].set(7).at[1, 4:].set(3)
+  out2 = head.apply(variables, features, train=False,
+                    feature_mask=jnp.asarray(cell_mask), caption_tokens=noisy)
+  loss2, _ = objective.loss(out2, {**batch, 'caption_tokens': noisy})
+  assert float(loss2) == pytest.approx(float(loss), rel=1e-6)
+
+
+def _markov(vocab, steps, seed=0):
+  """A decoder whose next-token logits depend on (step, previous token)."""
+  table = jnp.asarray(np.random.default_rng(seed).normal(
+      size=(steps, vocab, vocab)) * 2, jnp.float32)
+
+  def step_fn(state, tokens):
+    return table[state, tokens], state + 1
+  return table, step_fn
+
+
+def _exhaustive(table, *, steps, start, end, banned):
+  vocab = table.shape[-1]
+  allowed = [v for v in range(vocab) if v not in banned]
+  words = [v for v in allowed if v != end]
+  log_p = np.asarray(jax.nn.log_softmax(
+      jnp.where(jnp.isin(jnp.arange(vocab), jnp.asarray(banned)), -jnp.inf,
+                table), -1))
+  hyps = []
+  for n in range(steps + 1):
+    for body in itertools.product(words, repeat=n):
+      seq = list(body) + ([end] if n < steps else [])
+      if not seq:
+        continue
+      prev, score = start, 0.0
+      for t, tok in enumerate(seq):
+        score += log_p[t, prev, tok]
+        prev = tok
+      hyps.append((score, seq + [end] * (steps - len(seq))))
+  return sorted(hyps, key=lambda h: -h[0])
+
+
+def test_beam_search_against_exhaustive_search():
+  vocab, steps, start, end, banned = 5, 3, 1, 2, (0, 1)
+  table, step_fn = _markov(vocab, steps)
+  exact = _exhaustive(table, steps=steps, start=start, end=end, banned=banned)
+  width = len(exact)  # 1 + 2 + 4 + 8 hypotheses: a beam that keeps them all
+  out = caption_search.beam_search(
+      step_fn, jnp.zeros((1, width), jnp.int32), vocab_size=vocab,
+      beam_width=width, max_steps=steps, start=start, end=end, banned=banned)
+  np.testing.assert_allclose(out.log_probs[0], [h[0] for h in exact],
+                             rtol=1e-5)
+  assert np.asarray(out.sequences[0]).tolist() == [h[1] for h in exact]
+  # Width 1 is greedy decoding.
+  greedy = caption_search.beam_search(
+      step_fn, jnp.zeros((1, 1), jnp.int32), vocab_size=vocab, beam_width=1,
+      max_steps=steps, start=start, end=end, banned=banned)
+  prev, seq = start, []
+  log_p = np.asarray(jax.nn.log_softmax(
+      jnp.where(jnp.isin(jnp.arange(vocab), jnp.asarray(banned)), -jnp.inf,
+                table), -1))
+  for t in range(steps):
+    prev = end if prev == end and seq else int(np.argmax(log_p[t, prev]))
+    seq.append(prev)
+  assert np.asarray(greedy.sequences[0, 0]).tolist() == seq
+
+
+def test_predict_decodes_with_the_training_weights():
+  head = _head(beam_width=2, max_steps=4)
+  features = jnp.asarray(np.random.default_rng(1).normal(size=(3, 2, 2, 10)),
+                         jnp.float32)
+  tokens = jnp.ones((3, 6), jnp.int32)
+  variables = head.init(jax.random.key(1), features, train=False,
+                        caption_tokens=tokens)
+  out = head.apply(variables, features, method='predict')
+  assert out['tokens'].shape == (3, 4)
+  assert set(np.unique(out['tokens'])) <= set(range(2, 9))
+  np.testing.assert_array_equal(out['scores'], out['tokens'])
+  # Greedy's first token is the argmax of the teacher-forced first step.
+  first = head.apply(variables, features, train=False,
+                     caption_tokens=tokens)['sequence_logits'][:, 0]
+  greedy = head.clone(beam_width=1).apply(variables, features,
+                                          method='predict')
+  allowed = first.at[:, :2].set(-jnp.inf)
+  np.testing.assert_array_equal(greedy['tokens'][:, 0],
+                                jnp.argmax(allowed, -1))
+
+
+@pytest.mark.slow
+def test_tiny_captioner_run_lowers_the_loss_and_reports_bleu(tiny_data_dir,
+                                                             tmp_path):
+  import json
+  from jaxtag import config as config_lib
+  from jaxtag import train
+  config = config_lib.load_config_file('configs/captioner_flickr8k.py:tiny')
+  config.dataset.data_dir = tiny_data_dir
+  config.num_train_steps = 40
+  config.eval_every_steps = 40
+  config.checkpoint_every_steps = 40
+  config.log_every_steps = 1
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(config, workdir)
+  assert 0.0 <= result['BLEU-4'] <= result['BLEU-1'] <= 1.0
+  assert result['BLEU-1'] > 0.1  # the scene grammar's common words
+  lines = [json.loads(l) for l in open(f'{workdir}/metrics.jsonl')]
+  losses = [l['train/loss_tokens'] for l in lines if 'train/loss_tokens' in l]
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+  vocab = captions.Vocabulary.load(f'{workdir}/caption_vocab.json')
+  assert 'girl' in vocab.words
+  rows = open(f'{workdir}/results_captions.csv').read().splitlines()
+  assert rows[0] == 'index,caption,reference' and len(rows) == 65
