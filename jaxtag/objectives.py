@@ -55,6 +55,15 @@ def given_scores(outputs) -> jax.Array | None:
   return None
 
 
+def required_scores(outputs, who: str) -> jax.Array:
+  """outputs['scores'] of a prediction path that must compute them."""
+  given = given_scores(outputs)
+  if given is None:
+    raise KeyError(f"{who} scores images with outputs['scores'] from the "
+                   "head's predict().")
+  return given
+
+
 class _OnLogits:
   """The loss of 'logits' (each branch logged too), scored by `activation`."""
   activation: ClassVar[Any] = staticmethod(jax.nn.sigmoid)
@@ -143,11 +152,7 @@ class SequenceCE:
     return loss, {}
 
   def scores(self, outputs):
-    given = given_scores(outputs)
-    if given is None:
-      raise KeyError("The sequence objective scores images with "
-                     "outputs['scores'] from the head's predict().")
-    return given
+    return required_scores(outputs, 'The sequence objective')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +189,7 @@ class CaptionCE:
         'loss_tokens': tokens, 'attention_penalty': penalty}
 
   def scores(self, outputs):
-    given = given_scores(outputs)
-    if given is None:
-      raise KeyError("caption_ce scores images with outputs['scores'] (the "
-                     "decoded tokens) from the head's predict().")
-    return given
+    return required_scores(outputs, 'caption_ce (decoded tokens)')
 
 
 OBJECTIVES = {
