@@ -10,6 +10,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_builders.synthetic_anime import photo
 from data_builders.synthetic_anime import vocab
 from data_builders.synthetic_anime.annotate import Scene
 
@@ -181,8 +182,12 @@ def _figure(draw, fig, cx, size, r, rng):
 
 
 def render(scene: Scene, *, size: int, seed: int, split_id: int,
-           index: int) -> tuple[bytes, list[tuple[float, float, float, float]]]:
-  """Returns PNG bytes and one (ymin, xmin, ymax, xmax) head box per figure."""
+           index: int, style: str = 'anime'
+           ) -> tuple[bytes, list[tuple[float, float, float, float]]]:
+  """Returns PNG bytes and one (ymin, xmin, ymax, xmax) head box per figure.
+
+  style: 'anime' (flat fills) or 'photo' (the same drawing, photographed:
+  see photo.py)."""
   rng = np.random.default_rng([seed, split_id, index, 1])
   image = Image.new('RGB', (size, size))
   draw = ImageDraw.Draw(image)
@@ -193,6 +198,11 @@ def render(scene: Scene, *, size: int, seed: int, split_id: int,
   for i, fig in enumerate(scene.figures):
     cx = size * (i + 0.5) / n + rng.uniform(-0.03, 0.03) * size
     boxes.append(_figure(draw, fig, cx, size, r, rng))
+  if style == 'photo':
+    image = Image.fromarray(photo.photographic(
+        np.asarray(image), np.random.default_rng([seed, split_id, index, 2])))
+  elif style != 'anime':
+    raise ValueError(f'Unknown style {style!r}; valid: anime, photo.')
   buf = io.BytesIO()
   image.save(buf, format='PNG', optimize=False, compress_level=6)
   return buf.getvalue(), boxes

@@ -39,9 +39,9 @@ class CartoonizeOptions:
   sigma_color: float = 60.0
   sigma_space: float = 7.0
   levels: int = 6                   # values per channel after quantisation
-  median_ksize: int = 5
+  median_ksize: int = 7
   edge_block: int = 9               # adaptive-threshold neighbourhood (odd)
-  edge_offset: float = 4.0          # how much darker than the mean is an edge
+  edge_offset: float = 6.0          # how much darker than the mean is an edge
   model_path: str = ''              # method='onnx'
   value_range: tuple[float, float] = (-1.0, 1.0)
   callable_path: str = ''           # method='callable'
