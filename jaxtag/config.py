@@ -48,6 +48,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.dataset.caption_max_tokens = 20
   c.dataset.caption_references = 5
   c.dataset.caption_min_count = 5
+  # A CSV (index,caption: what an eval of a captioner writes as
+  # eval_<split>_captions.csv) whose captions replace the train records' own:
+  # a teacher's captions for seed 004's adaptation with target='teacher'.
+  c.dataset.caption_targets = ''
 
   c.data = ml_collections.ConfigDict()
   c.data.image_size = 96
@@ -55,6 +59,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.5, 1.0)               # area fraction kept by the crop
   c.data.flip = True
   c.data.interpolation = 'bilinear'            # 'bilinear' | 'area' (Pillow BOX)
+  # Cartoonise every decoded image first (jaxtag/data/cartoonize.py): '' is
+  # off, else the method ('opencv', 'onnx', 'callable'); its options
+  # (CartoonizeOptions fields) in cartoonize_options.
+  c.data.cartoonize = ''
+  c.data.cartoonize_options = {}
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.5, 0.5, 0.5)
   # Worker processes and reader threads: an int, or 'auto' to size them from

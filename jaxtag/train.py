@@ -273,7 +273,10 @@ class Run(Trainable):
         label_feature=config.dataset.label_feature,
         global_batch_size=config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        encoder=self.encoder, features=self.record_features)
+        encoder=self.encoder, features=self.record_features,
+        label_overrides=(captions_lib.load_targets(
+            config.dataset.caption_targets)
+                         if config.dataset.caption_targets else None))
     return data_feed.DeviceFeed(
         host, lambda b: sharding.to_global(b, self.mesh),
         size=config.data.device_prefetch)

@@ -205,3 +205,32 @@ def test_photo_config_draws_the_same_scenes_photographed(tiny_data_dir):
     assert 0 < np.abs(pixels_a - pixels_p).mean() < 40
     colours = lambda x: len(np.unique(x.reshape(-1, 3), axis=0))  # noqa: E731
     assert colours(pixels_p) > 5 * colours(pixels_a)
+
+
+def test_teacher_captions_replace_the_records_own(tmp_path):
+  import io
+
+  from PIL import Image
+
+  from jaxtag import config as config_lib
+  from jaxtag.data import pipeline
+
+  buf = io.BytesIO()
+  Image.new('RGB', (8, 8)).save(buf, format='PNG')
+  source = [{'image': buf.getvalue(), 'caption': b'two girls'}] * 2
+  path = tmp_path / 'eval_train_captions.csv'
+  path.write_text('index,caption,reference\n0,red hair,two girls\n')
+  targets = captions.load_targets(path)
+  assert targets == {0: 'red hair'}
+  vocab = captions.Vocabulary(['two', 'girls', 'red', 'hair'])
+  encoder = captions.CaptionEncoder(vocab, max_tokens=4, references=1)
+  data = config_lib.defaults().data
+  data.update(dict(image_size=8, crop='none', flip=False, workers=0))
+  loader = pipeline._Loader(source, data, encoder, 'caption', 0, train=True,
+                            label_overrides=targets)
+  np.testing.assert_array_equal(loader((0, 0))['caption_tokens'],
+                                [1, 6, 7, 2, 0, 0])
+  assert loader((1, 1)) is None  # the teacher wrote nothing for record 1
+  assert loader.skipped.count == 1
+  with pytest.raises(FileNotFoundError, match='caption_targets'):
+    captions.load_targets(tmp_path / 'missing.csv')

@@ -62,3 +62,29 @@ def test_onnx_cartooniser_round_trips_its_value_range(tmp_path):
   # In [-1, 1], negation is 255 - pixel in uint8.
   out = cartoonize.make_cartoonizer(method='onnx', model_path=str(path))(image)
   np.testing.assert_array_equal(out, 255 - image)
+
+
+def test_pipeline_cartoonises_before_cropping_and_rejects_unknown_options():
+  import io
+
+  from PIL import Image
+
+  from jaxtag import config as config_lib
+  from jaxtag.data import labels
+  from jaxtag.data import pipeline
+
+  rng = np.random.default_rng(3)
+  pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format='PNG')
+  source = [{'image': buf.getvalue(), 'tags': np.array([1])}]
+  data = config_lib.defaults().data
+  data.update(dict(image_size=16, crop='none', flip=False, workers=0,
+                   cartoonize='opencv', cartoonize_options={'levels': 3}))
+  loader = pipeline._Loader(source, data, labels.MultiHot(3), 'tags', 0,
+                            train=True)
+  expected = cartoonize.make_cartoonizer(levels=3)(pixels)
+  np.testing.assert_array_equal(loader((0, 0))['image'], expected)
+  data.cartoonize_options = {'colours': 3}
+  with pytest.raises(ValueError, match='valid: method, smooth_passes'):
+    pipeline._Loader(source, data, labels.MultiHot(3), 'tags', 0, train=True)

@@ -164,6 +164,23 @@ def run_vocabulary(workdir: str, source, label_feature: str,
   return Vocabulary.load(path)
 
 
+def load_targets(path) -> dict[int, str]:
+  """{record index: caption} from a CSV with `index` and `caption` columns
+  (a captioner's eval_<split>_captions.csv)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f'config.dataset.caption_targets: {path} does not '
+                            'exist; write it with --mode=eval of the teacher '
+                            'captioner on the train split.')
+  rows = list(csv.DictReader(io.StringIO(path.read_text())))
+  if rows and not {'index', 'caption'} <= set(rows[0]):
+    raise ValueError(f'{path} needs the columns index and caption; it has '
+                     f'{sorted(rows[0])}.')
+  return {int(r['index']): r['caption'] for r in rows}
+
+
 def reference_words(refs: np.ndarray) -> list[list[int]]:
   """Token-id references of one image for BLEU: each row's ids between START
   and END. An UNK in a reference stands for a word the vocabulary lacks, which

@@ -110,6 +110,12 @@ METHODS = ('opencv', 'onnx', 'callable')
 def make_cartoonizer(options: CartoonizeOptions | None = None, **overrides
                      ) -> Callable[[np.ndarray], np.ndarray]:
   """A function uint8 [H, W, 3] RGB -> uint8 [H, W, 3] RGB, same size."""
+  fields = [f.name for f in dataclasses.fields(CartoonizeOptions)]
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise ValueError(f'Unknown cartoonisation option(s) {unknown} '
+                     '(config.data.cartoonize_options); valid: '
+                     f'{", ".join(fields)}.')
   o = dataclasses.replace(options or CartoonizeOptions(), **overrides)
   if o.method == 'opencv':
     fn = lambda image: opencv_cartoonize(image, o)

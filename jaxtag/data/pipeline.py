@@ -22,8 +22,10 @@ from typing import Any
 import grain
 import numpy as np
 from absl import flags
+from PIL import Image
 from absl import logging
 
+from jaxtag.data import cartoonize
 from jaxtag.data import geometry as geometry_lib
 from jaxtag.data import labels as labels_lib
 from jaxtag.data import ops
@@ -124,8 +126,18 @@ class _Loader:
   """
 
   def __init__(self, source, data_config, encoder, label_feature, seed,
-               train: bool, *, features=(), geometry='square', shapes=None):
+               train: bool, *, features=(), geometry='square', shapes=None,
+               label_overrides=None):
     self.source, self.encoder = source, encoder
+    # {record: label value} used instead of the record's own label feature
+    # (a teacher's captions of the train split).
+    self.label_overrides = label_overrides
+    self.cartoonize = ({'method': data_config.cartoonize,
+                        **dict(data_config.cartoonize_options)}
+                       if data_config.cartoonize else {})
+    if self.cartoonize:
+      cartoonize.make_cartoonizer(**self.cartoonize)  # bad options fail now
+    self._cartoonizer = None
     self.skipped = SkipCounter()
     self.label_feature, self.seed, self.train = label_feature, seed, train
     self.feature_specs = dict(features)  # key -> (shape, dtype)
@@ -165,6 +177,7 @@ class _Loader:
   def __getstate__(self):  # worker processes count on their own
     state = dict(self.__dict__)
     state['skipped'] = None
+    state['_cartoonizer'] = None  # rebuilt in the worker
     return state
 
   def __setstate__(self, state):
@@ -176,8 +189,10 @@ class _Loader:
     if record < 0:
       return self._padding(record, bucket)
     example = self.source[record]
+    value = (example[self.label_feature] if self.label_overrides is None
+             else self.label_overrides.get(record, ()))
     try:
-      out = self.encoder.encode(example[self.label_feature], self.seed, g)
+      out = self.encoder.encode(value, self.seed, g)
     except labels_lib.SkipExample as e:
       return self._skip(record, bucket, e)
     try:
@@ -187,6 +202,8 @@ class _Loader:
       # outside the vocabulary raised above: the dataset is wrong, not one
       # image, so it is never skipped.)
       return self._skip(record, bucket, e)
+    if self.cartoonize:
+      image = self._cartoon(image)
     out.update(self._pixels(image, g, bucket))
     for key, (shape, dtype) in self.feature_specs.items():
       out[key] = np.asarray(example[key], dtype).reshape(shape)
@@ -194,6 +211,13 @@ class _Loader:
       out['mask'] = np.float32(1.0)
       out['index'] = np.int32(record)
     return out
+
+  def _cartoon(self, image):
+    """The decoded image cartoonised (config.data.cartoonize), before any
+    crop or resize, as seed 004 cartoonises its photos."""
+    if self._cartoonizer is None:
+      self._cartoonizer = cartoonize.make_cartoonizer(**self.cartoonize)
+    return Image.fromarray(self._cartoonizer(np.asarray(image)))
 
   def _skip(self, record: int, bucket: int, error: Exception):
     self.skipped.add(record, error)
@@ -310,18 +334,21 @@ def _encoder(encoder, num_classes):
 def create_train_iterator(source, *, data_config, num_classes: int,
                           label_feature: str, global_batch_size: int,
                           seed: int, process_index: int, process_count: int,
-                          encoder=None, features=None) -> Any:
+                          encoder=None, features=None,
+                          label_overrides=None) -> Any:
   """An endless, checkpointable iterator of this process's train batches.
 
   encoder: a jaxtag.data.labels encoder (default multi-hot); features:
-  {record key: (shape, dtype)} passed through for the model.
+  {record key: (shape, dtype)} passed through for the model;
+  label_overrides: {record: label value} replacing the records' own labels.
   """
   local = _local_batch(global_batch_size, process_count)
   if len(source) == 0:
     raise ValueError('The training split is empty.')
   ds = grain.MapDataset.source(_GlobalOrder(len(source), seed))
   loader = _Loader(source, data_config, _encoder(encoder, num_classes),
-                   label_feature, seed, True, features=features or {})
+                   label_feature, seed, True, features=features or {},
+                   label_overrides=label_overrides)
   ds = ds[process_index::process_count].map(loader)
   return _with_counter(_finish(ds, local, data_config, True), loader)
 
