@@ -61,7 +61,7 @@ def get_config(arg=None):
   if arg == 'tiny':
     config.dataset.name = 'synthetic_anime/tiny'
     config.dataset.label_feature = 'caption'
-    config.dataset.caption_max_tokens = 12
+    config.dataset.caption_max_tokens = 8
     config.dataset.caption_references = 1
     config.dataset.caption_min_count = 1
     config.data.image_size = 32
@@ -73,7 +73,7 @@ def get_config(arg=None):
                                     'stage_sizes': (2, 2, 2)}
     config.model.head_kwargs = {'context_dim': 16, 'embed_dim': 16,
                                 'attention_dim': 16, 'lstm_dim': 32,
-                                'beam_width': 2, 'max_steps': 13}
+                                'beam_width': 2, 'max_steps': 9}
     config.optim.lr = 3e-3
     config.optim.schedule = {'name': 'constant', 'warmup_steps': 0}
     config.batch_size = 16

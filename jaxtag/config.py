@@ -16,7 +16,7 @@ import ml_collections
 # the part itself checks them against its own fields.
 FREE_FORM = frozenset({
     'model.backbone_kwargs', 'model.head_kwargs', 'loss.kwargs',
-    'optim.schedule',
+    'optim.schedule', 'data.cartoonize_options',
 })
 
 # Danbooru's tag categories by id, as selected_tags.csv writes them.
@@ -87,6 +87,15 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.head_kwargs = ml_collections.ConfigDict()
   c.model.pool = 'gap'                         # 'gap' | 'gmp'
   c.model.dtype = 'float32'                    # computation dtype; params stay float32
+  # A head that declares the batch feature 'semantic' (ADD-GCN with
+  # captions, seed 004) gets it from a frozen captioner's encoder inside
+  # the step (`captioner`: the captioner run's workdir; jaxtag/models/
+  # semantic.py), or from a per-image cache (`cache`: a folder written by
+  # `python -m jaxtag.semantic_cache`).
+  c.model.semantic = ml_collections.ConfigDict()
+  c.model.semantic.captioner = ''
+  c.model.semantic.pooling = 'avg'             # 'avg' | 'max'
+  c.model.semantic.cache = ''
 
   # Starting weights for a fresh run (a resumed run ignores them): a workdir,
   # a checkpoint folder or a .npz parameter file, and a regex over parameter

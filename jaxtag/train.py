@@ -15,6 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from etils import epath
@@ -37,6 +38,7 @@ from jaxtag.data import labels as labels_lib
 from jaxtag.data import pipeline
 from jaxtag.data import sources
 from jaxtag.data import tag_metadata as tag_metadata_lib
+from jaxtag.models import semantic as semantic_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -166,16 +168,28 @@ class Trainable:
                num_classes: int, num_train_steps: int, tag_metadata=None,
                feature_specs=None, vocabulary=None):
     self.config, self.mesh = config, mesh
+    semantic = semantic_lib.build(config.model.semantic, config.data,
+                                  models.BACKBONES)
+    if semantic is not None and config.model.semantic.cache:
+      raise ValueError('Set one of config.model.semantic.captioner (computed '
+                       'in the step) and config.model.semantic.cache, not '
+                       'both.')
     self.model = models.build_model(config.model, num_classes,
-                                    tag_metadata=tag_metadata)
+                                    tag_metadata=tag_metadata,
+                                    semantic=semantic)
     self.objective = objectives.get_objective(
         config.loss, config.dataset.label_encoding)
     self.encoder = labels_lib.make_encoder(
         config.dataset, num_classes,
         counts=None if tag_metadata is None else tag_metadata.counts,
         vocabulary=vocabulary)
+    optim_config = config.optim
+    if semantic is not None:  # the captioner's encoder is frozen
+      optim_config = config.optim.copy_and_resolve_references()
+      optim_config.param_groups = ((semantic_lib.FROZEN,)
+                                   + tuple(config.optim.param_groups))
     self.tx, self.schedule = optim.build_optimizer(
-        config.optim, num_train_steps=num_train_steps)
+        optim_config, num_train_steps=num_train_steps)
 
     # What the model receives: declared features, from the label encoder or
     # passed through from the records.
@@ -239,15 +253,14 @@ class Run(Trainable):
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     config_lib.validate(config)
-    self.workdir = workdir
+    self.workdir, self.config = workdir, config
     mesh = sharding.create_mesh(config.mesh.model)
     sharding.check_batch_size(config.batch_size, mesh, 'config.batch_size')
     sharding.check_batch_size(config.eval.batch_size, mesh,
                               'config.eval.batch_size')
     geometry_lib.check(config.eval.geometry)
     thresholds_lib.check(config.eval.thresholds)
-    self.train_source, builder = sources.open_split(
-        config.dataset, config.dataset.train_split)
+    self.train_source, builder = self._open(config.dataset.train_split)
     self._sources = {config.dataset.train_split: self.train_source}
     self.tags = tag_metadata_lib.load_tag_metadata(builder.data_dir)
     self.num_classes = len(self.tags.names)
@@ -260,10 +273,27 @@ class Run(Trainable):
     super().__init__(config, mesh, num_classes=self.num_classes,
                      num_train_steps=self.num_train_steps,
                      tag_metadata=self.tags,
-                     feature_specs=sources.feature_specs(builder),
+                     feature_specs=self._feature_specs(builder),
                      vocabulary=self.vocabulary)
     self.checkpointer = checkpoint_lib.Checkpointer(
         workdir, keep=config.keep_checkpoints)
+
+  def _open(self, split: str):
+    """(source, builder) of a split, with the cached semantic feature
+    added to each record when config.model.semantic.cache is set."""
+    source, builder = sources.open_split(self.config.dataset, split)
+    cache = self.config.model.semantic.cache
+    if cache:
+      source = semantic_lib.CachedFeatures(
+          source, 'semantic', semantic_lib.open_cache(cache, split),
+          f'{cache}/{split}.npy')
+    return source, builder
+
+  def _feature_specs(self, builder):
+    specs = sources.feature_specs(builder)
+    if self.config.model.semantic.cache:
+      specs['semantic'] = (self.train_source.values.shape[1:], np.float32)
+    return specs
 
   def train_batches(self) -> data_feed.DeviceFeed:
     config = self.config
@@ -283,7 +313,7 @@ class Run(Trainable):
 
   def eval_batches(self, split: str):
     if split not in self._sources:
-      self._sources[split] = sources.open_split(self.config.dataset, split)[0]
+      self._sources[split] = self._open(split)[0]
     return pipeline.create_eval_iterator(
         self._sources[split],
         data_config=self.config.data, num_classes=self.num_classes,
@@ -377,6 +407,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = run.fresh_state()
     if config.init.path:
       state = warm_start.apply(state, config.init)
+    if config.model.semantic.captioner:
+      state = warm_start.apply_renamed(state, config.model.semantic.captioner,
+                                       semantic_lib.RENAMES)
     logging.info('Starting %s from scratch: %d steps, %d tags.', workdir,
                  run.num_train_steps, run.num_classes)
   else:

@@ -101,13 +101,30 @@ def select(target: dict[str, Any], source: dict[str, np.ndarray],
 
 def apply(state, init_config):
   """`state` with the selected subtrees replaced by the starting weights."""
-  loaded = read(init_config.path)
+  return write(state, read(init_config.path), init_config.include,
+               init_config.path)
+
+
+def apply_renamed(state, path: str, renames) -> Any:
+  """`state` with parameters of another model's checkpoint at `path` put
+  under other names: each (source prefix, target prefix) of `renames` moves
+  the source's parameters and batch-norm statistics, and every target
+  parameter under a target prefix must be found (a frozen sub-model)."""
+  loaded = read(path)
+  moved = {c: {dst + k[len(src):]: v for k, v in loaded[c].items()
+               for src, dst in renames if k.startswith(src)}
+           for c in COLLECTIONS}
+  include = '^(' + '|'.join(re.escape(dst) for _, dst in renames) + ')'
+  return write(state, moved, include, path)
+
+
+def write(state, loaded, include: str, source_name: str):
+  """`state` with the parameters `include` selects taken from `loaded`."""
   replaced = {}
   for collection in COLLECTIONS:
     tree = getattr(state, collection)
     target = checkpoint_lib.flatten(tree)
-    taken = select(target, loaded[collection], init_config.include,
-                   collection)
+    taken = select(target, loaded[collection], include, collection)
     replaced[collection] = len(taken)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     new_leaves = []
@@ -123,7 +140,6 @@ def apply(state, init_config):
     state = state.replace(**{collection: jax.tree_util.tree_unflatten(
         treedef, new_leaves)})
   logging.info('Started from %s: %d parameter(s), %d batch-norm '
-               'statistic(s) matching %r.', init_config.path,
-               replaced['params'], replaced['batch_stats'],
-               init_config.include)
+               'statistic(s) matching %r.', source_name,
+               replaced['params'], replaced['batch_stats'], include)
   return state

@@ -93,3 +93,19 @@ class ToyDecoder(nn.Module):
       scores = jnp.maximum(scores, probs[:, :self.num_classes])
       token = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     return {'scores': scores}
+
+
+class SemanticHead(nn.Module):
+  """A linear head plus a projection of the declared 'semantic' feature
+  (a captioner's v_cap, as ADD-GCN with captions takes it)."""
+  num_classes: int
+  pool: str = 'gap'
+  dtype: Any = jnp.float32
+  batch_features: ClassVar[tuple[str, ...]] = ('semantic',)
+
+  @nn.compact
+  def __call__(self, features, *, train, feature_mask=None, semantic=None):
+    x = pooling.pool(features, self.pool, feature_mask)
+    return nn.Dense(self.num_classes)(x) + nn.Dense(self.num_classes,
+                                                    name='semantic_proj')(
+                                                        semantic)

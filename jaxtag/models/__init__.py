@@ -44,7 +44,10 @@ def _make(registry, kind: str, name: str, kwargs: dict, key: str, **fixed):
   return factory(**{k: v for k, v in fixed.items() if k in fields}, **kwargs)
 
 
-def build_model(model_config, num_classes: int, tag_metadata=None) -> Tagger:
+def build_model(model_config, num_classes: int, tag_metadata=None,
+                semantic=None) -> Tagger:
+  """The tagger `config.model` describes; `semantic`: a frozen encoder
+  giving the head its 'semantic' feature (jaxtag/models/semantic.py)."""
   if model_config.dtype not in DTYPES:
     raise ValueError(f'Unknown config.model.dtype {model_config.dtype!r}; '
                      f'valid: {", ".join(DTYPES)}.')
@@ -56,15 +59,18 @@ def build_model(model_config, num_classes: int, tag_metadata=None) -> Tagger:
                dict(model_config.head_kwargs), 'head_kwargs',
                num_classes=num_classes, pool=model_config.pool, dtype=dtype,
                tag_metadata=tag_metadata)
-  return Tagger(backbone=backbone, head=head)
+  return Tagger(backbone=backbone, head=head, semantic=semantic)
 
 
 def declared_features(model: Tagger) -> tuple[tuple[str, ...],
                                               tuple[str, ...]]:
-  """(batch_features, teacher_features) that the model's head receives."""
-  head = type(model.head)
-  return (tuple(getattr(head, 'batch_features', ())),
-          tuple(getattr(head, 'teacher_features', ())))
+  """(batch_features, teacher_features) that the model's head receives from
+  the batch; 'semantic' is not among them when the model computes it."""
+  head = model.head  # a head may declare per instance (a property)
+  batch = tuple(getattr(head, 'batch_features', ()))
+  if model.semantic is not None:
+    batch = tuple(k for k in batch if k != 'semantic')
+  return batch, tuple(getattr(head, 'teacher_features', ()))
 
 
 def count_params(params) -> int:

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxtag.data import captions as captions_lib
 from jaxtag.models import caption_search
+from jaxtag.models import semantic as semantic_lib
 
 
 class ShowAttendTell(nn.Module):
@@ -83,18 +84,13 @@ class ShowAttendTell(nn.Module):
     return a, mask
 
   def semantic(self, features, feature_mask=None, pooling: str = 'avg'):
-    """v_cap [B, context_dim]: the annotations pooled over the real cells."""
+    """v_cap [B, context_dim]: the annotations pooled over the real cells
+    (what jaxtag/models/semantic.py computes inside a tagger)."""
     a, mask = self.annotations(features, feature_mask)
-    if pooling == 'avg':
-      return jnp.sum(a * mask[..., None], 1) / jnp.maximum(
-          jnp.sum(mask, 1, keepdims=True), 1.0)
-    if pooling == 'max':
-      return jnp.max(jnp.where(mask[..., None] > 0, a, -jnp.inf), axis=1)
-    raise ValueError(f'Unknown semantic pooling {pooling!r}; valid: avg, max.')
+    return semantic_lib.pool_annotations(a.astype(jnp.float32), mask, pooling)
 
   def _start(self, a, mask):
-    mean = jnp.sum(a * mask[..., None], 1) / jnp.maximum(
-        jnp.sum(mask, 1, keepdims=True), 1.0)
+    mean = semantic_lib.pool_annotations(a, mask, 'avg')
     return jnp.tanh(self.init_c(mean)), jnp.tanh(self.init_h(mean))
 
   def _step(self, carry, word, a, a_proj, mask, train: bool):

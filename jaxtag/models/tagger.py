@@ -24,6 +24,15 @@ _CROP_SEED = 0
 class Tagger(nn.Module):
   backbone: nn.Module
   head: nn.Module
+  # A frozen encoder whose output reaches the head as the batch feature
+  # 'semantic' (jaxtag/models/semantic.py: a captioner's v_cap), unless the
+  # batch already holds it (a feature cache).
+  semantic: nn.Module | None = None
+
+  def _with_semantic(self, image, image_mask, batch_features):
+    if self.semantic is None or 'semantic' in batch_features:
+      return batch_features
+    return {**batch_features, 'semantic': self.semantic(image, image_mask)}
 
   def _features(self, image, image_mask, train: bool):
     features = self.backbone(image, train=train)
@@ -34,11 +43,13 @@ class Tagger(nn.Module):
 
   def __call__(self, image, *, train: bool, image_mask=None,
                **batch_features) -> Any:
+    batch_features = self._with_semantic(image, image_mask, batch_features)
     features, mask = self._features(image, image_mask, train)
     return self.head(features, train=train, feature_mask=mask,
                      **batch_features)
 
   def predict(self, image, *, image_mask=None, **batch_features) -> Any:
+    batch_features = self._with_semantic(image, image_mask, batch_features)
     num_crops = int(getattr(self.head, 'test_crops', 0))
     if num_crops:
       return self._predict_on_crops(image, image_mask, num_crops,

@@ -1,0 +1,102 @@
+"""Caption semantic features: a frozen captioner inside the tagger's step,
+and the per-image cache that stands in for it."""
+import io
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtag import checkpoint
+from jaxtag import config as config_lib
+from jaxtag import semantic_cache
+from jaxtag import train
+from jaxtag.models.heads import HEADS
+
+import fake_methods
+
+
+@pytest.fixture(scope='module')
+def captioner_run(tiny_data_dir, tmp_path_factory):
+  config = config_lib.load_config_file('configs/captioner_flickr8k.py:tiny')
+  config.dataset.data_dir = tiny_data_dir
+  config.num_train_steps = 2
+  config.eval_every_steps = config.checkpoint_every_steps = 2
+  workdir = str(tmp_path_factory.mktemp('captioner'))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def _tagger_config(tiny_data_dir, captioner):
+  config = config_lib.load_config_file('configs/default.py:tiny')
+  config.dataset.data_dir = tiny_data_dir
+  config.model.head = 'semantic_fake'
+  config.model.semantic.captioner = captioner
+  config.data.mean = (0.4, 0.45, 0.5)   # not the captioner's: undone inside
+  config.data.std = (0.25, 0.2, 0.3)
+  config.num_train_steps = 2
+  config.eval_every_steps = config.checkpoint_every_steps = 2
+  return config
+
+
+@pytest.mark.slow
+def test_frozen_captioner_in_the_step_and_its_cache(tiny_data_dir, tmp_path,
+                                                    captioner_run,
+                                                    read_params, monkeypatch):
+  monkeypatch.setitem(HEADS, 'semantic_fake', fake_methods.SemanticHead)
+  config = _tagger_config(tiny_data_dir, captioner_run)
+  workdir = str(tmp_path / 'tagger')
+  train.train_and_evaluate(config, workdir)
+
+  captioner, _ = read_params(captioner_run)
+  tagger, step = read_params(workdir)
+  assert step == 2
+  flat_c, flat_t = checkpoint.flatten(captioner), checkpoint.flatten(tagger)
+  # The captioner's encoder arrived and never moved; the head trained.
+  for key, value in flat_c.items():
+    for src, dst in (('backbone/', 'semantic/backbone/'),
+                     ('head/annotate/', 'semantic/annotate/')):
+      if key.startswith(src):
+        np.testing.assert_array_equal(flat_t[dst + key[len(src):]], value)
+  assert any(k.startswith('semantic/annotate/') for k in flat_t)
+
+  # The cache holds what the step computes, on the eval images.
+  out = str(tmp_path / 'vcap')
+  semantic_cache.write_cache(config, out, splits=('test',))
+  cached = np.load(io.BytesIO(open(f'{out}/test.npy', 'rb').read()))
+  run = train.Run(config, workdir)
+  state = run.checkpointer.restore(step, run.abstract_state)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  seen = 0
+  for batch in run.eval_batches('test'):
+    image = train.normalize(batch['image'], mean=tuple(config.data.mean),
+                            std=tuple(config.data.std), dtype=np.float32)
+    in_step = run.model.apply(variables, image,
+                              method=lambda m, x: m.semantic(x))
+    keep = batch['mask'] > 0
+    np.testing.assert_allclose(np.asarray(in_step)[keep],
+                               cached[batch['index'][keep]], atol=2e-5)
+    seen += int(keep.sum())
+  assert seen == len(cached) == 64
+  run.checkpointer.close()
+
+  # A run from the cache gets the same feature through the pipeline.
+  config.model.semantic.captioner = ''
+  config.model.semantic.cache = out
+  config.dataset.train_split = 'test'   # the one split cached here
+  cache_run = train.Run(config, str(tmp_path / 'from_cache'))
+  batch = next(iter(cache_run.eval_batches('test')))
+  keep = batch['mask'] > 0
+  np.testing.assert_array_equal(batch['semantic'][keep],
+                                cached[batch['index'][keep]])
+  cache_run.checkpointer.close()
+
+
+def test_semantic_config_errors(tiny_data_dir, tmp_path, monkeypatch):
+  monkeypatch.setitem(HEADS, 'semantic_fake', fake_methods.SemanticHead)
+  config = _tagger_config(tiny_data_dir, str(tmp_path / 'nowhere'))
+  with pytest.raises(FileNotFoundError, match='trained captioner run'):
+    train.Run(config, str(tmp_path / 'run'))
+  config.model.semantic.captioner = ''
+  config.model.semantic.cache = str(tmp_path / 'nocache')
+  with pytest.raises(FileNotFoundError, match='semantic_cache'):
+    train.Run(config, str(tmp_path / 'run'))
