@@ -7,6 +7,7 @@ chosen by name in the config; nothing here knows which one it runs.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from typing import Any
@@ -494,7 +495,10 @@ def _skipped(feed) -> int | None:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: str) -> dict[str, Any]:
   """Eval-only: the latest checkpoint of `workdir` on `split`, with the
-  run's saved thresholds when it has them."""
+  run's saved thresholds when it has them. Results go to eval_<split>.json,
+  or eval_<dataset>_<split>.json when config.dataset.name is not the
+  dataset the run trained on (a captioner trained on photos, judged on
+  illustrations)."""
   run = Run(config, workdir)
   latest = run.checkpointer.latest_step()
   if latest is None:
@@ -507,7 +511,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     saved = thresholds_lib.load(workdir)
   result, pred, thresholds = run.evaluate(state, split, thresholds=saved)
   logging.info('step %d %s: %s', latest, split, _summary(result))
-  run.write_results(f'eval_{split}', latest, result, pred, thresholds,
+  name = f'eval_{split}'
+  trained_on = _trained_dataset(workdir)
+  if trained_on and trained_on != config.dataset.name:
+    name = f'eval_{config.dataset.name.replace("/", "_")}_{split}'
+  run.write_results(name, latest, result, pred, thresholds,
                     {'split': split})
   run.checkpointer.close()
   return result
+
+
+def _trained_dataset(workdir: str) -> str | None:
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    return None
+  return json.loads(path.read_text()).get('dataset', {}).get('name')

@@ -234,3 +234,29 @@ def test_teacher_captions_replace_the_records_own(tmp_path):
   assert loader.skipped.count == 1
   with pytest.raises(FileNotFoundError, match='caption_targets'):
     captions.load_targets(tmp_path / 'missing.csv')
+
+
+@pytest.mark.slow
+def test_adaptation_experiment_runs_the_three_captioners(tiny_data_dir,
+                                                         tmp_path):
+  import json
+
+  from jaxtag import caption_adaptation
+  report = caption_adaptation.run(str(tmp_path), 'tiny', tiny_data_dir)
+  assert set(report) == set(caption_adaptation.RUNS)
+  for name in caption_adaptation.RUNS:
+    for split in ('anime_test', 'photo_test'):
+      assert 0 <= report[name][split]['BLEU-4'] <= report[name][split][
+          'BLEU-1'] <= 1
+  # The teacher's captions of the photo train split are what the third
+  # run trained on; the judged illustrations are the anime test split.
+  teacher = (tmp_path / 'photo' / 'eval_train_captions.csv').read_text()
+  assert len(teacher.splitlines()) == 257
+  assert (tmp_path / 'photo' /
+          'eval_synthetic_anime_tiny_test.json').exists()
+  config = json.loads((tmp_path / 'adapted_teacher' /
+                       'config.json').read_text())
+  assert config['data']['cartoonize'] == 'opencv'
+  assert config['dataset']['caption_targets'].endswith(
+      'eval_train_captions.csv')
+  assert '| adapted_teacher |' in (tmp_path / 'adaptation.md').read_text()
