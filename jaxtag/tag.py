@@ -20,7 +20,9 @@ a progress bar on stderr.
 Thresholds: the bundle's (`--policy`), overridden by `--threshold` (every
 tag), `--general-threshold` and `--character-threshold`.
 Unreadable files are reported on stderr with the reason and skipped. The
-exit status is non-zero only when files failed and none could be tagged.
+exit status is non-zero only when no file could be tagged (none was found,
+or every one was unreadable); images skipped for their existing caption
+are no failure.
 """
 from __future__ import annotations
 
