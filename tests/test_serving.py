@@ -17,6 +17,7 @@ from PIL import Image
 
 import serving_fixtures as fx
 from jaxtag import checkpoint as checkpoint_lib
+from jaxtag import sharding
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert as convert_lib
 from jaxtag.serving import images as images_lib
@@ -342,3 +343,23 @@ def test_convert_command_and_a_bundle_that_needs_no_orbax(trained, tmp_path):
        '--out', out, '--step', '5'], capture_output=True, text=True, env=env,
       check=False)
   assert done.returncode != 0 and 'saved steps: 4, 8' in done.stderr
+
+
+@pytest.mark.slow  # compiles a third model
+def test_native_geometry_batches_by_bucket_with_the_image_mask(tmp_path):
+  config = fx.tiny_config(**{'eval.geometry': 'native'})
+  directory, trainable, state = fx.make_bundle(tmp_path, config)
+  tagger = tagger_lib.Tagger(directory, batch_size=2)
+  rng = np.random.default_rng(1)
+  wide = rng.integers(0, 256, (40, 80, 3), np.uint8)    # -> bucket 32 x 64
+  square = rng.integers(0, 256, (50, 50, 3), np.uint8)  # -> bucket 32 x 32
+  scores = tagger.scores([wide, square, wide])
+  np.testing.assert_array_equal(scores[0], scores[2])
+  # By hand: the wide image resized to 64 x 32 fills its bucket exactly.
+  pixels = np.asarray(Image.fromarray(wide).resize((64, 32), Image.BILINEAR))
+  batch = fx.eval_batch(trainable, np.stack([pixels] * 8))
+  batch['image_mask'] = np.ones((8, 32, 64), np.uint8)
+  out = trainable.eval_step(state, sharding.to_global(batch, trainable.mesh))
+  served = tagger.bundle.to_model_order(scores[:1])
+  np.testing.assert_allclose(served, np.asarray(out['scores'])[:1],
+                             rtol=1e-5, atol=1e-6)
