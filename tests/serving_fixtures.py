@@ -4,7 +4,11 @@ A bundle made here holds the trainer's own initial state (train.Trainable),
 so its predictions can be compared with the trainer's eval step on the same
 batch. The tag list mixes categories and lacks two of the four WD ratings.
 """
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -84,3 +88,14 @@ def trainer_scores(trainable, state, images):
       state, sharding.to_global(eval_batch(trainable, images),
                                 trainable.mesh))
   return np.asarray(jax.device_get(out['scores']))
+
+
+@functools.lru_cache(maxsize=None)
+def shared_bundle():
+  """(dir, Trainable, state, loaded Bundle) of configs/default.py:tiny with
+  random weights, made once per test process: every test module that tags
+  with it shares one compilation."""
+  directory = tempfile.mkdtemp(prefix='jaxtag_bundle_')
+  atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  directory, trainable, state = make_bundle(directory, tiny_config())
+  return directory, trainable, state, bundle_lib.load_bundle(directory)

@@ -30,9 +30,9 @@ def _images(n, size=32, seed=0):
                                               dtype=np.uint8)
 
 
-@pytest.fixture(scope='module')
-def random_bundle(tmp_path_factory):
-  return fx.make_bundle(tmp_path_factory.mktemp('bundle'), fx.tiny_config())
+@pytest.fixture
+def random_bundle():
+  return fx.shared_bundle()
 
 
 # ---------------------------------------------------------------- tag order ---
@@ -69,7 +69,7 @@ def test_selected_tags_csv_has_the_wd_header(random_bundle):
 
 
 def test_params_file_holds_the_inference_variables_exactly(random_bundle):
-  directory, _, state = random_bundle
+  directory, _, state, _ = random_bundle
   stored = safetensors.numpy.load_file(os.path.join(directory,
                                                     'params.safetensors'))
   expected = checkpoint_lib.flatten(
@@ -97,7 +97,7 @@ def test_flatten_and_unflatten_are_inverse():
 
 
 def test_bundle_predicts_what_the_trainer_evaluates(random_bundle):
-  directory, trainable, state = random_bundle
+  directory, trainable, state, _ = random_bundle
   bundle = bundle_lib.load_bundle(directory)
   images = _images(16)
   expected = fx.trainer_scores(trainable, state, images)
@@ -114,7 +114,7 @@ def test_bundle_predicts_what_the_trainer_evaluates(random_bundle):
 
 
 def test_predict_rejects_images_that_are_not_uint8_nhwc(random_bundle):
-  bundle = bundle_lib.load_bundle(random_bundle[0])
+  bundle = random_bundle[3]
   with pytest.raises(ValueError, match='uint8 images'):
     bundle.predict(np.zeros((2, 32, 32, 3), np.float32))
 
@@ -143,7 +143,7 @@ def test_heads_with_their_own_predict_serve_through_bundle_and_stablehlo(
 
 
 def test_stablehlo_round_trip_with_a_symbolic_batch(random_bundle, tmp_path):
-  bundle = bundle_lib.load_bundle(random_bundle[0])
+  bundle = random_bundle[3]
   path = stablehlo.export_bundle(bundle, str(tmp_path))
   call = stablehlo.load_stablehlo(path)
   for n in (1, 5):
@@ -185,7 +185,7 @@ def test_precision_recall_threshold_matches_a_brute_force_search():
 
 
 def test_threshold_policies_come_out_in_bundle_order(random_bundle):
-  bundle = bundle_lib.load_bundle(random_bundle[0])
+  bundle = random_bundle[3]
   scores = bundle.predict(_images(2))
   assert bundle.threshold_values(scores, 'run').tolist() == [
       0.5, 1.0, 1.0, 0.5] + [0.5] * 8
@@ -199,7 +199,7 @@ def test_threshold_policies_come_out_in_bundle_order(random_bundle):
 
 
 def test_tagger_overrides_thresholds_by_category(random_bundle):
-  tagger = tagger_lib.Tagger(random_bundle[0], general_threshold=0.0,
+  tagger = tagger_lib.Tagger(random_bundle[3], general_threshold=0.0,
                              character_threshold=1.5)
   result = tagger.tag(list(_images(2)))
   assert set(result[0]) == {'rating', 'general', 'character'}
@@ -209,7 +209,7 @@ def test_tagger_overrides_thresholds_by_category(random_bundle):
   assert len(result[0]['general']) == 6 and result[0]['character'] == {}
   values = list(result[0]['general'].values())
   assert values == sorted(values, reverse=True)
-  everything = tagger_lib.Tagger(random_bundle[0], threshold=1.5).tag(
+  everything = tagger_lib.Tagger(random_bundle[3], threshold=1.5).tag(
       list(_images(1)))[0]
   assert everything['general'] == {} and everything['character'] == {}
 
@@ -218,7 +218,7 @@ def test_tagger_takes_paths_pil_images_and_arrays_alike(random_bundle,
                                                         tmp_path):
   pixels = _images(1, size=48)[0]
   Image.fromarray(pixels).save(tmp_path / 'a.png')
-  tagger = tagger_lib.Tagger(random_bundle[0], batch_size=2)
+  tagger = tagger_lib.Tagger(random_bundle[3], batch_size=2)
   a, b, c = tagger.scores([str(tmp_path / 'a.png'), Image.fromarray(pixels),
                            pixels])
   np.testing.assert_array_equal(a, b)

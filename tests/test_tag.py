@@ -23,11 +23,10 @@ from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import tagger as tagger_lib
 
 
-@pytest.fixture(scope='module')
-def loaded(tmp_path_factory):
-  directory = fx.make_bundle(tmp_path_factory.mktemp('bundle'),
-                             fx.tiny_config())[0]
-  return directory, bundle_lib.load_bundle(directory)
+@pytest.fixture
+def loaded():
+  directory, _, _, bundle = fx.shared_bundle()
+  return directory, bundle
 
 
 @pytest.fixture
