@@ -65,7 +65,9 @@ def test_written_statistics_agree_with_examples(tiny_data_dir):
   for i, ex in enumerate(examples):
     multi_hot[i, np.asarray(ex['tags'], np.int64)] = 1
   np.testing.assert_array_equal(meta.counts, multi_hot.sum(0))
-  np.testing.assert_array_equal(meta.cooccurrence, multi_hot.T @ multi_hot)
+  np.testing.assert_array_equal(meta.cooccurrence.toarray(),
+                                multi_hot.T @ multi_hot)
+  assert meta.cooccurrence.nnz == np.count_nonzero(multi_hot.T @ multi_hot)
   assert meta.names == list(vocab.TAGS)
   assert set(meta.categories.tolist()) == {0, 4, 9}
   assert 50 <= (meta.categories == 0).sum() <= 80
