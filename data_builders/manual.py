@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
 from data_builders import deterministic_writer
@@ -141,6 +142,20 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, *args, **kwargs):
     # The split generators of these builders return `generate(...)`.
     raise NotImplementedError
+
+  def split_generators(self, records: dict[str, Sequence[Record]]):
+    """{split: generator} for the splits that have records (TFDS cannot
+    write an empty split); the empty ones are named in the report."""
+    empty = [s for s in self.split_fractions() if not records.get(s)]
+    if len(empty) == len(self.split_fractions()):
+      raise ValueError(f'{self.name}: no usable record in the raw folder; '
+                       'see the skip counts above.')
+    for split in empty:
+      logging.warning('%s: split %r has no records and is left out.',
+                      self.name, split)
+    self.metadata.report.extra['empty_splits'] = empty
+    return {split: self.generate(split, records[split])
+            for split in self.split_fractions() if split not in empty}
 
   def generate(self, split: str, records: Sequence[Record]
                ) -> Iterable[tuple[Any, dict[str, Any]]]:

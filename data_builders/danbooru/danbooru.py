@@ -248,7 +248,7 @@ class Danbooru(manual.ManualBuilder):
         .hexdigest() if vocabulary_path else None,
         tags_outside_vocabulary=sum(dropped.values()),
         posts_per_split={s: len(by_split[s]) for s in fractions})
-    return {split: self.generate(split, records[split]) for split in fractions}
+    return self.split_generators(records)
 
   def _top_k_vocabulary(self, train_posts, ratings, tag_ids):
     """{(category, name): label} and the metadata's tag rows: the four
