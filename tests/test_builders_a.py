@@ -688,3 +688,18 @@ def test_trainer_runs_on_a_built_danbooru_dump(danbooru_2021, tmp_path):
   assert found
   with open(found[0]) as f:
     assert len(f.read().strip().splitlines()) == len(names) + 1
+
+
+def test_a_split_bigger_than_memory_spills_without_tensorflow(tmp_path,
+                                                              monkeypatch):
+  from tensorflow_datasets.core import shuffle
+  fx.write_tagged_folder(tmp_path / 'raw', with_vocabulary=True)
+  in_memory = _build('tagged_folder', tmp_path / 'raw', tmp_path / 'a')
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 1000)  # bytes
+  spilled = _build('tagged_folder', tmp_path / 'raw', tmp_path / 'b')
+  first = test_builder.shard_digests(str(tmp_path / 'a'))
+  assert len(first) == 3 and first == test_builder.shard_digests(
+      str(tmp_path / 'b'))
+  assert not list((tmp_path / 'b').rglob('bucket_*'))  # cleaned up
+  assert len(_examples(spilled, 'train')) == len(_examples(in_memory,
+                                                           'train'))
