@@ -99,7 +99,7 @@ class Record:
 
 
 INSTRUCTIONS = ('Pass the folder with the raw files as `python -m '
-                'jaxtag.data.build NAME --manual_dir DIR`, or set '
+                'jaxtag.data.build {name} --manual_dir DIR`, or set '
                 'config.dataset.manual_dir for training; the layout is in '
                 'data_builders/{name}/README.md.')
 
