@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -75,6 +76,13 @@ def write_danbooru_dump(root: str, posts: int, distinct: int,
         image.write(pictures[i % distinct])
 
 
+def _cpu_seconds() -> float:
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return (own.ru_utime + own.ru_stime + children.ru_utime +
+          children.ru_stime)
+
+
 def timed_build(name: str, manual_dir: str, data_dir: str,
                 options: dict) -> dict:
   """Builds once into a fresh data_dir; wall time and images/s."""
@@ -82,9 +90,11 @@ def timed_build(name: str, manual_dir: str, data_dir: str,
   from jaxtag.data import build  # pylint: disable=g-import-not-at-top
   shutil.rmtree(data_dir, ignore_errors=True)
   builder = build.get_builder(name, data_dir, options)
+  cpu_before = _cpu_seconds()
   start = time.perf_counter()
   build.ensure_built(builder, manual_dir)
   seconds = time.perf_counter() - start
+  cpu = _cpu_seconds() - cpu_before
   with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
     examples = sum(json.load(f)['examples'].values())
   workers = (os.cpu_count() or 1) if examples >= images.PARALLEL_MIN_IMAGES \
@@ -95,6 +105,10 @@ def timed_build(name: str, manual_dir: str, data_dir: str,
           'seconds': round(seconds, 2), 'workers': workers,
           'images_per_s': round(examples / seconds, 1),
           'images_per_s_per_core': round(examples / seconds / workers, 1),
+          # CPU time of this process and its (finished) workers: what the
+          # build costs, less distorted by other jobs on a shared machine.
+          'cpu_seconds': round(cpu, 2),
+          'images_per_cpu_s': round(examples / cpu, 1),
           'dataset_mb': round(size / 2**20, 1)}
 
 
