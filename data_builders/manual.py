@@ -133,6 +133,11 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   def manual_root(self, dl_manager) -> epath.Path:
+    """The raw folder, after checking the shared options (so that a bad
+    value fails before any file is read)."""
+    self.geometry()
+    self.image_format()
+    self.split_fractions()
     root = dl_manager.manual_dir
     if root is None or not epath.Path(root).exists():
       raise FileNotFoundError(

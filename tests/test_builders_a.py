@@ -703,3 +703,18 @@ def test_a_split_bigger_than_memory_spills_without_tensorflow(tmp_path,
   assert not list((tmp_path / 'b').rglob('bucket_*'))  # cleaned up
   assert len(_examples(spilled, 'train')) == len(_examples(in_memory,
                                                            'train'))
+
+
+@pytest.mark.parametrize('option, value, match', [
+    ('interpolation', 'cubic', 'interpolation.*valid: area, bilinear'),
+    ('image_format', 'gif', 'image_format.*valid: png, jpeg'),
+    ('pad_color', '300,0,0', 'pad_color'),
+    ('split_fractions', 'train=0.5', 'split_fractions'),
+])
+def test_bad_option_values_fail_before_reading(tmp_path, option, value,
+                                               match):
+  from jaxtag.data import build
+  builder = build.get_builder('tagged_folder', str(tmp_path),
+                              {option: value})
+  with pytest.raises(ValueError, match=match):
+    build.ensure_built(builder, str(tmp_path / 'absent'))
