@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import scipy.sparse
 from PIL import Image
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
@@ -226,7 +227,9 @@ def _tags(c, categories=None):
       names=[f't{i}' for i in range(c)],
       categories=np.asarray(categories if categories is not None
                             else [0] * c),
-      counts=np.arange(c) + 1, cooccurrence=np.eye(c), num_images=c)
+      counts=np.arange(c) + 1,
+      cooccurrence=scipy.sparse.csr_array(np.diag(np.arange(c) + 1)),
+      num_images=c)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.sparse
 
 from jaxtag import config as config_lib
 from jaxtag import sharding
@@ -275,7 +276,8 @@ def _counts_only(num_classes):
       names=[f't{i}' for i in range(num_classes)],
       categories=np.zeros(num_classes, int),
       counts=rng.integers(1, 100, num_classes),
-      cooccurrence=np.eye(num_classes), num_images=100)
+      cooccurrence=scipy.sparse.eye_array(num_classes, format='csr'),
+      num_images=100)
 
 
 @pytest.mark.slow  # several training steps

@@ -25,6 +25,7 @@ from data_builders import deterministic_writer
 from data_builders.synthetic_anime import annotate
 from data_builders.synthetic_anime import render
 from data_builders.synthetic_anime import vocab
+from jaxtag.data import tag_metadata
 
 # Rendering is spread over processes only when a split is big enough to pay
 # for starting them.
@@ -43,7 +44,8 @@ class SyntheticAnimeConfig(tfds.core.BuilderConfig):
 
 
 class TagStatistics(tfds.core.Metadata):
-  """selected_tags.csv and label_stats.npz, written beside dataset_info.json."""
+  """selected_tags.csv and label_stats.npz (co-occurrence stored sparse),
+  written beside dataset_info.json."""
 
   def __init__(self):
     self.counts = None
@@ -60,18 +62,15 @@ class TagStatistics(tfds.core.Metadata):
       writer.writerow([i, name, vocab.CATEGORIES[i], int(self.counts[i])])
     (epath.Path(data_dir) / 'selected_tags.csv').write_bytes(
         table.getvalue().encode())
-    stats = io.BytesIO()
-    np.savez(stats, counts=self.counts, cooccurrence=self.cooccurrence,
-             num_images=np.int64(self.num_images))
-    (epath.Path(data_dir) / 'label_stats.npz').write_bytes(stats.getvalue())
+    (epath.Path(data_dir) / tag_metadata.LABEL_STATS).write_bytes(
+        tag_metadata.label_stats_bytes(self.counts, self.cooccurrence,
+                                       self.num_images))
 
   def load_metadata(self, data_dir):
-    path = epath.Path(data_dir) / 'label_stats.npz'
+    path = epath.Path(data_dir) / tag_metadata.LABEL_STATS
     if path.exists():
-      with np.load(io.BytesIO(path.read_bytes())) as stats:
-        self.counts = stats['counts']
-        self.cooccurrence = stats['cooccurrence']
-        self.num_images = int(stats['num_images'])
+      self.counts, self.cooccurrence, self.num_images = (
+          tag_metadata.load_label_stats(path))
 
 
 def _example(args):
