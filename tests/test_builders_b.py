@@ -1,0 +1,378 @@
+"""image_folder, animeface_character, voc2007, coco2014 and flickr8k, each
+built for real from a generated folder in the dataset's own layout."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import builder_fixtures_b as fb
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_builders import class_folders
+from data_builders import splits
+from data_builders.animeface_character import animeface_character as animeface
+from data_builders.coco2014 import coco2014
+from data_builders.flickr8k import flickr8k
+from data_builders.image_folder import image_folder
+from data_builders.voc2007 import voc2007
+from jaxtag.data import tag_metadata
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BUILDERS = {
+    'image_folder': (image_folder.ImageFolder, image_folder.ImageFolderConfig),
+    'animeface_character': (animeface.AnimefaceCharacter,
+                            animeface.AnimefaceCharacterConfig),
+    'voc2007': (voc2007.Voc2007, voc2007.Voc2007Config),
+    'coco2014': (coco2014.Coco2014, coco2014.Coco2014Config),
+    'flickr8k': (flickr8k.Flickr8k, flickr8k.Flickr8kConfig),
+}
+
+
+def build(name, manual_dir, data_dir, **options):
+  cls, config_cls = BUILDERS[name]
+  config = config_cls(name='test', **options) if options else None
+  builder = cls(config=config, data_dir=str(data_dir),
+                file_format='array_record')
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
+
+
+def examples(builder, split):
+  """{id: example} of a split, ids as str."""
+  out = {}
+  for e in builder.as_data_source(split):
+    key = e['id'].decode() if isinstance(e['id'], bytes) else int(e['id'])
+    out[key] = e
+  return out
+
+
+def report(builder):
+  with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
+    return json.load(f)
+
+
+def ids(example, key='tags'):
+  return sorted(int(t) for t in example[key])
+
+
+def assert_statistics_match(builder, split='train', key='tags'):
+  """label_stats.npz against a dense numpy count of the written split."""
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  num_classes = len(meta.names)
+  hot = np.zeros((0, num_classes), np.int64)
+  rows = [ids(e, key) for e in examples(builder, split).values()]
+  if rows:
+    hot = np.zeros((len(rows), num_classes), np.int64)
+    for i, r in enumerate(rows):
+      hot[i, r] = 1
+  np.testing.assert_array_equal(meta.counts, hot.sum(0))
+  np.testing.assert_array_equal(meta.cooccurrence_dense(), hot.T @ hot)
+  assert meta.num_images == len(rows)
+  return meta
+
+
+# --- alias maps --------------------------------------------------------------
+
+def test_alias_map_reads_inline_pairs_files_and_chains(tmp_path):
+  assert class_folders.parse_aliases('') == {}
+  assert class_folders.parse_aliases(
+      'saber_arutoria_pendoragon=saber, mato_sakura = matou_sakura') == {
+          'saber_arutoria_pendoragon': 'saber', 'mato_sakura': 'matou_sakura'}
+  text = tmp_path / 'aliases.txt'
+  text.write_text('# merged names\nmato_sakura=matou_sakura\n'
+                  'sakura_matou,mato_sakura\n')
+  # A chain resolves to its end.
+  assert class_folders.parse_aliases(str(text)) == {
+      'mato_sakura': 'matou_sakura', 'sakura_matou': 'matou_sakura'}
+  as_json = tmp_path / 'aliases.json'
+  as_json.write_text('{"a": "b"}')
+  assert class_folders.parse_aliases(str(as_json)) == {'a': 'b'}
+  assert class_folders.parse_aliases({'x': 'y'}) == {'x': 'y'}
+  with pytest.raises(ValueError, match='loop'):
+    class_folders.parse_aliases('a=b,b=a')
+  with pytest.raises(ValueError, match='neither a file'):
+    class_folders.parse_aliases(str(tmp_path / 'missing.txt'))
+  with pytest.raises(ValueError, match='alias=canonical'):
+    class_folders.parse_aliases('a=b,c')
+
+
+def test_class_splits_are_stratified_and_move_little_when_files_are_added():
+  def items(n_a, n_b):
+    return ([class_folders.Item('', f'a/{i}.png', 'a') for i in range(n_a)] +
+            [class_folders.Item('', f'b/{i}.png', 'b') for i in range(n_b)])
+
+  fractions = 'train=0.7,validation=0.15,test=0.15'
+  before = class_folders.assign_splits(items(40, 20), fractions)
+  assert {s: len(v) for s, v in before.items()} == {
+      'train': 28 + 14, 'validation': 6 + 3, 'test': 6 + 3}
+  for split, members in before.items():
+    assert [i.key for i in members] == sorted(i.key for i in members)
+  where = {i.key: s for s, v in before.items() for i in v}
+  # More files in class a: b's files stay put, and an a file moves only
+  # at a cut point (at most one per added file and boundary).
+  after = class_folders.assign_splits(items(43, 20), fractions)
+  moved = [i.key for s, v in after.items() for i in v
+           if i.key in where and where[i.key] != s]
+  assert not [k for k in moved if k.startswith('b/')]
+  assert len(moved) <= 3 * 2
+
+
+# --- image_folder ------------------------------------------------------------
+
+ALIASES = 'saber_arutoria_pendoragon=saber,mato_sakura=matou_sakura'
+
+
+@pytest.fixture(scope='module')
+def folder_build(tmp_path_factory):
+  root = tmp_path_factory.mktemp('folders')
+  fb.image_folder(str(root))
+  builder = build('image_folder', root, tmp_path_factory.mktemp('data'),
+                  aliases=ALIASES, split_fractions='train=1.0')
+  return builder
+
+
+def test_image_folder_merges_aliases_and_skips_bad_files(folder_build):
+  train = examples(folder_build, 'train')
+  meta = assert_statistics_match(folder_build)
+  # Classes sorted after the aliases merged them: 3, not 5.
+  assert meta.names == ['matou_sakura', 'rin', 'saber']
+  assert list(meta.categories) == [4, 4, 4]
+  assert sorted(train) == [
+      'mato_sakura/d.jpg', 'matou_sakura/e.png', 'matou_sakura/nested/f.png',
+      'rin/g.png', 'saber/a.png', 'saber/b.jpg',
+      'saber_arutoria_pendoragon/c.png']
+  assert int(train['saber_arutoria_pendoragon/c.png']['label']) == 2
+  assert ids(train['mato_sakura/d.jpg']) == [0]
+  assert ids(train['rin/g.png']) == [1]
+  np.testing.assert_array_equal(meta.counts, [3, 1, 3])
+  # Decoded from the shards: RGBA composited on white, 16-bit scaled,
+  # CMYK converted; all RGB.
+  rgba = train['saber_arutoria_pendoragon/c.png']['image']
+  assert rgba.shape == (4, 6, 3)
+  np.testing.assert_array_equal(rgba[0, 0], [227, 177, 127])
+  np.testing.assert_array_equal(train['matou_sakura/e.png']['image'][0, 0],
+                                [255, 255, 255])
+  np.testing.assert_allclose(train['mato_sakura/d.jpg']['image'][8, 8],
+                             [0, 255, 255], atol=3)
+  got = report(folder_build)
+  assert got['skipped']['train'] == {'corrupt': 1}
+  assert got['examples'] == {'train': 7}
+  assert got['options']['aliases'] == ALIASES
+
+
+def test_image_folder_options_have_clear_errors(tmp_path):
+  # TFDS checks the folder first; its message carries the instructions.
+  with pytest.raises(AssertionError, match='one sub-folder per class'):
+    build('image_folder', tmp_path / 'nothing', tmp_path / 'data')
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'empty' / 'readme.txt').write_text('no class folders here')
+  with pytest.raises(ValueError, match='No images found'):
+    build('image_folder', tmp_path / 'empty', tmp_path / 'data2')
+
+
+# --- animeface_character -----------------------------------------------------
+
+@pytest.mark.parametrize('layout', ['thumb', 'moeimouto'])
+def test_animeface_honours_ignore_files_colors_and_aliases(tmp_path, layout):
+  fb.animeface(str(tmp_path / 'in'), layout)
+  builder = build('animeface_character', tmp_path / 'in', tmp_path / 'data',
+                  aliases='mato_sakura=matou_sakura',
+                  split_fractions='train=1.0')
+  train = examples(builder, 'train')
+  meta = assert_statistics_match(builder)
+  assert meta.names == ['hatsune_miku', 'matou_sakura']  # prefix stripped
+  assert sorted(train) == ['000_hatsune_miku/face_1_2_3.png',
+                           '000_hatsune_miku/face_4_5_6.png',
+                           '001_mato_sakura/face_10_11_12.png',
+                           '002_matou_sakura/face_13_14_15.png']
+  miku = train['000_hatsune_miku/face_1_2_3.png']
+  assert ids(miku) == [0] and int(miku['label']) == 0
+  np.testing.assert_array_equal(miku['hair_color'], [0, 200, 200])
+  np.testing.assert_array_equal(miku['eye_color'], [10, 20, 30])
+  np.testing.assert_array_equal(
+      train['000_hatsune_miku/face_4_5_6.png']['hair_color'], [-1, -1, -1])
+  assert int(train['001_mato_sakura/face_10_11_12.png']['label']) == 1
+  got = report(builder)
+  assert got['skipped']['scan'] == {'ignored': 1}
+  assert got['skipped']['train'] == {'corrupt': 1}
+  assert got['extra']['images_without_color'] == 4
+
+
+def test_animeface_color_file_errors_name_the_line(tmp_path):
+  path = tmp_path / 'color.csv'
+  path.write_text('a.png,1,2,3,4,5,6\nb.png,1,2,300,4,5,6\n')
+  with pytest.raises(ValueError, match='line 2'):
+    animeface.read_colors(str(path))
+  with pytest.raises(FileNotFoundError, match='moeimouto-faces'):
+    animeface.find_class_root(str(tmp_path))
+
+
+# --- voc2007 -----------------------------------------------------------------
+
+def test_voc2007_keeps_difficult_labels_apart(tmp_path):
+  sets = fb.voc2007(str(tmp_path / 'in'))
+  builder = build('voc2007', tmp_path / 'in', tmp_path / 'data')
+  assert set(builder.info.splits) == {'train', 'test'}
+  train, test = examples(builder, 'train'), examples(builder, 'test')
+  assert sorted(train) == sorted(sets['trainval'])
+  meta = assert_statistics_match(builder)
+  assert meta.names == list(fb.VOC_CLASSES)
+  c = fb.VOC_CLASSES.index
+  assert ids(train['000005']) == sorted([c('person'), c('dog')])
+  assert ids(train['000005'], 'tags_difficult') == [c('cat')]
+  assert ids(train['000009']) == []
+  assert ids(train['000009'], 'tags_difficult') == [c('person')]
+  assert ids(test['000001'], 'tags_difficult') == [c('person')]
+  assert sorted(test) == ['000001']   # 000002 is a corrupt JPEG
+  # Every label vector equals the set files' 1 / 0 entries.
+  for image_id, e in train.items():
+    row = sets['trainval'][image_id]
+    assert ids(e) == np.flatnonzero(row == 1).tolist()
+    assert ids(e, 'tags_difficult') == np.flatnonzero(row == 0).tolist()
+  got = report(builder)
+  assert got['skipped']['test'] == {'corrupt': 1}
+  assert got['extra']['train_difficult_labels'] == 2
+
+
+def test_voc2007_train_set_option_adds_the_val_split(tmp_path):
+  sets = fb.voc2007(str(tmp_path / 'in'))
+  builder = build('voc2007', tmp_path / 'in', tmp_path / 'data',
+                  train_set='train')
+  assert sorted(examples(builder, 'train')) == sorted(sets['train'])
+  assert sorted(examples(builder, 'validation')) == ['000012']
+  with pytest.raises(ValueError, match='train_set.*valid: trainval, train'):
+    build('voc2007', tmp_path / 'in', tmp_path / 'data2', train_set='val')
+  os.remove(tmp_path / 'in/VOCdevkit/VOC2007/ImageSets/Main/cat_test.txt')
+  with pytest.raises(FileNotFoundError, match='cat_test.txt'):
+    voc2007.read_set_labels(str(tmp_path / 'in/VOCdevkit/VOC2007'), 'test')
+
+
+# --- coco2014 ----------------------------------------------------------------
+
+def test_coco2014_labels_in_category_id_order(tmp_path):
+  fb.coco2014(str(tmp_path / 'in'))
+  builder = build('coco2014', tmp_path / 'in', tmp_path / 'data')
+  meta = assert_statistics_match(builder)
+  assert meta.names == ['person', 'car', 'traffic light', 'dog']
+  train, test = examples(builder, 'train'), examples(builder, 'test')
+  assert sorted(train) == [9, 25]       # 30 unlabelled, 42 has no file
+  assert ids(train[9]) == [0, 3]        # person (1) and dog (18)
+  assert ids(train[25]) == [1]
+  assert ids(test[74]) == [0, 2]
+  assert train[9]['file_name'] == b'COCO_train2014_000000000009.jpg'
+  got = report(builder)
+  assert got['skipped']['scan'] == {'no_labels': 1}
+  assert got['skipped']['train'] == {'missing_file': 1}
+
+
+def test_coco2014_validation_is_a_stable_part_of_train(tmp_path):
+  truth = fb.coco2014(str(tmp_path / 'in'), extra=30)
+  builder = build('coco2014', tmp_path / 'in', tmp_path / 'data',
+                  validation_fraction=0.3, keep_unlabelled=True)
+  train, val = examples(builder, 'train'), examples(builder, 'validation')
+  fractions = {'train': 0.7, 'validation': 0.3}
+  for image_id in set(truth['train']) - {42}:
+    expected = splits.assign_split(image_id, fractions, salt='coco2014')
+    assert image_id in (train if expected == 'train' else val)
+  assert ids(train[30] if 30 in train else val[30]) == []
+
+
+# --- flickr8k ----------------------------------------------------------------
+
+def test_flickr8k_original_layout_keeps_its_split_files(tmp_path):
+  captions = fb.flickr8k(str(tmp_path / 'in'), 'original')
+  builder = build('flickr8k', tmp_path / 'in', tmp_path / 'data')
+  train = examples(builder, 'train')
+  assert sorted(train) == ['1000_abc.jpg', '1001_abc.jpg']
+  assert sorted(examples(builder, 'validation')) == ['1002_abc.jpg']
+  assert sorted(examples(builder, 'test')) == ['1004_abc.jpg']
+  assert [c.decode() for c in train['1001_abc.jpg']['captions']] == (
+      captions['1001_abc.jpg'])
+  got = report(builder)
+  assert got['skipped']['scan'] == {'not_in_a_split': 1}
+  assert got['skipped']['test'] == {'truncated': 1}
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  assert meta.names == [] and meta.num_images == 2
+  assert meta.cooccurrence.shape == (0, 0)
+
+
+def test_flickr8k_repackaged_layout_splits_by_a_stable_hash(tmp_path):
+  captions = fb.flickr8k(str(tmp_path / 'in'), 'repackaged')
+  builder = build('flickr8k', tmp_path / 'in', tmp_path / 'data',
+                  split_sizes='3,1')
+  got = {s: examples(builder, s) for s in ('train', 'validation', 'test')}
+  order = sorted(captions, key=lambda n: (splits.stable_unit(n, 'flickr8k'),
+                                          n))
+  expected = {'train': order[:3], 'validation': order[3:4], 'test': order[4:]}
+  for split, names in expected.items():
+    assert sorted(got[split]) == sorted(n for n in names if n != '1003_abc.jpg')
+  everything = {**got['train'], **got['validation'], **got['test']}
+  # The quoted caption and the unquoted one with a comma read back whole.
+  assert everything['1002_abc.jpg']['captions'][0].decode() == (
+      'two words, then "quoted"')
+  assert everything['1001_abc.jpg']['captions'][2].decode() == 'a dog, running'
+
+
+def test_flickr8k_files_errors(tmp_path):
+  path = tmp_path / 'Flickr8k.token.txt'
+  path.write_text('a.jpg#0\tfine\na.jpg caption without a tab\n')
+  with pytest.raises(ValueError, match='line 2'):
+    flickr8k.read_tokens(str(path))
+  with pytest.raises(FileNotFoundError, match='captions.txt'):
+    flickr8k.read_layout(str(tmp_path / 'nowhere'), '6000,1000')
+  assert flickr8k.hash_splits(['a', 'b', 'c'], '1,1')['test'] == [
+      n for n in sorted('abc', key=lambda n: (splits.stable_unit(
+          n, 'flickr8k'), n))][2:]
+
+
+# --- determinism -------------------------------------------------------------
+
+_BUILD_ALL = '''
+import sys, os
+sys.path.insert(0, os.path.join({root!r}, 'tests'))
+import builder_fixtures_b as fb
+import test_builders_b as t
+src, out = sys.argv[1], sys.argv[2]
+fb.image_folder(os.path.join(src, 'f'))
+fb.animeface(os.path.join(src, 'a'))
+fb.voc2007(os.path.join(src, 'v'))
+fb.coco2014(os.path.join(src, 'c'))
+fb.flickr8k(os.path.join(src, 'k'))
+for name, folder in (('image_folder', 'f'), ('animeface_character', 'a'),
+                     ('voc2007', 'v'), ('coco2014', 'c'), ('flickr8k', 'k')):
+  t.build(name, os.path.join(src, folder), os.path.join(out, name))
+'''
+
+
+def _shard_digests(data_dir):
+  out = {}
+  for dirpath, _, files in os.walk(data_dir):
+    for f in files:
+      if 'array_record' in f or f == 'selected_tags.csv' or (
+          f == 'label_stats.npz'):
+        with open(os.path.join(dirpath, f), 'rb') as fh:
+          out[os.path.relpath(os.path.join(dirpath, f), data_dir)] = (
+              hashlib.sha256(fh.read()).hexdigest())
+  return out
+
+
+@pytest.mark.slow
+def test_two_processes_write_byte_identical_shards(tmp_path):
+  digests = []
+  for run, seed in (('one', '1'), ('two', '2')):
+    subprocess.run(
+        [sys.executable, '-c', _BUILD_ALL.format(root=ROOT),
+         str(tmp_path / run / 'src'), str(tmp_path / run / 'out')],
+        cwd=ROOT, check=True, capture_output=True,
+        env={**os.environ, 'PYTHONHASHSEED': seed,
+             'PYTHONPATH': ROOT + os.pathsep + os.path.join(ROOT, 'tests')})
+    digests.append(_shard_digests(tmp_path / run / 'out'))
+  # image_folder and animeface: train only at this size; voc2007 and
+  # coco2014: train, test; flickr8k: three splits.
+  assert len([k for k in digests[0] if 'array_record' in k]) == 9
+  assert digests[0] == digests[1]
