@@ -376,3 +376,68 @@ def test_two_processes_write_byte_identical_shards(tmp_path):
   # coco2014: train, test; flickr8k: three splits.
   assert len([k for k in digests[0] if 'array_record' in k]) == 9
   assert digests[0] == digests[1]
+
+
+# --- difficult labels in the metrics -----------------------------------------
+
+def test_difficult_labels_are_masked_out_of_the_metrics(tmp_path):
+  from sklearn.metrics import average_precision_score
+  from jaxtag import config as config_lib
+  from jaxtag import evaluate
+  sets = fb.voc2007(str(tmp_path / 'in'), extra=40)
+  builder = build('voc2007', tmp_path / 'in', tmp_path / 'data')
+  source = builder.as_data_source(
+      'train', decoders={'image': tfds.decode.SkipDecoding()})
+  n = len(source)
+  index = np.arange(n)[::-1]           # any order of records
+  mask = evaluate.label_mask(source, index, 'tags_difficult', 20)
+  labels = np.zeros((n, 20), np.float32)
+  for row, record in enumerate(index):
+    truth = sets['trainval'][source[int(record)]['id'].decode()]
+    np.testing.assert_array_equal(mask[row], (truth != 0).astype(np.float32))
+    labels[row] = truth == 1
+  assert (mask == 0).sum() >= 8
+  scores = np.random.default_rng(0).random((n, 20)).astype(np.float32)
+  # A difficult pair scored above everything would cost AP if counted.
+  scores[mask == 0] = 2.0
+  eval_config = config_lib.defaults().eval
+  eval_config.thresholds = 'global'
+  pred = {'scores': scores, 'labels': labels, 'label_mask': mask,
+          'index': index, 'loss': 0.0}
+  result, pred, _ = evaluate.score(pred, task='multi_label',
+                                   eval_config=eval_config,
+                                   tag_metadata=tag_metadata.load_tag_metadata(
+                                       builder.data_dir))
+  expected = []
+  for c in range(20):
+    keep = mask[:, c] > 0
+    if labels[keep, c].any():
+      expected.append(average_precision_score(labels[keep, c],
+                                              scores[keep, c]))
+  assert result['mAP'] == pytest.approx(np.mean(expected), rel=1e-6)
+  with pytest.raises(ValueError, match='label_mask_feature'):
+    evaluate.label_mask(source, index[:1], 'tags_hard', 20)
+
+
+@pytest.mark.slow
+def test_training_on_voc2007_masks_difficult_labels(tmp_path):
+  from jaxtag import config as config_lib
+  from jaxtag import train
+  sets = fb.voc2007(str(tmp_path / 'in'), extra=30)
+  build('voc2007', tmp_path / 'in', tmp_path / 'data')
+  config = config_lib.load_config_file('configs/default.py:tiny')
+  config.dataset.name = 'voc2007'
+  config.dataset.data_dir = str(tmp_path / 'data')
+  config.dataset.eval_split = config.dataset.test_split = 'test'
+  config.dataset.label_mask_feature = 'tags_difficult'
+  config.num_train_steps = 2
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(config, workdir)
+  assert result['num_examples'] == len(sets['test']) - 1   # 000002 corrupt
+  rows = open(os.path.join(workdir, 'results_per_tag.csv')).read().split()
+  test_counts = [int(r.split(',')[3]) for r in rows[1:]]
+  readable = {k: v for k, v in sets['test'].items() if k != '000002'}
+  np.testing.assert_array_equal(
+      test_counts, (np.stack(list(readable.values())) == 1).sum(0))
