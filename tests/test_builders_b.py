@@ -175,6 +175,26 @@ def test_image_folder_options_have_clear_errors(tmp_path):
     build('image_folder', tmp_path / 'empty', tmp_path / 'data2')
 
 
+def test_image_folder_splits_stay_put_when_files_are_added(tmp_path):
+  fb.image_folder(str(tmp_path / 'in'), extra=60)
+  before = build('image_folder', tmp_path / 'in', tmp_path / 'd1')
+  where = {k: s for s in before.info.splits for k in examples(before, s)}
+  assert set(before.info.splits) == {'train', 'validation', 'test'}
+  # A new class, and two more files in one existing class.
+  fb.write(str(tmp_path / 'in/new_class/x.jpg'), fb.noise(1000, 16))
+  fb.write(str(tmp_path / 'in/new_class/y.jpg'), fb.noise(1001, 16))
+  fb.write(str(tmp_path / 'in/extra_0/more_1.jpg'), fb.noise(1002, 16))
+  fb.write(str(tmp_path / 'in/extra_0/more_2.jpg'), fb.noise(1003, 16))
+  after = build('image_folder', tmp_path / 'in', tmp_path / 'd2')
+  now = {k: s for s in after.info.splits for k in examples(after, s)}
+  moved = [k for k in where if now[k] != where[k]]
+  assert all(k.startswith('extra_0/') for k in moved) and len(moved) <= 4
+  # Each class is cut 70/15/15: extra_1 has 12 files -> 8 / 2 / 2.
+  extra_1 = [s for k, s in now.items() if k.startswith('extra_1/')]
+  assert [extra_1.count(s) for s in ('train', 'validation', 'test')] == [
+      8, 2, 2]
+
+
 # --- animeface_character -----------------------------------------------------
 
 @pytest.mark.parametrize('layout', ['thumb', 'moeimouto'])
@@ -245,6 +265,12 @@ def test_voc2007_train_set_option_adds_the_val_split(tmp_path):
                   train_set='train')
   assert sorted(examples(builder, 'train')) == sorted(sets['train'])
   assert sorted(examples(builder, 'validation')) == ['000012']
+  ml_gcn = build('voc2007', tmp_path / 'in', tmp_path / 'data3',
+                 difficult_as_positive=True)
+  c = fb.VOC_CLASSES.index
+  train = examples(ml_gcn, 'train')
+  assert ids(train['000005']) == sorted([c('person'), c('dog'), c('cat')])
+  assert ids(train['000005'], 'tags_difficult') == [c('cat')]
   with pytest.raises(ValueError, match='train_set.*valid: trainval, train'):
     build('voc2007', tmp_path / 'in', tmp_path / 'data2', train_set='val')
   os.remove(tmp_path / 'in/VOCdevkit/VOC2007/ImageSets/Main/cat_test.txt')

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from data_builders import split_writer
 from data_builders import tag_stats
@@ -35,6 +36,9 @@ PRESENT, ABSENT, DIFFICULT = 1, -1, 0
 @dataclasses.dataclass
 class Voc2007Config(tfds.core.BuilderConfig):
   train_set: str = 'trainval'     # 'trainval' (protocol) or 'train'
+  # Also list difficult labels in `tags`, as ML-GCN trains (they stay in
+  # tags_difficult, so evaluation can still leave them out).
+  difficult_as_positive: bool = False
 
 
 def find_year_root(root: str) -> str:
@@ -75,12 +79,13 @@ def read_set_labels(year_root: str, image_set: str):
   return dict(labels)
 
 
-def records(year_root: str, labels: dict):
+def records(year_root: str, labels: dict, difficult_as_positive: bool):
   """split_writer records of one set, in id order."""
+  positive = (PRESENT, DIFFICULT) if difficult_as_positive else (PRESENT,)
   for image_id in sorted(labels):
     row = labels[image_id]
     yield image_id, os.path.join(year_root, 'JPEGImages', f'{image_id}.jpg'), {
-        'tags': np.flatnonzero(row == PRESENT).tolist(),
+        'tags': np.flatnonzero(np.isin(row, positive)).tolist(),
         'tags_difficult': np.flatnonzero(row == DIFFICULT).tolist(),
         'id': image_id}
 
@@ -119,9 +124,12 @@ class Voc2007(split_writer.ImageRecordBuilder):
           raise FileNotFoundError(
               f'{year_root}/ImageSets/Main has no *_{image_set}.txt files: '
               'extract VOCtrainval_06-Nov-2007.tar there.')
+        logging.warning('voc2007: no *_%s.txt set files; the %s split is '
+                        'left out.', image_set, split)
         metadata.report.extra[f'{split}_missing'] = image_set
         continue
       metadata.report.extra[f'{split}_difficult_labels'] = int(sum(
           (row == DIFFICULT).sum() for row in labels.values()))
-      out[split] = list(records(year_root, labels))
+      out[split] = list(records(year_root, labels,
+                                c.difficult_as_positive))
     return self._splits(out)
