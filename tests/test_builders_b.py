@@ -467,3 +467,24 @@ def test_training_on_voc2007_masks_difficult_labels(tmp_path):
   readable = {k: v for k, v in sets['test'].items() if k != '000002'}
   np.testing.assert_array_equal(
       test_counts, (np.stack(list(readable.values())) == 1).sum(0))
+
+
+@pytest.mark.slow
+def test_training_on_animeface_faces_as_single_label(tmp_path):
+  from jaxtag import config as config_lib
+  from jaxtag import train
+  fb.animeface(str(tmp_path / 'in'), extra=60, size=24)
+  build('animeface_character', tmp_path / 'in', tmp_path / 'data')
+  config = config_lib.load_config_file('configs/default.py:tiny')
+  config.dataset.name = 'animeface_character'
+  config.dataset.data_dir = str(tmp_path / 'data')
+  config.dataset.label_encoding = 'class_id'
+  config.loss.name = 'softmax_ce'
+  config.num_train_steps = 2
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  # 8 classes: hatsune_miku, mato_sakura, matou_sakura and extra_0..4 (12
+  # files each: 2 test). The small classes have no test file.
+  assert result['num_examples'] == 5 * 2
+  assert 0.0 <= result['top1'] <= 1.0
