@@ -4,8 +4,8 @@ image_folder and animeface_character builders.
 A dataset is a list of `Item`s (the file, its path relative to the root,
 its class name and any per-file features). This module maps class names
 through an alias map, fixes the class vocabulary (sorted names, so the
-ids do not depend on the order a file system lists folders in), assigns
-stratified splits by the file path, and writes the examples.
+ids do not depend on the order a file system lists folders in) and assigns
+stratified splits by the file path; split_writer writes the examples.
 """
 from __future__ import annotations
 
