@@ -51,9 +51,12 @@ class ImageSkipped(Exception):
   """The image cannot be used; `reason` is a short key for the counts."""
 
   def __init__(self, reason: str, detail: str = ''):
-    super().__init__(f'{reason}: {detail}' if detail else reason)
+    super().__init__(reason, detail)  # both, so that it pickles
     self.reason = reason
     self.detail = detail
+
+  def __str__(self):
+    return f'{self.reason}: {self.detail}' if self.detail else self.reason
 
 
 def _read(source: Source) -> bytes:
@@ -285,3 +288,43 @@ class SkipCounter(collections.Counter):
 
   def as_dict(self) -> dict[str, int]:
     return {reason: int(n) for reason, n in sorted(self.items())}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredImage:
+  """What a builder keeps of one image: its bytes and pixel sums."""
+  data: bytes
+  height: int
+  width: int
+  channel_sums: tuple[float, float, float]   # for a dataset's mean pixel
+
+
+def _store_one(job) -> StoredImage | ImageSkipped:
+  source, geometry, fmt = job
+  try:
+    data, pixels = stored_image(source, geometry, fmt)
+  except ImageSkipped as e:
+    return e
+  sums = pixels.reshape(-1, 3).sum(axis=0, dtype=np.int64)
+  return StoredImage(data, pixels.shape[0], pixels.shape[1],
+                     tuple(float(s) for s in sums))
+
+
+# Decoding is spread over processes only for enough images to pay for them.
+PARALLEL_MIN_IMAGES = 500
+
+
+def store_all(sources: Sequence[Source], geometry: Geometry, fmt: str = 'png',
+              parallel_min: int = PARALLEL_MIN_IMAGES):
+  """Yields a StoredImage or an ImageSkipped per source, in order.
+
+  Over a process pool when there are at least `parallel_min` sources and
+  more than one core; the order, and so the output, is the same either way.
+  """
+  jobs = [(s, geometry, fmt) for s in sources]
+  if len(jobs) >= parallel_min and (os.cpu_count() or 1) > 1:
+    import multiprocessing  # pylint: disable=g-import-not-at-top
+    with multiprocessing.get_context('spawn').Pool() as pool:
+      yield from pool.imap(_store_one, jobs, chunksize=16)
+  else:
+    yield from map(_store_one, jobs)

@@ -20,6 +20,13 @@ def stable_unit(key: object, salt: str = '') -> float:
   return int.from_bytes(digest[:8], 'big') / 2**64
 
 
+def stable_id(key: object) -> int:
+  """A non-negative int64 fixed by str(key): an `id` for records that have
+  none of their own (a file path)."""
+  digest = hashlib.sha256(f'id\x00{key}'.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') >> 1
+
+
 def check_fractions(fractions: Mapping[str, float],
                     option: str = 'split_fractions') -> dict[str, float]:
   """The fractions as a dict; an error naming `option` unless they are

@@ -12,7 +12,9 @@ generates, and TFDS calls `save_metadata` at the end of the build.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -155,3 +157,29 @@ def read_vocabulary(path: epath.PathLike) -> list[TagRow]:
     names = [line.strip() for line in path.read_text().splitlines()]
     return [TagRow(i, n, GENERAL, 0) for i, n in enumerate(names) if n]
   return read_selected_tags(path)
+
+
+def read_aliases(path: epath.PathLike) -> dict[str, str]:
+  """{alias: canonical name} from a JSON object or a two-column CSV
+  (`alias,canonical`, an optional header of those words); names are
+  normalised with normalise_tag."""
+  path = epath.Path(path)
+  text = path.read_text(encoding='utf-8')
+  if path.suffix == '.json':
+    pairs = json.loads(text).items()
+  else:
+    pairs = []
+    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+      if not row or (number == 1 and [c.strip() for c in row[:2]] == [
+          'alias', 'canonical']):
+        continue
+      if len(row) != 2:
+        raise ValueError(f'{path}, line {number}: write `alias,canonical`.')
+      pairs.append(row)
+  aliases = {normalise_tag(a): normalise_tag(c) for a, c in pairs}
+  for alias, canonical in aliases.items():
+    if canonical in aliases:
+      raise ValueError(f'{path}: {alias!r} -> {canonical!r}, which is itself '
+                       f'an alias of {aliases[canonical]!r}; map both to the '
+                       'final name.')
+  return aliases

@@ -17,6 +17,7 @@ import ml_collections
 FREE_FORM = frozenset({
     'model.backbone_kwargs', 'model.head_kwargs', 'loss.kwargs',
     'optim.schedule',
+    'dataset.build_options',  # checked by the builder against its config
 })
 
 # Danbooru's tag categories by id, as selected_tags.csv writes them.
@@ -32,6 +33,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'synthetic_anime/default'   # TFDS 'builder/config'
   c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # A real dataset's raw folder and its builder options (fields of the
+  # builder's config, see data_builders/NAME/README.md); the trainer builds
+  # it from these on first use (jaxtag.data.build).
+  c.dataset.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  c.dataset.build_options = ml_collections.ConfigDict()
   c.dataset.train_split = 'train'
   c.dataset.eval_split = 'validation'
   c.dataset.test_split = 'test'

@@ -25,7 +25,7 @@ def _read(data_dir, split):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _shard_digests(data_dir) -> dict[str, str]:
+def shard_digests(data_dir) -> dict[str, str]:
   """sha256 of every array_record shard, by path relative to data_dir."""
   digests = {}
   for path in glob.glob(os.path.join(data_dir, '**', '*.array_record*'),
@@ -49,12 +49,12 @@ def test_builds_in_separate_processes_give_identical_shards(tiny_data_dir,
   for proc in builds:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
-  first, second = (_shard_digests(d) for d in dirs)
+  first, second = (shard_digests(d) for d in dirs)
   assert sorted(first) == [
       f'synthetic_anime/tiny/1.0.0/synthetic_anime-{split}.array_record-'
       '00000-of-00001' for split in ('test', 'train', 'validation')]
   assert first == second
-  assert _shard_digests(tiny_data_dir) == first  # and this process's build
+  assert shard_digests(tiny_data_dir) == first  # and this process's build
 
 
 def test_written_statistics_agree_with_examples(tiny_data_dir):
@@ -133,7 +133,7 @@ def test_characters_show_their_appearance(tiny_data_dir):
 
 
 def test_unknown_dataset_lists_known_ones():
-  with pytest.raises(ValueError, match='known builders: synthetic_anime'):
+  with pytest.raises(ValueError, match='known builders: .*synthetic_anime'):
     build.get_builder('danbooru9999/x')
   with pytest.raises(ValueError, match='valid: tiny, default, large'):
     build.get_builder('synthetic_anime/huge')

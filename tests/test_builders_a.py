@@ -1,11 +1,13 @@
 """Shared builder modules (images, tag statistics, splits) and the danbooru,
 tagged_folder and pixiv_characters builders on generated real-layout folders."""
+import collections
 import json
 import os
 import subprocess
 import sys
 
 import builder_fixtures as fx
+import test_builder
 import numpy as np
 import pytest
 import scipy.sparse
@@ -269,3 +271,380 @@ def test_stratified_splits_divide_each_class():
   grown = splits.stratified_splits(items + [('a/10.png', 'a')], fractions)
   moved = [k for k in out if out[k] != grown[k]]
   assert len(moved) <= 2
+
+
+# --- the builders ------------------------------------------------------------
+
+FRACTIONS = 'train=0.6,validation=0.2,test=0.2'
+SPLITS = {'train': 0.6, 'validation': 0.2, 'test': 0.2}
+RATING_NAMES = {'g': 'general', 's': 'sensitive', 'q': 'questionable',
+                'e': 'explicit'}
+
+
+def _build(name, manual_dir, data_dir, **options):
+  from jaxtag.data import build
+  builder = build.get_builder(name, str(data_dir),
+                              {'split_fractions': FRACTIONS, **options})
+  build.ensure_built(builder, str(manual_dir))
+  return build.get_builder(name, str(data_dir),
+                           {'split_fractions': FRACTIONS, **options})
+
+
+def _examples(builder, split):
+  import tensorflow_datasets as tfds
+  source = builder.as_data_source(
+      split, decoders={'image': tfds.decode.SkipDecoding()})
+  return [source[i] for i in range(len(source))]
+
+
+def _report(builder):
+  with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
+    return json.load(f)
+
+
+def _names(builder, example):
+  names = tag_metadata.load_tag_metadata(builder.data_dir).names
+  return {names[i] for i in example['tags']}
+
+
+def _decoded(example):
+  return images.load_image(bytes(example['image']))
+
+
+@pytest.fixture(scope='module')
+def danbooru_posts():
+  return fx.danbooru_posts()
+
+
+@pytest.fixture(scope='module')
+def danbooru_2021(tmp_path_factory, danbooru_posts):
+  root = tmp_path_factory.mktemp('danbooru2021')
+  fx.write_danbooru(root, danbooru_posts, schema='2021')
+  return root, _build('danbooru', root, tmp_path_factory.mktemp('tfds'))
+
+
+def _expected_danbooru_labels(posts, train_ids, categories=(0, 4)):
+  """Name sets by post id, from the fixture's own description: the rating,
+  and every general/character tag that some train post has."""
+  vocabulary = {n for p in posts if p['id'] in train_ids
+                for c, n in p['tags'] if c in categories}
+  return {p['id']: {f'rating:{RATING_NAMES[p["rating"]]}'} |
+          ({n for c, n in p['tags'] if c in categories} & vocabulary)
+          for p in posts}
+
+
+def test_danbooru_counts_skips_and_labels(danbooru_2021, danbooru_posts):
+  _, builder = danbooru_2021
+  report = _report(builder)
+  assert report['skipped']['metadata'] == {
+      'bad_json': 1, 'banned': 1, 'deleted': 1, 'duplicate_id': 1,
+      'missing_file': 1, 'no_id': 1, 'not_image': 1}
+  decode_skips = collections.Counter()
+  for split in SPLITS:
+    decode_skips.update(report['skipped'][split])
+  assert decode_skips == {'corrupt': 1, 'truncated': 1}
+  by_split = {s: _examples(builder, s) for s in SPLITS}
+  assert sum(len(v) for v in by_split.values()) == 50 - 5 - 2
+  assert {s: len(v) for s, v in by_split.items()} == report['examples']
+  train_ids = {int(e['id']) for e in by_split['train']}
+  expected = _expected_danbooru_labels(danbooru_posts, train_ids)
+  kinds = {p['id']: p['kind'] for p in danbooru_posts}
+  seen_kinds = set()
+  for split, examples in by_split.items():
+    for example in examples:
+      post_id = int(example['id'])
+      assert splits.assign_split(post_id, SPLITS) == split
+      assert _names(builder, example) == expected[post_id], post_id
+      seen_kinds.add(kinds[post_id])
+      assert _decoded(example).ndim == 3
+  assert {'rgba_png', 'cmyk_jpg', 'png16', 'jpg'} <= seen_kinds
+
+
+def test_danbooru_vocabulary_is_ratings_then_top_tags(danbooru_2021,
+                                                      danbooru_posts):
+  _, builder = danbooru_2021
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  assert meta.names[:4] == ['rating:general', 'rating:sensitive',
+                            'rating:questionable', 'rating:explicit']
+  train_ids = {int(e['id']) for e in _examples(builder, 'train')}
+  counts = collections.Counter(
+      (c, n) for p in danbooru_posts if p['id'] in train_ids
+      for c, n in p['tags'])
+  for category, start in ((0, 4), (4, None)):
+    ranked = sorted((n for (c, n) in counts if c == category),
+                    key=lambda n: (-counts[(category, n)], n))
+    got = [n for n, c in zip(meta.names, meta.categories) if c == category]
+    assert got == ranked
+  # selected_tags.csv counts are the train split's; ids from tags*.json.
+  assert meta.num_images == len(train_ids)
+  rows = tag_stats.read_selected_tags(os.path.join(builder.data_dir,
+                                                   'selected_tags.csv'))
+  by_name = {r.name: r for r in rows}
+  assert by_name['1girl'].tag_id == 10 and by_name['^_^'].tag_id == 15
+
+
+def test_danbooru_options_select_and_name_the_dataset(danbooru_2021,
+                                                      tmp_path):
+  root, default = danbooru_2021
+  builder = _build('danbooru', root, tmp_path, num_general=2,
+                   num_character=1, ratings='false', min_count='3')
+  assert builder.builder_config.name.startswith('default_')
+  assert builder.data_dir != default.data_dir
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  full = tag_metadata.load_tag_metadata(default.data_dir)
+  general = [n for n, c in zip(full.names, full.categories) if c == 0]
+  character = [n for n, c in zip(full.names, full.categories) if c == 4]
+  assert meta.names == general[:2] + character[:1]
+  assert min(meta.counts) >= 3
+  assert _report(builder)['options']['num_general'] == 2
+
+
+def test_danbooru_2020_schema_and_512px_tree(danbooru_2021, danbooru_posts,
+                                             tmp_path):
+  # Every value a string, a `tags` list, images in 512px/ as .jpg.
+  root = tmp_path / 'dump'
+  fx.write_danbooru(root, danbooru_posts, schema='2020', tree='512px')
+  builder = _build('danbooru', root, tmp_path / 'tfds')
+  _, newer = danbooru_2021
+  assert _report(builder)['extra']['images_tree'] == '512px'
+  # The same posts and labels as the 2021 dump ('mp4' has no 512px file
+  # and is still skipped by its extension).
+  assert _report(builder)['skipped'] == _report(newer)['skipped']
+  for split in SPLITS:
+    old = {int(e['id']): _names(builder, e) for e in _examples(builder, split)}
+    new = {int(e['id']): _names(newer, e) for e in _examples(newer, split)}
+    assert old == new
+
+
+def test_danbooru_resize_pads_to_a_square(danbooru_2021, tmp_path):
+  root, _ = danbooru_2021
+  builder = _build('danbooru', root, tmp_path, resize=8,
+                   pad_color='10,20,30', image_format='png')
+  for example in _examples(builder, 'train'):
+    pixels = _decoded(example)
+    assert pixels.shape == (8, 8, 3)
+  # Post 1000 is a 20x10 RGBA image: 8x4 after the resize, padded with
+  # two rows of the pad colour above and below.
+  example = next(e for s in SPLITS for e in _examples(builder, s)
+                 if int(e['id']) == 1000)
+  pixels = _decoded(example)
+  np.testing.assert_array_equal(pixels[:2].reshape(-1, 3),
+                                [[10, 20, 30]] * 16)
+  np.testing.assert_array_equal(pixels[6:].reshape(-1, 3),
+                                [[10, 20, 30]] * 16)
+
+
+def test_danbooru_takes_a_wd_vocabulary(danbooru_2021, danbooru_posts,
+                                        tmp_path):
+  root, _ = danbooru_2021
+  (tmp_path / 'selected_tags.csv').write_text(WD_CSV)
+  builder = _build('danbooru', root, tmp_path / 'tfds',
+                   vocabulary=str(tmp_path / 'selected_tags.csv'))
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  assert meta.names == [r.name for r in tag_stats.read_selected_tags(
+      tmp_path / 'selected_tags.csv')]
+  wd = set(meta.names)
+  for split in SPLITS:
+    for example in _examples(builder, split):
+      post = next(p for p in danbooru_posts if p['id'] == int(example['id']))
+      rating = RATING_NAMES[post['rating']]
+      want = ({rating} & {'general', 'sensitive'}) | (
+          {n for _, n in post['tags']} & wd)
+      assert _names(builder, example) == want
+  assert _report(builder)['extra']['tags_outside_vocabulary'] > 0
+
+
+@pytest.fixture(scope='module')
+def tagged_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp('tagged')
+  fx.write_tagged_folder(root, with_vocabulary=True)
+  return root, _build('tagged_folder', root, tmp_path_factory.mktemp('tfds'))
+
+
+def test_tagged_folder_reads_captions_with_a_root_vocabulary(tagged_folder):
+  _, builder = tagged_folder
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  assert meta.names == ['general', '1girl', 'solo', '^_^', '>_<',
+                        'long_hair', 'hatsune_miku_(append)']
+  by_path = {}
+  for split in SPLITS:
+    for example in _examples(builder, split):
+      path = example['path'].decode()
+      assert splits.assign_split(path, SPLITS) == split
+      assert int(example['id']) == splits.stable_id(path)
+      by_path[path] = _names(builder, example)
+  assert by_path['a.png'] == {'1girl', 'long_hair'}        # smile dropped
+  assert by_path['b.jpg'] == {'1girl', 'solo', '^_^'}      # ',' separated
+  assert by_path['sub/c.png'] == {'hatsune_miku_(append)', '1girl'}
+  assert by_path['sub/d.jpg'] == {'solo', '>_<', 'long_hair'}
+  assert by_path['sub/deep/e.png'] == set()
+  assert by_path['h.webp'] == set()                        # empty caption
+  assert 'g.png' not in by_path and 'sub/f.jpg' not in by_path
+  assert len(by_path) == len(fx.TAGGED_FOLDER) - 2
+  report = _report(builder)
+  assert report['skipped']['metadata'] == {'no_caption': 1}
+  assert sum(report['skipped'][s].get('corrupt', 0) for s in SPLITS) == 1
+  # more/NN.jpg has the first 1 + NN % 5 of five tags: smile (third) in
+  # 14 of 24, open_mouth (fifth) in 4; smile also in a.png and e.png.
+  assert report['extra']['most_dropped_tags'] == {
+      'smile': 16, 'open_mouth': 4, 'unknown_tag': 1}
+  assert report['extra']['tags_outside_vocabulary'] == 21
+
+
+def test_tagged_folder_builds_its_own_vocabulary(tmp_path):
+  fx.write_tagged_folder(tmp_path / 'raw')
+  builder = _build('tagged_folder', tmp_path / 'raw', tmp_path / 'tfds',
+                   min_count=2)
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  train = collections.Counter()
+  for relative, _, caption in fx.TAGGED_FOLDER:
+    if (caption and splits.assign_split(relative, SPLITS) == 'train' and
+        relative != 'sub/f.jpg'):
+      train.update({t.strip().lower().replace(' ', '_').replace('\\', '')
+                    for t in caption.split(',') if t.strip()})
+  want = sorted((t for t, n in train.items() if n >= 2),
+                key=lambda t: (-train[t], t))
+  assert meta.names == want
+  np.testing.assert_array_equal(meta.counts, [train[t] for t in want])
+
+
+@pytest.fixture(scope='module')
+def pixiv(tmp_path_factory):
+  root = tmp_path_factory.mktemp('pixiv')
+  fx.write_pixiv(root, fx.pixiv_posts())
+  return root, _build('pixiv_characters', root,
+                      tmp_path_factory.mktemp('tfds'), num_top=2,
+                      min_shared=2)
+
+
+def test_pixiv_characters_selects_labels_as_the_paper(pixiv):
+  # Worked by hand from fx.pixiv_posts: single-image posts with a file,
+  # miku 12 images, rin 7 (one corrupt); shared with them: luka 3, len 2,
+  # mikuu 2, kaito and hatsune_miku 0 -> top 2 plus luka, len, mikuu.
+  _, builder = pixiv
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  assert meta.names == ['miku', 'rin', 'luka', 'len', 'mikuu']
+  assert set(meta.categories.tolist()) == {4}
+  report = _report(builder)
+  assert report['skipped']['metadata'] == {
+      'missing_file': 1, 'multi_image': 1, 'no_selected_character': 5}
+  examples = {int(e['id']): _names(builder, e)
+              for s in SPLITS for e in _examples(builder, s)}
+  assert len(examples) == 26 - 1 - 1 - 5 - 1 == sum(
+      report['examples'].values())
+  posts = {p['id']: p for p in fx.pixiv_posts()}
+  for post_id, names in examples.items():
+    assert names == set(posts[post_id]['characters']) & set(meta.names)
+  pairs = {tuple(c['labels']): c['why']
+           for c in report['extra']['duplicate_candidates']}
+  assert pairs == {('miku', 'luka'): ['overlap'],
+                   ('miku', 'mikuu'): ['overlap', 'name'],
+                   ('rin', 'len'): ['overlap', 'name']}
+
+
+def test_pixiv_mean_pixel_is_the_train_images_mean(pixiv):
+  _, builder = pixiv
+  pixels = np.concatenate([_decoded(e).reshape(-1, 3)
+                           for e in _examples(builder, 'train')])
+  np.testing.assert_allclose(_report(builder)['extra']['mean_pixel'],
+                             pixels.mean(axis=0), atol=1e-3)
+
+
+def test_pixiv_csv_metadata_aliases_and_resize(tmp_path):
+  fx.write_pixiv(tmp_path / 'raw', fx.pixiv_posts(), fmt='csv')
+  (tmp_path / 'raw' / 'aliases.csv').write_text('alias,canonical\nmikuu,miku\n')
+  builder = _build('pixiv_characters', tmp_path / 'raw', tmp_path / 'tfds',
+                   num_top='2', min_shared='2', characters='characters.txt',
+                   aliases='aliases.csv', resize_shortest='8')
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  assert meta.names == ['miku', 'rin', 'luka', 'len']
+  for split in SPLITS:
+    for example in _examples(builder, split):
+      assert min(_decoded(example).shape[:2]) == 8
+  pairs = [c['labels'] for c in
+           _report(builder)['extra']['duplicate_candidates']]
+  assert pairs == [['miku', 'luka'], ['rin', 'len']]
+
+
+def test_levenshtein_against_hand_worked_distances():
+  from data_builders.pixiv_characters import pixiv_characters
+  for a, b, d in (('', '', 0), ('', 'abc', 3), ('kitten', 'sitting', 3),
+                  ('miku', 'luka', 3), ('rin', 'len', 2),
+                  ('flaw', 'lawn', 2), ('初音ミク', '初音ミク', 0),
+                  ('初音ミク', '初音ミラ', 1)):
+    assert pixiv_characters.levenshtein(a, b) == d
+    assert pixiv_characters.levenshtein(b, a) == d
+
+
+# --- the build command and the trainer's options ----------------------------
+
+def test_set_options_are_parsed_by_type_and_checked():
+  from jaxtag.data import build
+  base = build.get_builder('danbooru').builder_config
+  config = build.apply_options(base, {
+      'resize': '512', 'ratings': 'no', 'pad_color': '0,0,0',
+      'categories': 'general,character,artist'})
+  assert (config.resize, config.ratings, config.pad_color) == (
+      512, False, (0, 0, 0))
+  assert config.categories == ('general', 'character', 'artist')
+  # Same options in another order: the same name; defaults change nothing.
+  again = build.apply_options(base, {
+      'categories': ('general', 'character', 'artist'), 'pad_color': [0, 0, 0],
+      'ratings': False, 'resize': 512, 'min_count': 1})
+  assert again.name == config.name != base.name
+  assert build.apply_options(base, {'resize': 0}) is base
+  with pytest.raises(ValueError, match=r'Unknown option .*valid: categories'):
+    build.apply_options(base, {'resise': 5})
+  with pytest.raises(ValueError, match='Option resize='):
+    build.apply_options(base, {'resize': 'big'})
+  with pytest.raises(ValueError, match='Option ratings='):
+    build.apply_options(base, {'ratings': 'maybe'})
+
+
+def test_a_missing_manual_dir_says_how_to_pass_it(tmp_path):
+  from jaxtag.data import build
+  builder = build.get_builder('tagged_folder', str(tmp_path / 'tfds'))
+  with pytest.raises(Exception, match='manual_dir'):
+    build.ensure_built(builder, str(tmp_path / 'absent'))
+
+
+@pytest.mark.slow
+def test_trainer_config_builds_with_manual_dir_and_options(tmp_path):
+  import ml_collections
+  from jaxtag import config as config_lib
+  from jaxtag.data import sources
+  fx.write_tagged_folder(tmp_path / 'raw', with_vocabulary=True)
+  config = config_lib.defaults()
+  config.dataset.name = 'tagged_folder'
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  config.dataset.manual_dir = str(tmp_path / 'raw')
+  config.dataset.build_options = ml_collections.ConfigDict(
+      {'split_fractions': FRACTIONS, 'resize': 16})
+  config.num_train_steps = 1
+  config_lib.validate(config)  # build_options keys are the builder's
+  source, builder = sources.open_split(config.dataset, 'train')
+  assert builder.builder_config.resize == 16
+  assert len(source) == _report(builder)['examples']['train'] > 0
+
+
+@pytest.mark.slow
+def test_builds_in_two_processes_give_identical_shards(tmp_path):
+  fx.write_danbooru(tmp_path / 'danbooru', fx.danbooru_posts(), '2021')
+  fx.write_tagged_folder(tmp_path / 'tagged', with_vocabulary=True)
+  fx.write_pixiv(tmp_path / 'pixiv', fx.pixiv_posts())
+  jobs = [('danbooru', 'danbooru', ['resize=8']), ('tagged_folder', 'tagged',
+          []), ('pixiv_characters', 'pixiv', ['num_top=2', 'min_shared=2'])]
+  digests = []
+  for run in ('one', 'two'):
+    procs = [subprocess.Popen(
+        [sys.executable, '-m', 'jaxtag.data.build', name, '--manual_dir',
+         str(tmp_path / folder), '--data_dir', str(tmp_path / run),
+         f'--set=split_fractions={FRACTIONS}',
+         *[f'--set={s}' for s in options]], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, folder, options in jobs]
+    for proc in procs:
+      out, _ = proc.communicate(timeout=300)
+      assert proc.returncode == 0, out[-3000:]
+    digests.append(test_builder.shard_digests(str(tmp_path / run)))
+  assert len(digests[0]) == 9 and digests[0] == digests[1]

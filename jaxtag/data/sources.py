@@ -16,13 +16,13 @@ def open_split(dataset_config, split: str, *, build_if_missing: bool = True):
   processes write the same files.
   """
   if build_if_missing and jax.process_index() == 0:
-    build.ensure_built(build.get_builder(dataset_config.name,
-                                         dataset_config.data_dir))
+    build.ensure_built(_builder(dataset_config),
+                       dataset_config.get('manual_dir'))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('jaxtag_dataset_built')
   # Created only now: TFDS reads dataset_info.json (the splits) when a builder
   # is created, and before the barrier the other processes would find none.
-  builder = build.get_builder(dataset_config.name, dataset_config.data_dir)
+  builder = _builder(dataset_config)
   splits = builder.info.splits
   if not splits:
     raise ValueError(
@@ -30,7 +30,8 @@ def open_split(dataset_config, split: str, *, build_if_missing: bool = True):
         f'in {builder.data_dir}. Point config.dataset.data_dir at a directory '
         'that every process can read (process 0 builds it there), or build '
         'it first with `python -m jaxtag.data.build '
-        f'{dataset_config.name} --data_dir DIR`.')
+        f'{dataset_config.name} --data_dir DIR [--manual_dir DIR] '
+        '[--set key=value ...]`.')
   if split not in splits:
     raise ValueError(f'Split {split!r} is not in {dataset_config.name} '
                      f'(available: {", ".join(sorted(splits))}); fix '
@@ -38,6 +39,12 @@ def open_split(dataset_config, split: str, *, build_if_missing: bool = True):
   source = builder.as_data_source(
       split, decoders={'image': tfds.decode.SkipDecoding()})
   return source, builder
+
+
+def _builder(dataset_config):
+  options = dataset_config.get('build_options')
+  return build.get_builder(dataset_config.name, dataset_config.data_dir,
+                           options.to_dict() if options else None)
 
 
 def feature_specs(builder) -> dict[str, tuple[tuple[int, ...], object]]:
