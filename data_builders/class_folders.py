@@ -5,7 +5,8 @@ A dataset is a list of `Item`s (the file, its path relative to the root,
 its class name and any per-file features). This module maps class names
 through an alias map, fixes the class vocabulary (sorted names, so the
 ids do not depend on the order a file system lists folders in) and assigns
-stratified splits by the file path; split_writer writes the examples.
+stratified splits by the file path; manual.ManualBuilder writes the
+examples.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_builders import manual
 from data_builders import split_writer
 from data_builders import splits
 from data_builders import tag_stats
@@ -156,46 +158,39 @@ def assign_splits(items: Sequence[Item],
   return out
 
 
-def base_features() -> dict[str, Any]:
-  return {
-      'image': tfds.features.Image(shape=(None, None, 3)),
-      'tags': tfds.features.Sequence(np.int64),   # the one class id
-      'label': np.int64,
-      'id': tfds.features.Text(),                 # path under the root
-  }
-
-
-def split_records(metadata: tag_stats.DatasetMetadata,
-                  items: Sequence[Item], config, scan_skips=None) -> dict:
-  """{split: records for split_writer.image_examples} of class-folder items
-  under `config`'s aliases, min_images and split_fractions; fills
-  `metadata` with the classes, options and scan skips.
-  """
-  scan = collections.Counter(scan_skips or {})
+def split_records(builder: manual.ManualBuilder, items: Sequence[Item],
+                  skipped: Mapping[str, int] | None = None) -> dict:
+  """{split: [manual.Record]} of class-folder items under the builder
+  config's aliases, min_images and split_fractions; sets the classes as
+  the labels (category 4, character) and starts the report."""
+  config = builder.builder_config
+  skipped = collections.Counter(skipped or {})
   items = apply_aliases(items, parse_aliases(config.aliases))
   sizes = collections.Counter(i.class_name for i in items)
   small = {name for name, n in sizes.items() if n < config.min_images}
   if small:
-    scan['class_below_min_images'] += sum(sizes[n] for n in small)
+    skipped['class_below_min_images'] += sum(sizes[n] for n in small)
     items = [i for i in items if i.class_name not in small]
   if not items:
-    raise ValueError('No images found in class folders (after min_images = '
-                     f'{config.min_images}); the layout is '
-                     'ROOT/<class>/<image>.{jpg,png,...}.')
+    raise ValueError(f'{builder.name}: no images found in class folders '
+                     f'(after min_images = {config.min_images}); the layout '
+                     'is ROOT/<class>/<image>.{jpg,png,...}.')
   classes = class_vocabulary(items)
-  by_split = assign_splits(items, config.split_fractions)
-  # selected_tags.csv lists the classes as character tags.
-  split_writer.begin(metadata, (tag_stats.TagRow(i, name, tag_stats.CHARACTER,
-                                                 0)
-                                for i, name in enumerate(classes)),
-                     config, scan)
+  split_writer.begin(builder, (tag_stats.TagRow(i, name, tag_stats.CHARACTER,
+                                                0)
+                               for i, name in enumerate(classes)),
+                     skipped, classes=len(classes))
   ids = {name: i for i, name in enumerate(classes)}
-  return {split: list(_records(split_items, ids))
-          for split, split_items in by_split.items()}
+  return {split: [manual.Record(
+      i.key, i.path, [ids[i.class_name]],
+      {'label': ids[i.class_name], 'id': splits.stable_id(i.key),
+       'path': i.key, **i.features}) for i in split_items]
+          for split, split_items in assign_splits(
+              items, config.split_fractions).items()}
 
 
-def _records(items: Sequence[Item], ids: Mapping[str, int]):
-  for item in items:
-    label = ids[item.class_name]
-    yield item.key, item.path, {'tags': [label], 'label': label,
-                                'id': item.key, **item.features}
+# The features of a class-folder example besides manual's image, tags, id.
+FEATURES = {
+    'label': np.int64,                 # the class id, also the one tag
+    'path': tfds.features.Text(),      # the file under the root
+}

@@ -14,40 +14,34 @@ import tensorflow_datasets as tfds
 from data_builders import class_folders
 from data_builders import splits
 from data_builders.animeface_character import animeface_character as animeface
-from data_builders.coco2014 import coco2014
 from data_builders.flickr8k import flickr8k
-from data_builders.image_folder import image_folder
 from data_builders.voc2007 import voc2007
+from jaxtag.data import build as jaxtag_build
 from jaxtag.data import tag_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-BUILDERS = {
-    'image_folder': (image_folder.ImageFolder, image_folder.ImageFolderConfig),
-    'animeface_character': (animeface.AnimefaceCharacter,
-                            animeface.AnimefaceCharacterConfig),
-    'voc2007': (voc2007.Voc2007, voc2007.Voc2007Config),
-    'coco2014': (coco2014.Coco2014, coco2014.Coco2014Config),
-    'flickr8k': (flickr8k.Flickr8k, flickr8k.Flickr8kConfig),
-}
+# The feature that names an example in each builder's tests.
+NAME_FEATURE = {'image_folder': 'path', 'animeface_character': 'path',
+                'voc2007': 'name', 'coco2014': 'id', 'flickr8k': 'file_name'}
 
 
 def build(name, manual_dir, data_dir, **options):
-  cls, config_cls = BUILDERS[name]
-  config = config_cls(name='test', **options) if options else None
-  builder = cls(config=config, data_dir=str(data_dir),
-                file_format='array_record')
+  """Built through the build command's code (options as --set strings)."""
+  builder = jaxtag_build.get_builder(
+      name, str(data_dir), {k: str(v) for k, v in options.items()})
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   return builder
 
 
 def examples(builder, split):
-  """{id: example} of a split, ids as str."""
+  """{name: example} of a split (see NAME_FEATURE), names as str."""
+  key = NAME_FEATURE[builder.name]
   out = {}
   for e in builder.as_data_source(split):
-    key = e['id'].decode() if isinstance(e['id'], bytes) else int(e['id'])
-    out[key] = e
+    name = e[key].decode() if isinstance(e[key], bytes) else int(e[key])
+    out[name] = e
   return out
 
 
@@ -167,11 +161,11 @@ def test_image_folder_merges_aliases_and_skips_bad_files(folder_build):
 
 def test_image_folder_options_have_clear_errors(tmp_path):
   # TFDS checks the folder first; its message carries the instructions.
-  with pytest.raises(AssertionError, match='one sub-folder per class'):
+  with pytest.raises(AssertionError, match='image_folder/README.md'):
     build('image_folder', tmp_path / 'nothing', tmp_path / 'data')
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'empty' / 'readme.txt').write_text('no class folders here')
-  with pytest.raises(ValueError, match='No images found'):
+  with pytest.raises(ValueError, match='no images found'):
     build('image_folder', tmp_path / 'empty', tmp_path / 'data2')
 
 
@@ -218,7 +212,7 @@ def test_animeface_honours_ignore_files_colors_and_aliases(tmp_path, layout):
       train['000_hatsune_miku/face_4_5_6.png']['hair_color'], [-1, -1, -1])
   assert int(train['001_mato_sakura/face_10_11_12.png']['label']) == 1
   got = report(builder)
-  assert got['skipped']['scan'] == {'ignored': 1}
+  assert got['skipped']['metadata'] == {'ignored': 1}
   assert got['skipped']['train'] == {'corrupt': 1}
   assert got['extra']['images_without_color'] == 4
 
@@ -292,7 +286,7 @@ def test_coco2014_labels_in_category_id_order(tmp_path):
   assert ids(test[74]) == [0, 2]
   assert train[9]['file_name'] == b'COCO_train2014_000000000009.jpg'
   got = report(builder)
-  assert got['skipped']['scan'] == {'no_labels': 1}
+  assert got['skipped']['metadata'] == {'no_labels': 1}
   assert got['skipped']['train'] == {'missing_file': 1}
 
 
@@ -320,7 +314,7 @@ def test_flickr8k_original_layout_keeps_its_split_files(tmp_path):
   assert [c.decode() for c in train['1001_abc.jpg']['captions']] == (
       captions['1001_abc.jpg'])
   got = report(builder)
-  assert got['skipped']['scan'] == {'not_in_a_split': 1}
+  assert got['skipped']['metadata'] == {'not_in_a_split': 1}
   assert got['skipped']['test'] == {'truncated': 1}
   meta = tag_metadata.load_tag_metadata(builder.data_dir)
   assert meta.names == [] and meta.num_images == 2
@@ -419,7 +413,7 @@ def test_difficult_labels_are_masked_out_of_the_metrics(tmp_path):
   mask = evaluate.label_mask(source, index, 'tags_difficult', 20)
   labels = np.zeros((n, 20), np.float32)
   for row, record in enumerate(index):
-    truth = sets['trainval'][source[int(record)]['id'].decode()]
+    truth = sets['trainval'][source[int(record)]['name'].decode()]
     np.testing.assert_array_equal(mask[row], (truth != 0).astype(np.float32))
     labels[row] = truth == 1
   assert (mask == 0).sum() >= 8

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_builders import class_folders
+from data_builders import manual
 from data_builders import split_writer
 
 # Where the class folders may sit under --manual_dir, first match wins.
@@ -40,7 +41,8 @@ class AnimefaceCharacterConfig(tfds.core.BuilderConfig):
   split_fractions: str = class_folders.DEFAULT_FRACTIONS
   min_images: int = 1
   strip_prefix: bool = True   # '000_hatsune_miku' -> 'hatsune_miku'
-  pad_color: tuple[int, int, int] = (255, 255, 255)
+  pad_color: tuple[int, ...] = (255, 255, 255)
+  image_format: str = 'png'   # for images that are re-encoded: 'png' | 'jpeg'
 
 
 def find_class_root(root: str) -> str:
@@ -125,28 +127,28 @@ def scan(root: str, strip_prefix: bool):
   return items, counts
 
 
-class AnimefaceCharacter(split_writer.ImageRecordBuilder):
+class AnimefaceCharacter(manual.ManualBuilder):
   """Anime face crops, one character per image."""
 
-  BUILDER_CONFIGS = [AnimefaceCharacterConfig(name='default')]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Pass the folder holding animeface-character-dataset/thumb (or '
-      'moeimouto-faces) as --manual_dir.')
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [AnimefaceCharacterConfig(
+      name='default', description='Every option at its default (README.md).')]
+  DEFAULT_CONFIG_NAME = 'default'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual.INSTRUCTIONS.format(
+      name='animeface_character')
 
-  def _features(self):
-    features = class_folders.base_features()
+  def _info(self):
     # color.csv's colours; (-1, -1, -1) when the file has no row.
-    features['hair_color'] = tfds.features.Tensor(shape=(3,), dtype=np.int64)
-    features['eye_color'] = tfds.features.Tensor(shape=(3,), dtype=np.int64)
-    return features
+    colour = tfds.features.Tensor(shape=(3,), dtype=np.int64)
+    return self.dataset_info(__doc__, **class_folders.FEATURES,
+                             hair_color=colour, eye_color=colour)
 
   def _split_generators(self, dl_manager):
     c = self.builder_config
-    root = split_writer.manual_root(dl_manager)
-    items, counts = scan(root, c.strip_prefix)
+    items, counts = scan(os.fspath(self.manual_root(dl_manager)),
+                         c.strip_prefix)
     missing_color = counts.pop('no_color', 0)
-    records = class_folders.split_records(self.info.metadata, items, c,
-                                          counts)
-    self.info.metadata.report.extra['images_without_color'] = missing_color
-    return self._splits(records)
-
+    records = class_folders.split_records(self, items, counts)
+    self.metadata.report.extra['images_without_color'] = missing_color
+    return split_writer.generators(self, records)

@@ -18,9 +18,9 @@ import dataclasses
 import json
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
+from data_builders import manual
 from data_builders import split_writer
 from data_builders import splits
 from data_builders import tag_stats
@@ -55,28 +55,29 @@ def read_instances(path: str):
   return categories, image_list
 
 
-class Coco2014(split_writer.ImageRecordBuilder):
+class Coco2014(manual.ManualBuilder):
   """MS-COCO 2014, multi-label classification over the 80 categories."""
 
-  BUILDER_CONFIGS = [Coco2014Config(name='default')]
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [Coco2014Config(
+      name='default', description='Every option at its default (README.md).')]
+  DEFAULT_CONFIG_NAME = 'default'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Extract train2014.zip, val2014.zip and annotations_trainval2014.zip '
-      'into one folder and pass it as --manual_dir.')
+      'into one folder and pass it as --manual_dir; layout in '
+      'data_builders/coco2014/README.md.')
 
-  def _features(self):
-    return {
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'tags': tfds.features.Sequence(np.int64),
-        'id': np.int64,               # COCO image id
-        'file_name': tfds.features.Text(),
-    }
+  def _info(self):
+    # id: the COCO image id.
+    return self.dataset_info(__doc__, file_name=tfds.features.Text())
 
   def _split_generators(self, dl_manager):
     c = self.builder_config
     if not 0.0 <= c.validation_fraction < 1.0:
       raise ValueError('coco2014 option validation_fraction must be in '
                        f'[0, 1), got {c.validation_fraction}.')
-    root = split_writer.manual_root(dl_manager)
+    root = os.fspath(self.manual_root(dl_manager))
     by_split, scan, categories = {}, collections.Counter(), None
     for split, image_set in _SETS.items():
       cats, image_list = read_instances(os.path.join(
@@ -91,9 +92,10 @@ class Coco2014(split_writer.ImageRecordBuilder):
         if not cat_ids and not c.keep_unlabelled:
           scan['no_labels'] += 1
           continue
-        kept.append((image_id, os.path.join(root, image_set, file_name), {
-            'tags': [index[i] for i in cat_ids], 'id': image_id,
-            'file_name': file_name}))
+        kept.append(manual.Record(
+            image_id, os.path.join(root, image_set, file_name),
+            [index[i] for i in cat_ids],
+            {'id': image_id, 'file_name': file_name}))
       by_split[split] = kept
     if c.validation_fraction:
       fractions = {'train': 1.0 - c.validation_fraction,
@@ -101,11 +103,8 @@ class Coco2014(split_writer.ImageRecordBuilder):
       train = by_split.pop('train')
       for name in ('train', 'validation'):
         by_split[name] = [r for r in train if splits.assign_split(
-            r[0], fractions, salt='coco2014') == name]
-    split_writer.begin(
-        self.info.metadata,
-        (tag_stats.TagRow(cat_id, name, tag_stats.GENERAL, 0)
-         for cat_id, name in categories), c, scan)
-    return self._splits({
-        split: [(str(k), path, f) for k, path, f in records]
-        for split, records in by_split.items()})
+            r.key, fractions, salt='coco2014') == name]
+    split_writer.begin(self, (tag_stats.TagRow(cat_id, name,
+                                               tag_stats.GENERAL, 0)
+                              for cat_id, name in categories), scan)
+    return split_writer.generators(self, by_split)

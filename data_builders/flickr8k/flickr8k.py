@@ -20,9 +20,9 @@ import dataclasses
 import io
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
+from data_builders import manual
 from data_builders import split_writer
 from data_builders import splits
 
@@ -128,31 +128,34 @@ def read_layout(root: str, split_sizes: str):
   return folder, captions, by_split, scan
 
 
-class Flickr8k(split_writer.ImageRecordBuilder):
+class Flickr8k(manual.ManualBuilder):
   """Flickr8k: images and their five captions."""
 
-  BUILDER_CONFIGS = [Flickr8kConfig(name='default')]
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [Flickr8kConfig(
+      name='default', description='Every option at its default (README.md).')]
+  DEFAULT_CONFIG_NAME = 'default'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Pass the folder with Flicker8k_Dataset/ and Flickr8k.token.txt, or '
-      'with Images/ and captions.txt, as --manual_dir.')
+      'with Images/ and captions.txt, as --manual_dir; layout in '
+      'data_builders/flickr8k/README.md.')
 
-  def _features(self):
-    return {
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'captions': tfds.features.Sequence(tfds.features.Text()),
-        'tags': tfds.features.Sequence(np.int64),   # always empty
-        'id': tfds.features.Text(),                 # the file name
-    }
+  def _info(self):
+    # tags: always empty; id: a stable hash of the file name.
+    return self.dataset_info(
+        __doc__, captions=tfds.features.Sequence(tfds.features.Text()),
+        file_name=tfds.features.Text())
 
   def _split_generators(self, dl_manager):
     c = self.builder_config
     folder, captions, by_split, scan = read_layout(
-        split_writer.manual_root(dl_manager), c.split_sizes)
-    split_writer.begin(self.info.metadata, [], c, scan)
+        os.fspath(self.manual_root(dl_manager)), c.split_sizes)
     counts = collections.Counter(len(v) for v in captions.values())
-    self.info.metadata.report.extra['images_by_caption_count'] = {
-        str(k): n for k, n in sorted(counts.items())}
-    return self._splits({split: [
-        (name, os.path.join(folder, name),
-         {'captions': captions[name], 'tags': [], 'id': name})
-        for name in names] for split, names in by_split.items()})
+    split_writer.begin(self, [], scan, images_by_caption_count={
+        str(k): n for k, n in sorted(counts.items())})
+    return split_writer.generators(self, {split: [manual.Record(
+        name, os.path.join(folder, name), [],
+        {'captions': captions[name], 'id': splits.stable_id(name),
+         'file_name': name}) for name in names]
+                                          for split, names in by_split.items()})

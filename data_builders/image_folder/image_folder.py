@@ -10,10 +10,12 @@ and options: README.md beside this file.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import tensorflow_datasets as tfds
 
 from data_builders import class_folders
+from data_builders import manual
 from data_builders import split_writer
 
 
@@ -24,23 +26,25 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   aliases: str = ''
   split_fractions: str = class_folders.DEFAULT_FRACTIONS
   min_images: int = 1      # classes with fewer images (after aliases) dropped
-  pad_color: tuple[int, int, int] = (255, 255, 255)  # behind transparency
+  pad_color: tuple[int, ...] = (255, 255, 255)  # behind transparency
+  image_format: str = 'png'   # for images that are re-encoded: 'png' | 'jpeg'
 
 
-class ImageFolder(split_writer.ImageRecordBuilder):
+class ImageFolder(manual.ManualBuilder):
   """Single-label images, one folder per class."""
 
-  BUILDER_CONFIGS = [ImageFolderConfig(name='default')]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Pass the folder that holds one sub-folder per class as --manual_dir.')
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [ImageFolderConfig(
+      name='default', description='Every option at its default (README.md).')]
+  DEFAULT_CONFIG_NAME = 'default'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual.INSTRUCTIONS.format(
+      name='image_folder')
 
-  def _features(self):
-    return class_folders.base_features()
+  def _info(self):
+    return self.dataset_info(__doc__, **class_folders.FEATURES)
 
   def _split_generators(self, dl_manager):
-    c = self.builder_config
-    root = split_writer.manual_root(dl_manager)
-    records = class_folders.split_records(
-        self.info.metadata, class_folders.scan_class_folders(root), c)
-    return self._splits(records)
-
+    root = os.fspath(self.manual_root(dl_manager))
+    return split_writer.generators(self, class_folders.split_records(
+        self, class_folders.scan_class_folders(root)))

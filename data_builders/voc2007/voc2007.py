@@ -21,7 +21,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from data_builders import manual
 from data_builders import split_writer
+from data_builders import splits
 from data_builders import tag_stats
 
 CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car',
@@ -79,43 +81,54 @@ def read_set_labels(year_root: str, image_set: str):
   return dict(labels)
 
 
-def records(year_root: str, labels: dict, difficult_as_positive: bool):
-  """split_writer records of one set, in id order."""
+def records(year_root: str, labels: dict,
+            difficult_as_positive: bool) -> list[manual.Record]:
+  """The records of one set, in id order."""
   positive = (PRESENT, DIFFICULT) if difficult_as_positive else (PRESENT,)
+  out = []
   for image_id in sorted(labels):
     row = labels[image_id]
-    yield image_id, os.path.join(year_root, 'JPEGImages', f'{image_id}.jpg'), {
-        'tags': np.flatnonzero(np.isin(row, positive)).tolist(),
-        'tags_difficult': np.flatnonzero(row == DIFFICULT).tolist(),
-        'id': image_id}
+    out.append(manual.Record(
+        image_id, os.path.join(year_root, 'JPEGImages', f'{image_id}.jpg'),
+        np.flatnonzero(np.isin(row, positive)).tolist(),
+        {'tags_difficult': np.flatnonzero(row == DIFFICULT).tolist(),
+         'id': _numeric_id(image_id), 'name': image_id}))
+  return out
 
 
-class Voc2007(split_writer.ImageRecordBuilder):
+def _numeric_id(image_id: str) -> int:
+  """VOC 2007 ids are six digits ('000005' -> 5); any other name gets a
+  stable hash."""
+  return int(image_id) if image_id.isdigit() else splits.stable_id(image_id)
+
+
+class Voc2007(manual.ManualBuilder):
   """PASCAL VOC 2007, multi-label classification."""
 
-  BUILDER_CONFIGS = [Voc2007Config(name='default')]
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [Voc2007Config(
+      name='default', description='Every option at its default (README.md).')]
+  DEFAULT_CONFIG_NAME = 'default'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Extract VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar into '
-      'one folder and pass it as --manual_dir.')
+      'one folder and pass it as --manual_dir; layout in '
+      'data_builders/voc2007/README.md.')
 
-  def _features(self):
-    return {
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'tags': tfds.features.Sequence(np.int64),
-        'tags_difficult': tfds.features.Sequence(np.int64),
-        'id': tfds.features.Text(),
-    }
+  def _info(self):
+    return self.dataset_info(
+        __doc__, tags_difficult=tfds.features.Sequence(np.int64),
+        name=tfds.features.Text())
 
   def _split_generators(self, dl_manager):
     c = self.builder_config
     if c.train_set not in _TRAIN_SETS:
       raise ValueError(f'Unknown voc2007 option train_set={c.train_set!r}; '
                        f'valid: {", ".join(_TRAIN_SETS)}.')
-    year_root = find_year_root(split_writer.manual_root(dl_manager))
-    metadata = self.info.metadata
-    split_writer.begin(metadata, (tag_stats.TagRow(i, name, tag_stats.GENERAL,
-                                                   0)
-                                  for i, name in enumerate(CLASSES)), c)
+    year_root = find_year_root(os.fspath(self.manual_root(dl_manager)))
+    split_writer.begin(self, (tag_stats.TagRow(i, name, tag_stats.GENERAL, 0)
+                              for i, name in enumerate(CLASSES)))
+    extra = self.metadata.report.extra
     out = {}
     for split, image_set in _TRAIN_SETS[c.train_set].items():
       labels = read_set_labels(year_root, image_set)
@@ -126,10 +139,9 @@ class Voc2007(split_writer.ImageRecordBuilder):
               'extract VOCtrainval_06-Nov-2007.tar there.')
         logging.warning('voc2007: no *_%s.txt set files; the %s split is '
                         'left out.', image_set, split)
-        metadata.report.extra[f'{split}_missing'] = image_set
+        extra[f'{split}_missing'] = image_set
         continue
-      metadata.report.extra[f'{split}_difficult_labels'] = int(sum(
+      extra[f'{split}_difficult_labels'] = int(sum(
           (row == DIFFICULT).sum() for row in labels.values()))
-      out[split] = list(records(year_root, labels,
-                                c.difficult_as_positive))
-    return self._splits(out)
+      out[split] = records(year_root, labels, c.difficult_as_positive)
+    return split_writer.generators(self, out)
