@@ -345,9 +345,18 @@ def test_flickr8k_files_errors(tmp_path):
     flickr8k.read_tokens(str(path))
   with pytest.raises(FileNotFoundError, match='captions.txt'):
     flickr8k.read_layout(str(tmp_path / 'nowhere'), '6000,1000')
-  assert flickr8k.hash_splits(['a', 'b', 'c'], '1,1')['test'] == [
-      n for n in sorted('abc', key=lambda n: (splits.stable_unit(
-          n, 'flickr8k'), n))][2:]
+  # Two images more: the counts hold, and an existing image moves only
+  # across a cut point (at most one per added image and cut).
+  names = [f'{i}_x.jpg' for i in range(50)]
+  before = flickr8k.hash_splits(names, '30,10')
+  after = flickr8k.hash_splits(names + ['new_1.jpg', 'new_2.jpg'], '30,10')
+  assert [len(after[s]) for s in ('train', 'validation', 'test')] == [
+      30, 10, 12]
+  where = {n: s for s, members in before.items() for n in members}
+  now = {n: s for s, members in after.items() for n in members}
+  assert len([n for n in names if where[n] != now[n]]) <= 2 * 2
+  with pytest.raises(ValueError, match='split_sizes'):
+    flickr8k.hash_splits(names, '6000')
 
 
 # --- determinism -------------------------------------------------------------
