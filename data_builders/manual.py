@@ -12,17 +12,70 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
 from data_builders import deterministic_writer
 from data_builders import images
 from data_builders import splits
 from data_builders import tag_stats
+
+
+def _spill_through_epath() -> None:
+  """Lets TFDS spill a big split to disk without TensorFlow.
+
+  TFDS's writer keeps a split's examples in memory up to 1 GB and then
+  writes them to 1,000 temporary bucket files through tf.io.gfile, which
+  fails without TensorFlow (jaxtag has none). The same bucket files, in
+  the same byte layout, are written here with etils.epath.
+  """
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    return
+  except ImportError:
+    pass
+  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+
+  def add(self, key, data: bytes):
+    if not self._fobj:
+      path = epath.Path(self._path)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      self._fobj = path.open('wb')
+    self._fobj.write(shuffle._hkey_to_bytes(key))  # pylint: disable=protected-access
+    self._fobj.write(struct.pack('=Q', len(data)))
+    self._fobj.write(data)
+    self._length += 1
+    self._size += len(data)
+
+  def flush(self):
+    if self._fobj:
+      self._fobj.close()
+      self._fobj = None
+
+  def read_values(self):
+    self.flush()
+    path = epath.Path(self._path)
+    if not path.exists():
+      return
+    with path.open('rb') as f:
+      while buff := f.read(shuffle.HKEY_SIZE_BYTES):
+        size = struct.unpack('=Q', f.read(8))[0]
+        yield shuffle._read_hkey(buff), f.read(size)  # pylint: disable=protected-access
+
+  def del_file(self):
+    epath.Path(self._path).unlink(missing_ok=True)
+
+  for method in (add, flush, read_values, del_file):
+    setattr(shuffle._Bucket, method.__name__, method)  # pylint: disable=protected-access
+
+
+_spill_through_epath()
 
 
 def option_fields(config) -> dict[str, dataclasses.Field]:
@@ -46,7 +99,7 @@ class Record:
 
 
 INSTRUCTIONS = ('Pass the folder with the raw files as `python -m '
-                'jaxtag.data.build NAME --manual_dir DIR`, or set '
+                'jaxtag.data.build {name} --manual_dir DIR`, or set '
                 'config.dataset.manual_dir for training; the layout is in '
                 'data_builders/{name}/README.md.')
 
@@ -141,6 +194,20 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, *args, **kwargs):
     # The split generators of these builders return `generate(...)`.
     raise NotImplementedError
+
+  def split_generators(self, records: dict[str, Sequence[Record]]):
+    """{split: generator} for the splits that have records (TFDS cannot
+    write an empty split); the empty ones are named in the report."""
+    empty = [s for s in self.split_fractions() if not records.get(s)]
+    if len(empty) == len(self.split_fractions()):
+      raise ValueError(f'{self.name}: no usable record in the raw folder; '
+                       'see the skip counts above.')
+    for split in empty:
+      logging.warning('%s: split %r has no records and is left out.',
+                      self.name, split)
+    self.metadata.report.extra['empty_splits'] = empty
+    return {split: self.generate(split, records[split])
+            for split in self.split_fractions() if split not in empty}
 
   def generate(self, split: str, records: Sequence[Record]
                ) -> Iterable[tuple[Any, dict[str, Any]]]:

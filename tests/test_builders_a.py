@@ -648,3 +648,58 @@ def test_builds_in_two_processes_give_identical_shards(tmp_path):
       assert proc.returncode == 0, out[-3000:]
     digests.append(test_builder.shard_digests(str(tmp_path / run)))
   assert len(digests[0]) == 9 and digests[0] == digests[1]
+
+
+def test_a_split_without_records_is_left_out(tmp_path):
+  fx.write_pixiv(tmp_path / 'raw', fx.pixiv_posts()[:3])
+  from jaxtag.data import build
+  options = {'split_fractions': 'train=0.5,validation=0,test=0.5',
+             'num_top': 1}
+  build.ensure_built(build.get_builder('pixiv_characters',
+                                       str(tmp_path / 'tfds'), options),
+                     str(tmp_path / 'raw'))
+  builder = build.get_builder('pixiv_characters', str(tmp_path / 'tfds'),
+                              options)
+  assert sorted(builder.info.splits) == ['test', 'train']
+  assert _report(builder)['extra']['empty_splits'] == ['validation']
+
+
+@pytest.mark.slow
+def test_trainer_runs_on_a_built_danbooru_dump(danbooru_2021, tmp_path):
+  import ml_collections
+  from jaxtag import config as config_lib
+  from jaxtag import train
+  root, _ = danbooru_2021
+  config = config_lib.load_config_file(os.path.join(
+      ROOT, 'configs/default.py:tiny'))
+  config.dataset.name = 'danbooru'
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  config.dataset.manual_dir = str(root)
+  config.dataset.build_options = ml_collections.ConfigDict(
+      {'split_fractions': FRACTIONS, 'resize': 32})
+  config.num_train_steps = 2
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  train.train_and_evaluate(config, str(tmp_path / 'work'))
+  names = tag_metadata.load_tag_metadata(
+      next((tmp_path / 'tfds' / 'danbooru').iterdir()) / '1.0.0').names
+  found = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / 'work')
+           for f in files if f == 'results_per_tag.csv']
+  assert found
+  with open(found[0]) as f:
+    assert len(f.read().strip().splitlines()) == len(names) + 1
+
+
+def test_a_split_bigger_than_memory_spills_without_tensorflow(tmp_path,
+                                                              monkeypatch):
+  from tensorflow_datasets.core import shuffle
+  fx.write_tagged_folder(tmp_path / 'raw', with_vocabulary=True)
+  in_memory = _build('tagged_folder', tmp_path / 'raw', tmp_path / 'a')
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 1000)  # bytes
+  spilled = _build('tagged_folder', tmp_path / 'raw', tmp_path / 'b')
+  first = test_builder.shard_digests(str(tmp_path / 'a'))
+  assert len(first) == 3 and first == test_builder.shard_digests(
+      str(tmp_path / 'b'))
+  assert not list((tmp_path / 'b').rglob('bucket_*'))  # cleaned up
+  assert len(_examples(spilled, 'train')) == len(_examples(in_memory,
+                                                           'train'))

@@ -145,21 +145,24 @@ def _read_rows(paths, counter: images.SkipCounter) -> Iterator[dict]:
           counter.skip('bad_json', f'{path.name}:{number}')
 
 
-def _tag_ids(tag_files, rows_seen: list[dict]) -> dict[str, int]:
-  """Danbooru tag ids by name: from tags*.json, or the 2017-2020 rows."""
+def _tag_ids(tag_files) -> dict[str, int]:
+  """Danbooru tag ids by name, from tags*.json (2021+ dumps)."""
   ids = {}
   for row in _read_rows(tag_files, images.SkipCounter('tags')):
     try:
       ids[str(row['name'])] = int(str(row['id']))
     except (KeyError, ValueError):
       continue
-  for row in rows_seen:
-    for tag in row.get('tags') or ():
-      try:
-        ids.setdefault(str(tag['name']), int(str(tag['id'])))
-      except (KeyError, TypeError, ValueError):
-        continue
   return ids
+
+
+def _row_tag_ids(row: dict, ids: dict[str, int]) -> None:
+  """Adds the ids a 2017-2020 row's `tags` list carries."""
+  for tag in row.get('tags') or ():
+    try:
+      ids.setdefault(str(tag['name']), int(str(tag['id'])))
+    except (KeyError, TypeError, ValueError):
+      continue
 
 
 class Danbooru(manual.ManualBuilder):
@@ -196,15 +199,47 @@ class Danbooru(manual.ManualBuilder):
       raise FileNotFoundError(f'danbooru: {root / tree} does not exist; the '
                               'dump needs original/ or 512px/ (option '
                               '`images`).')
+    posts, skipped, tag_ids = self._read_posts(root, tree)
+    fractions = self.split_fractions()
+    by_split = collections.defaultdict(list)
+    for post, path in posts:
+      by_split[splits.assign_split(post.id, fractions)].append((post, path))
+    ratings = _rating_names([p for p, _ in posts])
+    vocabulary_path = self.option_path(c.vocabulary, root, 'vocabulary')
+    if vocabulary_path:
+      label_of = self._fixed_vocabulary(vocabulary_path)
+    else:
+      label_of = self._top_k_vocabulary(
+          [p for p, _ in by_split['train']], ratings, tag_ids)
+    dropped = collections.Counter()
+    records = collections.defaultdict(list)
+    for split in fractions:
+      for post, path in by_split[split]:
+        labels = self._labels(post, ratings, label_of, dropped)
+        records[split].append(manual.Record(post.id, path, labels,
+                                            {'id': post.id}))
+    self.start_report(
+        skipped, images_tree=tree,
+        rating_letters=ratings,
+        vocabulary_sha256=hashlib.sha256(vocabulary_path.read_bytes())
+        .hexdigest() if vocabulary_path else None,
+        tags_outside_vocabulary=sum(dropped.values()),
+        posts_per_split={s: len(by_split[s]) for s in fractions})
+    return self.split_generators(records)
+
+  def _read_posts(self, root, tree):
+    """([(Post, image path)], metadata skip counts, Danbooru tag ids)."""
+    c = self.builder_config
     post_files, tag_files = _metadata_files(root / c.metadata_dir)
     if not post_files:
       raise FileNotFoundError(f'danbooru: no metadata/*.json in '
                               f'{root / c.metadata_dir} (option '
                               '`metadata_dir`).')
     skipped = images.SkipCounter('metadata')
-    rows = list(_read_rows(post_files, skipped))
-    posts, seen = [], set()
-    for row in rows:
+    # Rows are streamed and only what a Post keeps stays in memory.
+    posts, seen, tag_ids = [], set(), _tag_ids(tag_files)
+    for row in _read_rows(post_files, skipped):
+      _row_tag_ids(row, tag_ids)
       try:
         post = parse_post(row)
       except SkipRow as e:
@@ -222,33 +257,7 @@ class Danbooru(manual.ManualBuilder):
         skipped.skip('missing_file', path)
         continue
       posts.append((post, os.fspath(path)))
-    fractions = self.split_fractions()
-    by_split = collections.defaultdict(list)
-    for post, path in posts:
-      by_split[splits.assign_split(post.id, fractions)].append((post, path))
-    ratings = _rating_names([p for p, _ in posts])
-    vocabulary_path = self.option_path(c.vocabulary, root, 'vocabulary')
-    if vocabulary_path:
-      label_of = self._fixed_vocabulary(vocabulary_path)
-    else:
-      label_of = self._top_k_vocabulary(
-          [p for p, _ in by_split['train']], ratings,
-          _tag_ids(tag_files, rows))
-    dropped = collections.Counter()
-    records = collections.defaultdict(list)
-    for split in fractions:
-      for post, path in by_split[split]:
-        labels = self._labels(post, ratings, label_of, dropped)
-        records[split].append(manual.Record(post.id, path, labels,
-                                            {'id': post.id}))
-    self.start_report(
-        skipped, images_tree=tree,
-        rating_letters=ratings,
-        vocabulary_sha256=hashlib.sha256(vocabulary_path.read_bytes())
-        .hexdigest() if vocabulary_path else None,
-        tags_outside_vocabulary=sum(dropped.values()),
-        posts_per_split={s: len(by_split[s]) for s in fractions})
-    return {split: self.generate(split, records[split]) for split in fractions}
+    return posts, skipped, tag_ids
 
   def _top_k_vocabulary(self, train_posts, ratings, tag_ids):
     """{(category, name): label} and the metadata's tag rows: the four

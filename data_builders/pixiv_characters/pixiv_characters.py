@@ -237,4 +237,4 @@ class PixivCharacters(manual.ManualBuilder):
     self.start_report(skipped, duplicate_candidates=candidates,
                       aliases=aliases,
                       posts_per_split={s: len(records[s]) for s in fractions})
-    return {split: self.generate(split, records[split]) for split in fractions}
+    return self.split_generators(records)

@@ -115,7 +115,7 @@ class TaggedFolder(manual.ManualBuilder):
         .hexdigest() if vocabulary_path else None,
         tags_outside_vocabulary=sum(dropped.values()),
         most_dropped_tags=dict(dropped.most_common(20)))
-    return {split: self.generate(split, records[split]) for split in fractions}
+    return self.split_generators(records)
 
   def _vocabulary(self, train_tags) -> list[tag_stats.TagRow]:
     """Train tags with at least min_count images, most frequent first;
