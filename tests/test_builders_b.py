@@ -159,6 +159,19 @@ def test_image_folder_merges_aliases_and_skips_bad_files(folder_build):
   assert got['options']['aliases'] == ALIASES
 
 
+def test_image_folder_min_images_drops_small_classes(tmp_path):
+  fb.image_folder(str(tmp_path / 'in'))
+  builder = build('image_folder', tmp_path / 'in', tmp_path / 'data',
+                  aliases=ALIASES, split_fractions='train=1.0', min_images=3)
+  # rin has 1 file; after the merge saber has 3 and matou_sakura 4 (one
+  # of them corrupt: counted at build time, after the class is kept).
+  assert tag_metadata.load_tag_metadata(builder.data_dir).names == [
+      'matou_sakura', 'saber']
+  got = report(builder)
+  assert got['skipped']['metadata'] == {'class_below_min_images': 1}
+  assert got['extra']['classes'] == 2
+
+
 def test_image_folder_options_have_clear_errors(tmp_path):
   # TFDS checks the folder first; its message carries the instructions.
   with pytest.raises(AssertionError, match='image_folder/README.md'):
