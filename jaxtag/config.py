@@ -42,6 +42,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.dataset.eval_split = 'validation'
   c.dataset.test_split = 'test'
   c.dataset.label_feature = 'tags'             # or 'tags_clean'
+  # A record feature listing tag ids to leave out of the metrics for that
+  # image (voc2007: 'tags_difficult', the protocol's difficult labels); ''
+  # scores every (image, tag) pair.
+  c.dataset.label_mask_feature = ''
   # How labels reach the loss: 'multi_hot' [C], 'class_id' (one id per
   # example), 'sequence' (START, labels..., END for a label decoder) or
   # 'caption' (START, words..., END for a caption decoder).

@@ -127,6 +127,30 @@ def predict(step_fn, state, batches, mesh, workdir: str = '',
   return merged
 
 
+def label_mask(source, index, feature: str, num_classes: int) -> np.ndarray:
+  """[N, C] float32 of the rows `index` of `source`: 0 for the tag ids
+  that each record's `feature` lists (left out of the metrics), else 1.
+
+  Read on the host from the records themselves, so the eval step and the
+  batches are the same whether or not a dataset has such labels.
+  """
+  mask = np.ones((len(index), num_classes), np.float32)
+  for row, record in enumerate(np.asarray(index)):
+    example = source[int(record)]
+    if feature not in example:
+      raise ValueError(f'config.dataset.label_mask_feature = {feature!r} is '
+                       'not a feature of the dataset (it has '
+                       f'{", ".join(sorted(example))}); set it to one that '
+                       "lists tag ids, or to ''.")
+    ids = np.asarray(example[feature], np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+      raise ValueError(f'{feature} holds tag id {int(ids.max())}, outside the '
+                       f'{num_classes} tags of selected_tags.csv; rebuild '
+                       'the dataset.')
+    mask[row, ids] = 0.0
+  return mask
+
+
 def score(pred: dict[str, np.ndarray], *, task: str, eval_config,
           tag_metadata, thresholds=None):
   """(metrics, pred, thresholds): the task's metric suite on `pred`.
@@ -150,11 +174,14 @@ def score(pred: dict[str, np.ndarray], *, task: str, eval_config,
     if thresholds is None:
       thresholds = thresholds_lib.fit(eval_config, pred['scores'],
                                       pred['labels'], tag_metadata)
-    pred['ap'] = metrics_lib.average_precision(pred['scores'], pred['labels'])
+    # [N, C] label_mask (see label_mask): 0 drops that pair from the metrics.
+    mask = pred.get('label_mask')
+    pred['ap'] = metrics_lib.average_precision(pred['scores'], pred['labels'],
+                                               mask)
     pred['threshold'] = thresholds_lib.apply(thresholds, pred['scores'])
     result = metrics_lib.multilabel_metrics(
         pred['scores'], pred['labels'], threshold=pred['threshold'],
-        top_k=eval_config.top_k, ap=pred['ap'])
+        top_k=eval_config.top_k, ap=pred['ap'], mask=mask)
     result['thresholds'] = thresholds['policy']
   result['loss'] = pred['loss']
   result['num_examples'] = int(len(pred['index']))
@@ -189,7 +216,11 @@ def write_per_tag_csv(path, pred: dict[str, np.ndarray], tag_metadata) -> None:
   recall at the thresholds that `pred['threshold']` holds."""
   scores, labels = pred['scores'], pred['labels'] > 0.5
   threshold = np.broadcast_to(pred['threshold'], scores.shape)
-  predicted = scores >= threshold
+  # Pairs that label_mask leaves out count neither as predicted nor as true.
+  valid = (pred['label_mask'] > 0 if 'label_mask' in pred
+           else np.ones_like(labels))
+  labels = labels & valid
+  predicted = (scores >= threshold) & valid
   correct = (predicted & labels).sum(0)
   n_pred, n_true = predicted.sum(0), labels.sum(0)
   ap = pred['ap']

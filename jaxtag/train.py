@@ -335,6 +335,10 @@ class Run(Trainable):
                                 self.mesh, self.workdir, split)
     if pred is None:
       return {}, None, None
+    if self.config.dataset.label_mask_feature:
+      pred['label_mask'] = evaluate_lib.label_mask(
+          self._sources[split], pred['index'],
+          self.config.dataset.label_mask_feature, self.num_classes)
     return evaluate_lib.score(pred, task=self.objective.task,
                               eval_config=self.config.eval,
                               tag_metadata=self.tags, thresholds=thresholds)

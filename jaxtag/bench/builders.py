@@ -128,7 +128,22 @@ def fixture_builds(work: str) -> list[dict]:
       timed_build('pixiv_characters', os.path.join(work, 'fx_pixiv'),
                   os.path.join(work, 'fx_data'),
                   {**splits, 'num_top': 2, 'min_shared': 2}),
-  ]
+  ] + [timed_build(name, folder, os.path.join(work, 'fx_data'), {})
+       for name, folder in part_b_fixtures(work)]
+
+
+def part_b_fixtures(work: str) -> list[tuple[str, str]]:
+  """(builder, folder) of the tests/builder_fixtures_b.py fixtures."""
+  import builder_fixtures_b as fb  # pylint: disable=g-import-not-at-top
+  out = []
+  for name, write in (('image_folder', fb.image_folder),
+                      ('animeface_character', fb.animeface),
+                      ('voc2007', fb.voc2007), ('coco2014', fb.coco2014),
+                      ('flickr8k', fb.flickr8k)):
+    folder = os.path.join(work, f'fx_{name}')
+    write(folder)
+    out.append((name, folder))
+  return out
 
 
 def main(argv):
