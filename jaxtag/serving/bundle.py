@@ -324,12 +324,12 @@ def load_bundle(directory: str) -> Bundle:
   metadata = None
   stats_path = os.path.join(directory, LABEL_STATS)
   if os.path.exists(stats_path):
-    with np.load(stats_path) as stats:
-      metadata = tag_metadata_lib.TagMetadata(
-          names=list(info['model_tags']),
-          categories=np.asarray(info['model_categories']),
-          counts=stats['counts'], cooccurrence=stats['cooccurrence'],
-          num_images=int(stats['num_images']))
+    counts, cooccurrence, num_images = tag_metadata_lib.load_label_stats(
+        stats_path)
+    metadata = tag_metadata_lib.TagMetadata(
+        names=list(info['model_tags']),
+        categories=np.asarray(info['model_categories']),
+        counts=counts, cooccurrence=cooccurrence, num_images=num_images)
   model = models.build_model(config.model, int(info['num_classes']),
                              tag_metadata=metadata)
   variables = unflatten(safetensors.numpy.load_file(
@@ -373,6 +373,7 @@ def write_bundle(directory: str, *, config, variables, names, categories,
       json.dump(record, f, indent=1)
   with open(os.path.join(directory, TAGS), 'w', encoding='utf-8') as f:
     f.write(tags_csv(rows))
-  if label_stats is not None:
-    np.savez(os.path.join(directory, LABEL_STATS), **label_stats)
+  if label_stats is not None:  # the dataset's format: sparse co-occurrence
+    with open(os.path.join(directory, LABEL_STATS), 'wb') as f:
+      f.write(tag_metadata_lib.label_stats_bytes(**label_stats))
   return rows

@@ -147,7 +147,7 @@ def convert(workdir: str, out: str, *, step: int | None = None,
   if 'tag_metadata' in {f.name for f in dataclasses.fields(run.model.head)}:
     label_stats = {'counts': run.tags.counts,
                    'cooccurrence': run.tags.cooccurrence,
-                   'num_images': np.int64(run.tags.num_images)}
+                   'num_images': int(run.tags.num_images)}
   bundle_lib.write_bundle(
       out, config=config, variables=variables, names=run.tags.names,
       categories=run.tags.categories, counts=run.tags.counts,
