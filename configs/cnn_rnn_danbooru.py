@@ -3,9 +3,13 @@ r"""python -m jaxtag.main --config configs/cnn_rnn_danbooru.py --workdir runs/cn
 CNN-RNN (Wang et al. 2016), as seed paper 000 proposes it for anime tags:
 a ResNet-50 and an LSTM label decoder (jaxtag/models/heads/lstm_decoder.py)
 trained with teacher forcing on label sequences, most frequent tag first,
-and evaluated by beam search. The default targets the `danbooru` dataset,
-whose TFDS builder comes with another issue; until it lands, this variant
-stops at start-up with the list of builders there are.
+and evaluated by beam search. The default trains on a Danbooru dump
+(data_builders/danbooru/README.md), built on first use from
+`config.dataset.manual_dir` with its general and character tags (top 5,000
+and 2,000, `config.dataset.build_options` to change them):
+
+  python -m jaxtag.main --config configs/cnn_rnn_danbooru.py --workdir runs/cnn_rnn \
+      --config.dataset.manual_dir=/data/danbooru2021
 
   python -m jaxtag.main --config configs/cnn_rnn_danbooru.py:synthetic \
       --workdir runs/cnn_rnn_synthetic

@@ -6,12 +6,17 @@ scratch with the multi-label softmax and their RMSprop variant, judged with
 their fully convolutional prediction (multi-scale confidence maps, one label
 per cell, summed) and a linear threshold fitted on the validation split.
 
-The default runs on `pixiv_characters`, the character tags of Pixiv images
-(their dataset: 115 characters, about 1M images). Its TFDS builder comes
-with another issue and is not in data_builders/ yet; until then only the
-variants below run. Its `config.data.mean` is the ImageNet mean pixel as a
-stand-in: replace it with the training split's, from
-`jaxtag.data.ops.mean_pixel(source)`.
+The default runs on `pixiv_characters/paper`, the character tags of Pixiv
+images selected as they did (their dataset: 115 characters, about 1M
+images; data_builders/pixiv_characters/README.md), resized at build time so
+the shortest side is 256 with area interpolation:
+
+  python -m jaxtag.main --config configs/vallet_pixiv.py --workdir runs/vallet \
+      --config.dataset.manual_dir=/data/pixiv
+
+Its `config.data.mean` is the ImageNet mean pixel as a stand-in: the build
+writes the training split's mean pixel to `build_report.json`
+(`mean_pixel`, 0-255); set `--config.data.mean` to it divided by 255.
 
 Variants (`--config configs/vallet_pixiv.py:<variant>`):
 - `tiny`: seconds on `synthetic_anime/tiny`, for tests.
@@ -20,8 +25,10 @@ Variants (`--config configs/vallet_pixiv.py:<variant>`):
   departs from the paper where a short CPU run needs it: alpha0 = 0.001
   with alpha_max = 1, hidden biases starting at 0 and He-initialised
   conv kernels (see below). About 10 minutes on 2 idle CPU cores.
-- `voc2007`: Pascal VOC 2007 (their Table 3), on the `voc2007` builder,
-  which comes with another issue. The paper fine-tunes an ImageNet
+- `voc2007`: Pascal VOC 2007 (their Table 3), on the `voc2007` builder
+  built with `train_set=train` (VOC's train, val and test sets: the
+  threshold is fitted on val, never on test), difficult labels masked out
+  of the metrics. The paper fine-tunes an ImageNet
   Network-in-Network there; this trains the Table 1 network (start it from
   trained weights with config.init.path) with their fine-tuning rates,
   alpha0 = 0.001 and alpha_max = 0.01, for 9 epochs.
@@ -49,7 +56,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
 def get_config(arg=None):
   config = config_lib.defaults()
-  config.dataset.name = 'pixiv_characters'
+  config.dataset.name = 'pixiv_characters/paper'
   config.dataset.label_feature = 'tags'
 
   config.data.image_size = 256
@@ -126,6 +133,8 @@ def get_config(arg=None):
     config.eval.bucket_aspects = (1.0,)  # every image is square
   elif arg == 'voc2007':
     config.dataset.name = 'voc2007'
+    config.dataset.build_options = {'train_set': 'train'}
+    config.dataset.label_mask_feature = 'tags_difficult'
     config.optim.lr = 0.001
     config.optim.max_lr = 0.01
     config.num_epochs = 9.0
