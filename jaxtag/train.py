@@ -25,6 +25,7 @@ from jaxtag import evaluate as evaluate_lib
 from jaxtag import models
 from jaxtag import objectives
 from jaxtag import optim
+from jaxtag import plots
 from jaxtag import reporting
 from jaxtag import sharding
 from jaxtag import thresholds as thresholds_lib
@@ -297,7 +298,10 @@ class Run(Trainable):
                               tag_metadata=self.tags, thresholds=thresholds)
 
   def write_results(self, name: str, step: int, result: dict, pred: dict,
-                    thresholds: dict | None, extra: dict | None = None) -> None:
+                    thresholds: dict | None, extra: dict | None = None,
+                    constants=None) -> None:
+    """The results files and, from `pred` and the model's constants (its
+    label graph), the plots."""
     if jax.process_index() != 0:
       return
     evaluate_lib.write_results(
@@ -305,6 +309,8 @@ class Run(Trainable):
         task=self.objective.task, thresholds=thresholds,
         header={'step': int(step), 'dataset': self.config.dataset.name,
                 **(extra or {})})
+    plots.write_run_plots(self.workdir, name, step, pred, self.tags,
+                          task=self.objective.task, constants=constants)
 
 
 def _summary(result: dict) -> str:
@@ -421,7 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'steps_this_session': step - start_step,
       'skipped_train_images_this_process': _skipped(feed),
       'num_devices': jax.device_count(),
-      'num_processes': jax.process_count()})
+      'num_processes': jax.process_count()}, constants=state.constants)
   run.checkpointer.close()
   return test
 
@@ -448,6 +454,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   result, pred, thresholds = run.evaluate(state, split, thresholds=saved)
   logging.info('step %d %s: %s', latest, split, _summary(result))
   run.write_results(f'eval_{split}', latest, result, pred, thresholds,
-                    {'split': split})
+                    {'split': split}, constants=state.constants)
   run.checkpointer.close()
   return result
