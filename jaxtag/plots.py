@@ -65,10 +65,16 @@ def to_rgb(fig) -> np.ndarray:
   return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_png(fig, path: epath.PathLike) -> None:
+def save_png(fig_or_rgb, path: epath.PathLike) -> np.ndarray:
+  """Writes a Figure (drawn here) or its `to_rgb` pixels as a PNG; returns
+  the pixels, so a figure drawn once serves the file and TensorBoard."""
+  from PIL import Image
+  rgb = (fig_or_rgb if isinstance(fig_or_rgb, np.ndarray)
+         else to_rgb(fig_or_rgb))
   buffer = io.BytesIO()
-  fig.savefig(buffer, format='png', dpi=DPI)
+  Image.fromarray(rgb).save(buffer, format='PNG')
   epath.Path(path).write_bytes(buffer.getvalue())
+  return rgb
 
 
 def category_names(categories: Sequence[int]) -> list[str]:
@@ -517,8 +523,7 @@ def write_run_plots(workdir: epath.PathLike, name: str, step: int,
   paths, images = [], {}
   for kind, fig in figures.items():
     path = folder / f'{name}_{kind}.png'
-    save_png(fig, path)
-    images[f'plots/{name}_{kind}'] = to_rgb(fig)
+    images[f'plots/{name}_{kind}'] = save_png(fig, path)
     paths.append(path)
   reporting.write_images(workdir, step, images)
   logging.info('Wrote %d plots to %s', len(paths), folder)

@@ -309,8 +309,9 @@ class Run(Trainable):
         task=self.objective.task, thresholds=thresholds,
         header={'step': int(step), 'dataset': self.config.dataset.name,
                 **(extra or {})})
-    plots.write_run_plots(self.workdir, name, step, pred, self.tags,
-                          task=self.objective.task, constants=constants)
+    if self.config.eval.plots:
+      plots.write_run_plots(self.workdir, name, step, pred, self.tags,
+                            task=self.objective.task, constants=constants)
 
 
 def _summary(result: dict) -> str:
