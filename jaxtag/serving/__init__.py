@@ -7,3 +7,5 @@ See jaxtag/serving/convert.py for how a run becomes a bundle.
 """
 from jaxtag.serving.bundle import Bundle
 from jaxtag.serving.bundle import load_bundle
+from jaxtag.serving.stablehlo import load_stablehlo
+from jaxtag.serving.tagger import Tagger
