@@ -25,6 +25,8 @@ from etils import epath
 from jaxtag import config as config_lib
 
 DPI = 100
+# Constants whose name holds one of these are drawn as label graphs.
+_GRAPH_WORDS = ('adjacency', 'graph', 'correlation')
 # Colours per Danbooru category, stable across figures.
 _CATEGORY_COLOURS = {'general': '#1f77b4', 'character': '#d62728',
                      'rating': '#2ca02c', 'copyright': '#9467bd',
@@ -327,13 +329,16 @@ def label_graph_figure(adjacency, names: Sequence[str], *, top: int = 25,
 
 def label_graphs(constants: Any, num_classes: int) -> dict[str, np.ndarray]:
   """{name: dense [C, C]} of the label graphs in a model's constants: a
-  square [C, C] array, or a sparse `<x>_values` [E] + `<x>_indices` [E, 2]
-  pair (densified under `<x>`)."""
+  [C, C] array, or a sparse `<x>_values` [E] + `<x>_indices` [E, 2] pair
+  (densified under `<x>`), whose name says graph, adjacency or correlation
+  (so that [C, C] label embeddings, when D == C, are not taken for one)."""
   import jax
   out: dict[str, np.ndarray] = {}
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(constants)[0]}
   for name, leaf in flat.items():
+    if not any(w in name.rsplit('/', 1)[-1] for w in _GRAPH_WORDS):
+      continue
     if not getattr(leaf, 'is_fully_addressable', True):
       continue  # spread over processes: process 0 cannot read it alone
     shape = tuple(np.shape(leaf))

@@ -145,7 +145,7 @@ def test_label_graphs_from_constants_dense_and_sparse():
   dense = np.arange(16.0).reshape(4, 4)
   rows, cols = np.array([0, 1, 3]), np.array([1, 2, 0])
   constants = {'head': {
-      'adjacency': dense, 'embeddings': np.ones((c, 7)),
+      'adjacency': dense, 'embeddings': np.ones((c, c)),
       'graph_values': np.array([0.5, 0.25, 2.0]),
       'graph_indices': np.stack([rows, cols], 1)}}
   graphs = plots.label_graphs(constants, c)
