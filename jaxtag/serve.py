@@ -142,6 +142,8 @@ def make_handler(service: TagService, *, max_bytes: int, max_pixels: int,
       path = parse.urlparse(self.path).path
       if path in ('/', '/index.html'):
         self._send(200, page, 'text/html; charset=utf-8')
+      elif path == '/favicon.ico':
+        self._send(204, b'', 'image/x-icon')
       elif path == '/health':
         self._json(200, {'ok': True, 'tags': len(service.tagger.names)})
       else:
