@@ -156,9 +156,11 @@ def pr_figure(scores, labels, threshold, categories: Sequence[int], *,
     ax.plot(recall, precision, color=colour, lw=1.8,
             label=f'{label}: AP {100 * ap:.1f}%, {int(columns.sum())} tags')
     ax.plot([op_r], [op_p], 'o', color=colour, ms=8, mec='white', mew=1.5)
+    near_right = op_r > 0.85  # keep the label inside the axes
     ax.annotate(f'P {100 * op_p:.0f}% R {100 * op_r:.0f}%', (op_r, op_p),
-                xytext=(6, 6), textcoords='offset points', color=colour,
-                fontsize=9)
+                xytext=(-8 if near_right else 6, 6),
+                textcoords='offset points', color=colour, fontsize=9,
+                ha='right' if near_right else 'left')
   left.set_title('Micro-averaged, all tags')
   right.set_title('Micro-averaged, per category')
   for ax in (left, right):
@@ -229,7 +231,8 @@ def ap_vs_count_figure(ap, train_counts, categories, names=None, *,
                        label_worst: int = 5,
                        title: str = 'Per-tag AP against train count'):
   """Each tag's AP against its train count (log scale) by category, with
-  the median AP of each count decade: the long tail."""
+  the median AP (at the median count) of each count decade: the long
+  tail."""
   ap = np.asarray(ap, np.float64)
   counts = np.maximum(np.asarray(train_counts, np.float64), 1)
   cats = np.asarray(category_names(categories))
@@ -246,9 +249,10 @@ def ap_vs_count_figure(ap, train_counts, categories, names=None, *,
     for lo, hi in zip(edges[:-1], edges[1:]):
       inside = valid & (counts >= lo) & (counts < hi)
       if inside.any():
-        centres.append(math.sqrt(lo * hi))
+        centres.append(float(np.median(counts[inside])))
         medians.append(100 * np.median(ap[inside]))
-    ax.plot(centres, medians, 'k-o', lw=2, ms=5, label='median per decade')
+    ax.plot(centres, medians, 'k-o', lw=2, ms=5,
+            label='median per count decade')
     if names is not None and label_worst:
       for i in np.flatnonzero(valid)[np.argsort(ap[valid])][:label_worst]:
         ax.annotate(names[i], (counts[i], 100 * ap[i]), fontsize=8,

@@ -104,14 +104,15 @@ def test_ap_vs_count_figure(tmp_path):
   ax = fig.axes[0]
   assert ax.get_xscale() == 'log' and 'log' in ax.get_xlabel()
   median = [line for line in ax.get_lines()
-            if line.get_label() == 'median per decade'][0]
-  # Decades [1, 10): counts 9, 3, 1, 5 -> AP of tags 4, 5, 7, 9;
+            if line.get_label() == 'median per count decade'][0]
+  # Count decades [1, 10): counts 9, 3, 1, 5 -> AP of tags 4, 5, 7, 9;
   # [10, 100): the other six.
   decade_1 = np.median(ap[[4, 5, 7, 9]])
   decade_2 = np.median(ap[[0, 1, 2, 3, 6, 8]])
   np.testing.assert_allclose(median.get_ydata(),
                              [100 * decade_1, 100 * decade_2])
-  np.testing.assert_allclose(median.get_xdata(), [10 ** 0.5, 10 ** 1.5])
+  # ... at the decades' median counts: 1, 3, 5, 9 and 12, 20, ..., 70.
+  np.testing.assert_allclose(median.get_xdata(), [4, 35])
 
 
 def test_strongest_edges_by_hand():
