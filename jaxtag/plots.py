@@ -156,9 +156,10 @@ def pr_figure(scores, labels, threshold, categories: Sequence[int], *,
     ax.plot(recall, precision, color=colour, lw=1.8,
             label=f'{label}: AP {100 * ap:.1f}%, {int(columns.sum())} tags')
     ax.plot([op_r], [op_p], 'o', color=colour, ms=8, mec='white', mew=1.5)
-    near_right = op_r > 0.85  # keep the label inside the axes
+    # Keep the label inside the axes.
+    near_right, near_top = op_r > 0.85, op_p > 0.95
     ax.annotate(f'P {100 * op_p:.0f}% R {100 * op_r:.0f}%', (op_r, op_p),
-                xytext=(-8 if near_right else 6, 6),
+                xytext=(-8 if near_right else 6, -14 if near_top else 6),
                 textcoords='offset points', color=colour, fontsize=9,
                 ha='right' if near_right else 'left')
   left.set_title('Micro-averaged, all tags')

@@ -284,7 +284,7 @@ PAGE = r"""<!doctype html>
   #caption { width: 100%; box-sizing: border-box; min-height: 60px;
              font: 13px monospace; }
   button { font: inherit; padding: 4px 12px; cursor: pointer; }
-  .empty { color: #8a94a0; font-size: 13px; }
+  li.empty { display: block; color: #8a94a0; font-size: 13px; }
 </style>
 </head>
 <body>
@@ -371,7 +371,8 @@ function render() {
       li.textContent = "no tag at or above this threshold";
       ul.appendChild(li);
     }
-    section.querySelector(".count").textContent = tags.length + " tags";
+    section.querySelector(".count").textContent =
+      tags.length + (tags.length === 1 ? " tag" : " tags");
   }
   const ratings = $("#rating ul");
   ratings.replaceChildren();
