@@ -175,7 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('paths', nargs='+', metavar='PATH',
                       help='Images, folders or globs.')
   parser.add_argument('--bundle', required=True,
-                      help='A bundle folder (python -m jaxtag.serving.convert).')
+                      help='A bundle folder (from jaxtag.serving.convert).')
   parser.add_argument('--recursive', action='store_true',
                       help='Also tag images in subfolders of folders.')
   parser.add_argument('--format', default='txt', choices=FORMATS)

@@ -4,6 +4,7 @@ Fast tests use bundles of randomly initialised tiny models
 (tests/serving_fixtures.py) and compare them with the trainer's eval step;
 slow ones train configs/default.py:tiny once and convert it.
 """
+import io
 import json
 import os
 import subprocess
@@ -17,7 +18,10 @@ from PIL import Image
 
 import serving_fixtures as fx
 from jaxtag import checkpoint as checkpoint_lib
+from jaxtag import evaluate as evaluate_lib
 from jaxtag import sharding
+from jaxtag import train
+from jaxtag.data import sources
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert as convert_lib
 from jaxtag.serving import images as images_lib
@@ -267,12 +271,11 @@ def test_pad_geometry_centres_the_image_on_white():
   assert (pixels[8:24] == 0).all()
 
 
-# ------------------------------------------------------ a trained run (slow) ---
+# ---------------------------------------------------- a trained run (slow) ---
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, tiny_data_dir):
-  from jaxtag import train  # pylint: disable=import-outside-toplevel
   config = fx.tiny_config()
   config.dataset.data_dir = tiny_data_dir
   workdir = str(tmp_path_factory.mktemp('run'))
@@ -289,9 +292,6 @@ def _size(path):
 
 @pytest.mark.slow  # trains a run
 def test_converted_run_predicts_the_trainers_eval_predictions(trained):
-  from jaxtag import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
-  from jaxtag import train  # pylint: disable=import-outside-toplevel
-  from jaxtag.data import sources  # pylint: disable=import-outside-toplevel
   config, workdir, out = trained
   run = train.Run(config, workdir)
   state = run.checkpointer.restore(run.checkpointer.latest_step(),
@@ -301,7 +301,7 @@ def test_converted_run_predicts_the_trainers_eval_predictions(trained):
                               run.mesh)
   source, _ = sources.open_split(config.dataset, 'test')
   tagger = tagger_lib.Tagger(out, batch_size=16)
-  pil = [Image.open(__import__('io').BytesIO(source[int(i)]['image']))
+  pil = [Image.open(io.BytesIO(source[int(i)]['image']))
          for i in pred['index']]
   served = tagger.bundle.to_model_order(tagger.scores(pil))
   np.testing.assert_allclose(served, pred['scores'], rtol=1e-5, atol=1e-5)

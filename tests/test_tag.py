@@ -129,7 +129,7 @@ def test_existing_captions_are_kept_appended_to_or_overwritten(bundle_dir,
   assert 'my_tag' not in caption.read_text()
 
 
-# ----------------------------------------------------------- caption options ---
+# --------------------------------------------------------- caption options ---
 
 
 RESULT = {'rating': {'general': 0.9}, 'general': {

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import json
 import os
@@ -82,7 +81,8 @@ def wd_order(names, categories, counts) -> list[dict[str, Any]]:
             f' is none of the WD ratings {", ".join(WD_RATINGS)}; rename it '
             '(optionally with a "rating:" prefix) in the dataset.')
       ratings[wd] = i
-  rows = [{'name': wd, 'category': RATING, 'index_in_model': ratings.get(wd, -1),
+  rows = [{'name': wd, 'category': RATING,
+           'index_in_model': ratings.get(wd, -1),
            'count': int(counts[ratings[wd]]) if wd in ratings else 0}
           for wd in WD_RATINGS]
   others = sorted({c for c in categories} - {RATING, GENERAL, CHARACTER})
@@ -144,7 +144,7 @@ class Preprocess:
   normalises them as (x / 255 - mean) / std itself.
   """
   size: int
-  geometry: str = 'square'            # jaxtag.data.geometry: square | pad | native
+  geometry: str = 'square'            # square | pad | native (data/geometry.py)
   pad_colour: tuple[int, int, int] = (255, 255, 255)
   interpolation: str = 'bilinear'     # jaxtag.data.ops.INTERPOLATIONS
   mean: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -191,7 +191,8 @@ class Bundle:
   config: ml_collections.ConfigDict
   model: Any                       # jaxtag.models.Tagger
   variables: dict[str, Any]
-  tags: list[dict[str, Any]]       # rows: tag_id, name, category, count, index_in_model
+  # Rows: tag_id, name, category, count, index_in_model.
+  tags: list[dict[str, Any]]
   thresholds: dict[str, Any]
   preprocess: Preprocess
   info: dict[str, Any]

@@ -41,6 +41,7 @@ from jaxtag import metrics as metrics_lib
 from jaxtag import thresholds as thresholds_lib
 from jaxtag import train
 from jaxtag.serving import bundle as bundle_lib
+from jaxtag.serving import stablehlo
 
 FORMATS = ('bundle', 'stablehlo', 'onnx')
 _GRID_BINS = 100
@@ -155,11 +156,10 @@ def convert(workdir: str, out: str, *, step: int | None = None,
       info={'step': step, 'workdir': str(workdir)}, label_stats=label_stats)
   logging.info('Wrote the bundle of %s step %d to %s', workdir, step, out)
   if fmt == 'stablehlo':
-    from jaxtag.serving import stablehlo  # pylint: disable=import-outside-toplevel
     stablehlo.export_bundle(bundle_lib.load_bundle(out), out)
   elif fmt == 'onnx':
-    try:
-      from jaxtag.serving import onnx_export  # pylint: disable=import-outside-toplevel
+    try:  # imported here: the onnx extra is optional
+      from jaxtag.serving import onnx_export  # pylint: disable=C0415
     except ImportError as e:
       raise RuntimeError(
           '--format onnx needs jaxtag.serving.onnx_export and the `onnx` '
