@@ -146,6 +146,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.eval.batch_size = 128
   c.eval.threshold = 0.5                       # the 'global' policy's value
   c.eval.top_k = 3
+  # PNG plots (precision-recall, per-tag AP, label graph, ...) in
+  # workdir/plots and TensorBoard after each results file (jaxtag/plots.py;
+  # needs the 'plots' extra).
+  c.eval.plots = True
   # 'global' (eval.threshold), 'category' (eval.category_thresholds), 'tag'
   # (per tag, fitted on the eval split), 'linear' (a linear function of the
   # score vector, fitted on the eval split; Vallet & Sakamoto).

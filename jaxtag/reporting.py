@@ -81,3 +81,15 @@ class Progress:
             f' | eta {int(eta) // 60}m{int(eta) % 60:02d}s')
     logging.info('%s', line)
     return line
+
+
+def write_images(workdir: epath.PathLike, step: int,
+                 images: dict[str, Any]) -> None:
+  """TensorBoard images ({tag: [H, W, 3] uint8}) in workdir/tensorboard, on
+  process 0; a writer of their own, so eval-only runs can add them too."""
+  if jax.process_index() != 0 or not images:
+    return
+  tb = storage.tensorboard_writer(epath.Path(workdir) / 'tensorboard')
+  for tag, image in images.items():
+    tb.add_image(tag, image, int(step), dataformats='HWC')
+  tb.close()

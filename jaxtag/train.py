@@ -28,6 +28,7 @@ from jaxtag import evaluate as evaluate_lib
 from jaxtag import models
 from jaxtag import objectives
 from jaxtag import optim
+from jaxtag import plots
 from jaxtag import reporting
 from jaxtag import sharding
 from jaxtag import thresholds as thresholds_lib
@@ -36,6 +37,7 @@ from jaxtag.data import captions as captions_lib
 from jaxtag.data import device_feed as data_feed
 from jaxtag.data import geometry as geometry_lib
 from jaxtag.data import labels as labels_lib
+from jaxtag.data import ops
 from jaxtag.data import pipeline
 from jaxtag.data import sources
 from jaxtag.data import tag_metadata as tag_metadata_lib
@@ -344,7 +346,10 @@ class Run(Trainable):
                               tag_metadata=self.tags, thresholds=thresholds)
 
   def write_results(self, name: str, step: int, result: dict, pred: dict,
-                    thresholds: dict | None, extra: dict | None = None) -> None:
+                    thresholds: dict | None, extra: dict | None = None,
+                    constants=None) -> None:
+    """The results files and, from `pred` and the model's constants (its
+    label graph), the plots."""
     if jax.process_index() != 0:
       return
     evaluate_lib.write_results(
@@ -353,6 +358,22 @@ class Run(Trainable):
         vocabulary=self.vocabulary,
         header={'step': int(step), 'dataset': self.config.dataset.name,
                 **(extra or {})})
+    if self.config.eval.plots:
+      plots.write_run_plots(self.workdir, name, step, pred, self.tags,
+                            task=self.objective.task, constants=constants,
+                            examples=self._caption_examples(pred, extra))
+
+  def _caption_examples(self, pred, extra, count: int = 8):
+    """(images, captions) of the first evaluated images of a captioner."""
+    split = (extra or {}).get('split')
+    if self.vocabulary is None or split not in self._sources:
+      return None
+    source = self._sources[split]
+    images = [np.asarray(ops.decode_png(source[int(i)]['image']))
+              for i in pred['index'][:count]]
+    captions = [' '.join(self.vocabulary.decode(t.astype(np.int64)))
+                for t in pred['scores'][:count]]
+    return images, captions
 
 
 def _caption_vocabulary(config, workdir: str, train_source):
@@ -486,7 +507,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'steps_this_session': step - start_step,
       'skipped_train_images_this_process': _skipped(feed),
       'num_devices': jax.device_count(),
-      'num_processes': jax.process_count()})
+      'num_processes': jax.process_count()}, constants=state.constants)
   run.checkpointer.close()
   return test
 
@@ -520,7 +541,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if trained_on and trained_on != config.dataset.name:
     name = f'eval_{config.dataset.name.replace("/", "_")}_{split}'
   run.write_results(name, latest, result, pred, thresholds,
-                    {'split': split})
+                    {'split': split}, constants=state.constants)
   run.checkpointer.close()
   return result
 

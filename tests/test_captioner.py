@@ -181,6 +181,9 @@ def test_tiny_captioner_run_lowers_the_loss_and_reports_bleu(tiny_data_dir,
   assert 'girl' in vocab.words
   rows = open(f'{workdir}/results_captions.csv').read().splitlines()
   assert rows[0] == 'index,caption,reference' and len(rows) == 65
+  from PIL import Image
+  with Image.open(f'{workdir}/plots/results_captions.png') as figure:
+    assert figure.size[0] > 800  # 4 images a row, captions beneath
 
 
 def test_photo_config_draws_the_same_scenes_photographed(tiny_data_dir):

@@ -1,0 +1,281 @@
+"""The tagging page and its API: in-process on a fake tagger (fast), then
+`python -m jaxtag.serve` on a real bundle and in headless Chromium (slow)."""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+from PIL import ImageDraw
+
+from jaxtag import serve
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _png(width=64, height=48, colour=(200, 120, 60)) -> bytes:
+  image = Image.new('RGB', (width, height), colour)
+  ImageDraw.Draw(image).ellipse((8, 8, width // 2, height // 2),
+                                fill=(30, 30, 200))
+  buffer = io.BytesIO()
+  image.save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def _post(url, body, headers=None):
+  """(status, JSON body) of a POST, error statuses included."""
+  request = urllib.request.Request(url, data=body, method='POST',
+                                   headers=headers or {})
+  try:
+    with urllib.request.urlopen(request, timeout=120) as response:
+      return response.status, json.loads(response.read())
+  except urllib.error.HTTPError as e:
+    return e.code, json.loads(e.read())
+
+
+def _get(url):
+  with urllib.request.urlopen(url, timeout=60) as response:
+    return response.status, response.read()
+
+
+class FakeTagger:
+  """The Tagger's interface on numpy: tag i scores (mean red / 255) ** i."""
+
+  names = ['general', 'sensitive', 'questionable', 'explicit', 'hat',
+           'smile', 'blush', 'aoi_(synthetic)']
+  groups = {'rating': np.arange(4), 'general': np.array([4, 5, 6]),
+            'character': np.array([7])}
+  limits = np.array([0, 0, 0, 0, 0.3, 0.5, 0.7, 0.9], np.float32)
+
+  def scores(self, images):
+    red = np.array([np.asarray(x)[..., 0].mean() / 255 for x in images])
+    return (red[:, None] ** np.arange(len(self.names))).astype(np.float32)
+
+  def thresholds(self, scores):
+    return np.broadcast_to(self.limits, scores.shape)
+
+  def results(self, scores):
+    out = []
+    for row in scores:
+      result = {'rating': {self.names[i]: float(row[i]) for i in range(4)}}
+      for group in ('general', 'character'):
+        keep = [i for i in self.groups[group] if row[i] >= self.limits[i]]
+        result[group] = {self.names[i]: float(row[i]) for i in keep}
+      out.append(result)
+    return out
+
+
+@pytest.fixture
+def fake_server():
+  httpd = serve.make_server(FakeTagger(), port=0, max_mb=0.01,
+                            max_megapixels=0.01)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  host, port = httpd.server_address[:2]
+  yield f'http://{host}:{port}'
+  httpd.shutdown()
+  httpd.server_close()
+
+
+def test_decode_image_refuses_with_statuses():
+  ok = serve.decode_image(_png(), max_bytes=10**6, max_pixels=10**6)
+  assert ok.mode == 'RGB' and ok.size == (64, 48)
+  cases = [(b'', 10**6, 400, 'no image'),
+           (b'not an image', 10**6, 415, 'not an image'),
+           (_png(), 100, 413, r'at most 0\.0 MB'),
+           (_png(200, 100), 10**6, 413, 'megapixels')]  # 20,000 pixels
+  for body, max_bytes, status, words in cases:
+    with pytest.raises(serve.RequestError, match=words) as error:
+      serve.decode_image(body, max_bytes=max_bytes, max_pixels=10_000)
+    assert error.value.status == status
+
+
+def test_api_on_a_fake_tagger(fake_server):
+  body = _png(colour=(255, 0, 0))
+  expected = FakeTagger().scores([Image.open(io.BytesIO(body))])[0]
+  status, record = _post(fake_server + '/tag', body,
+                         {'X-Filename': 'red%20cat.png'})
+  assert status == 200
+  assert record['file'] == 'red cat.png'
+  assert list(record) == ['file', 'rating', 'general', 'character']
+  names = FakeTagger.names
+  # Every score s ** i; tags at or above their threshold are listed.
+  kept = {names[i]: float(expected[i]) for i in (4, 5, 6, 7)
+          if expected[i] >= FakeTagger.limits[i]}
+  assert {**record['general'], **record['character']} == pytest.approx(kept)
+  assert record['rating'] == pytest.approx(
+      {names[i]: float(expected[i]) for i in range(4)})
+
+  status, page = _post(fake_server + '/tag?all=1', body)
+  assert status == 200
+  assert page['thresholds'] == {'rating': 0.0, 'general': 0.5,
+                                'character': 0.9}
+  assert page['scores']['general'] == pytest.approx(
+      {names[i]: float(expected[i]) for i in (4, 5, 6)
+       if expected[i] >= serve.PAGE_MIN_SCORE})
+
+
+def test_api_errors_keep_the_server_serving(fake_server):
+  assert _post(fake_server + '/tag', b'')[0] == 400
+  status, record = _post(fake_server + '/tag', b'GIF89a broken')
+  assert status == 415 and 'not an image' in record['error']
+  assert _post(fake_server + '/tag', b'\0' * 20_000)[0] == 413
+  status, record = _post(fake_server + '/tag', _png(200, 100))
+  assert status == 413 and 'megapixels' in record['error']
+  assert _post(fake_server + '/other', _png())[0] == 404
+  status, page = _get(fake_server + '/')
+  assert status == 200 and b'<input type="file" id="file"' in page
+  assert b'http://' not in page and b'https://' not in page  # no CDN
+  assert _post(fake_server + '/tag', _png())[0] == 200
+
+
+def test_binds_to_localhost_by_default():
+  assert serve.parse_args(['--bundle', 'b']).host == '127.0.0.1'
+
+
+# ------------------------------------------------ a real bundle (slow) ---
+
+
+@pytest.fixture(scope='module')
+def bundle_dir(tiny_data_dir, tmp_path_factory):
+  """configs/default.py:tiny trained briefly and converted to a bundle."""
+  from jaxtag import config as config_lib
+  from jaxtag import train
+  config = config_lib.load_config_file('configs/default.py:tiny')
+  config.dataset.data_dir = tiny_data_dir
+  config.eval.plots = False
+  root = tmp_path_factory.mktemp('serve')
+  train.train_and_evaluate(config, str(root / 'run'))
+  subprocess.run(
+      [sys.executable, '-m', 'jaxtag.serving.convert', '--workdir',
+       str(root / 'run'), '--out', str(root / 'bundle')],
+      check=True, cwd=REPO, timeout=300)
+  return str(root / 'bundle')
+
+
+@pytest.fixture(scope='module')
+def server(bundle_dir, tmp_path_factory):
+  """`python -m jaxtag.serve` on a free port; yields its address."""
+  log = tmp_path_factory.mktemp('serve_log') / 'stderr.txt'
+  with open(log, 'w') as stderr:
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'jaxtag.serve', '--bundle', bundle_dir,
+         '--port', '0', '--max_mb', '0.05', '--max_megapixels', '0.5'],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
+  try:
+    line = process.stdout.readline()
+    if 'Serving' not in line:
+      process.wait(timeout=30)
+      pytest.fail(f'jaxtag.serve did not start: {line!r}\n{log.read_text()}')
+    yield line.split(' on ')[1].strip().rstrip('/')
+  finally:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_api_tags_an_image_as_the_tagger_does(server, bundle_dir):
+  from jaxtag.serving import tagger as tagger_lib
+  body = _png(96, 80)
+  status, record = _post(server + '/tag', body, {'X-Filename': 'a.png'})
+  assert status == 200
+  expected = tagger_lib.Tagger(bundle_dir, batch_size=1).tag(
+      [Image.open(io.BytesIO(body))])[0]
+  assert record['file'] == 'a.png'
+  for group in ('rating', 'general', 'character'):
+    assert list(record[group]) == list(expected[group])
+    assert record[group] == pytest.approx(expected[group], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_api_rejects_bad_requests_and_keeps_serving(server):
+  assert _post(server + '/tag', b'')[0] == 400
+  assert _post(server + '/tag', b'plain text, not an image')[0] == 415
+  assert _post(server + '/tag', os.urandom(60_000))[0] == 413
+  status, record = _post(server + '/tag', _png(1000, 800))
+  assert status == 413 and 'megapixels' in record['error']
+  status, health = _get(server + '/health')
+  assert status == 200 and json.loads(health)['ok']
+  assert _post(server + '/tag', _png())[0] == 200
+
+
+def _browser():
+  """Headless Chromium through Selenium and Debian's chromedriver."""
+  from selenium import webdriver
+  from selenium.webdriver.chrome.options import Options
+  from selenium.webdriver.chrome.service import Service
+  binary = shutil.which('chromium') or shutil.which('chromium-browser')
+  driver = shutil.which('chromedriver')
+  if not (binary and driver):
+    pytest.fail('Chromium and chromedriver are needed for the page test: '
+                'apt-get install -y chromium chromium-driver')
+  options = Options()
+  options.binary_location = binary
+  for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage',
+              '--disable-gpu', '--window-size=1280,900'):
+    options.add_argument(arg)
+  return webdriver.Chrome(options=options, service=Service(driver))
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium(server, tmp_path):
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.common.keys import Keys
+  from selenium.webdriver.support.ui import WebDriverWait
+  image = tmp_path / 'drawn.png'
+  image.write_bytes(_png(96, 80))
+  not_image = tmp_path / 'notes.txt'
+  not_image.write_text('not an image')
+  _, api = _post(server + '/tag?all=1', image.read_bytes())
+  browser = _browser()
+  try:
+    browser.get(server + '/')
+    browser.find_element(By.ID, 'file').send_keys(str(image))
+    listed = '#general li[data-tag]'
+    WebDriverWait(browser, 60).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, listed))
+
+    def shown(category):
+      return {e.get_attribute('data-tag'): float(e.get_attribute('data-score'))
+              for e in browser.find_elements(
+                  By.CSS_SELECTOR, f'#{category} li[data-tag]')}
+
+    slider = browser.find_element(By.CSS_SELECTOR,
+                                  '#general input[type=range]')
+    start = float(slider.get_attribute('value'))
+    assert start == pytest.approx(api['thresholds']['general'])
+    general = shown('general')
+    assert general == pytest.approx(
+        {t: s for t, s in api['scores']['general'].items() if s >= start})
+    assert list(shown('rating')) == sorted(
+        api['rating'], key=lambda t: -api['rating'][t])
+    caption = browser.find_element(By.ID, 'caption').get_attribute('value')
+    assert caption.split(', ')[:len(general)] == list(general)
+    browser.save_screenshot(str(tmp_path / 'page.png'))
+
+    # Moving the slider up (the keyboard's arrows) shrinks the list live.
+    slider.send_keys(Keys.ARROW_RIGHT * 10)
+    raised = float(slider.get_attribute('value'))
+    assert raised == pytest.approx(min(start + 0.1, 1.0))
+    fewer = shown('general')
+    assert fewer == pytest.approx(
+        {t: s for t, s in general.items() if s >= raised})
+    assert len(fewer) < len(general)
+
+    browser.find_element(By.ID, 'file').send_keys(str(not_image))
+    error = browser.find_element(By.ID, 'error')
+    WebDriverWait(browser, 30).until(lambda b: error.is_displayed())
+    assert error.text.startswith('Error 415')
+    assert not shown('general')
+    browser.save_screenshot(str(tmp_path / 'error.png'))
+  finally:
+    browser.quit()
+  with Image.open(tmp_path / 'page.png') as shot:
+    assert shot.size[0] >= 1000
