@@ -29,10 +29,12 @@ The head API, for a flax Module chosen by `config.model.head`:
 """
 from jaxtag.models.heads.linear import LinearHead
 from jaxtag.models.heads.lstm_decoder import LSTMDecoder
+from jaxtag.models.heads.mlgcn import MLGCNHead
 from jaxtag.models.heads.vallet import ValletHead
 
 HEADS = {
     'linear': LinearHead,
     'lstm_decoder': LSTMDecoder,
+    'mlgcn': MLGCNHead,
     'vallet': ValletHead,
 }
