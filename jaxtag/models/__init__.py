@@ -62,7 +62,7 @@ def build_model(model_config, num_classes: int, tag_metadata=None) -> Tagger:
 def declared_features(model: Tagger) -> tuple[tuple[str, ...],
                                               tuple[str, ...]]:
   """(batch_features, teacher_features) that the model's head receives."""
-  head = type(model.head)
+  head = model.head   # the instance: a head's declaration may hang on a field
   return (tuple(getattr(head, 'batch_features', ())),
           tuple(getattr(head, 'teacher_features', ())))
 
