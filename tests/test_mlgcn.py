@@ -250,3 +250,15 @@ def test_compare_two_tiny_configs(tiny_data_dir, tmp_path):
                           tags=['blush', 'mole'])
   assert again['wall_seconds_this_session'] == {}
   assert again['runs'][1]['metrics'] == results['runs'][1]['metrics']
+
+
+def test_benchmark_statistics_have_the_asked_density():
+  from jaxtag.bench import mlgcn as mlgcn_bench
+  tags = mlgcn_bench.synthetic_tags(2000, neighbours=10)
+  assert sp.issparse(tags.cooccurrence)
+  a = label_graph.correlation_matrix(tags.cooccurrence, tags.counts, tau=0.4,
+                                     p=0.2)
+  links = np.diff(a.indptr) - 1               # off the diagonal
+  assert 8 <= links.mean() <= 10.5 and links.min() >= 1
+  rows = mlgcn_bench.product_times((32,), (0.05,), width=4)
+  assert rows[0]['num_classes'] == 32 and rows[0]['bcoo_seconds'] > 0

@@ -81,7 +81,7 @@ def main(argv):
                   head_kwargs={'tau': 0.4, 'gcn_dims': (1024,),
                                'embedding': 'learned'}),
               'products': mlgcn_bench.product_times(
-                  (256, 1000, 2000, 4000), (0.001, 0.01, 0.05, 0.2),
+                  (256, 1000, 2000, 4000), (0.001, 0.003, 0.01, 0.05),
                   width=512)}
   else:
     if _CONFIG.value is None:
