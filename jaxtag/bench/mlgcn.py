@@ -3,10 +3,9 @@
 - head: for each number of tags C, the compiled train step of the config's
   backbone with the 'mlgcn' head (graph from synthetic statistics at a
   tagger's density: about 10 neighbours per tag) and with the 'linear'
-  head. Reports the FLOPs of XLA's cost analysis at `flop_batch` (compile
-  only, nothing runs) and the CPU time per step at `time_batch`; the head's
-  own FLOPs are those of its forward and backward pass alone on the
-  backbone's feature map.
+  head: FLOPs from XLA's cost analysis and CPU seconds per step. The
+  head's own FLOPs are those of its forward and backward pass alone on the
+  backbone's feature map (see `head_share` for the batch sizes).
 - products: seconds of A @ H plus its gradient with respect to H, with A a
   BCOO or a dense [C, C] matrix, over sizes and densities; what
   `MLGCNHead(adjacency='auto')` decides by.
@@ -112,24 +111,43 @@ def _time(trainable, state, batch, steps: int) -> float:
 def head_share(config, *, num_classes: Sequence[int], flop_batch: int,
                time_batch: int, steps: int, head_kwargs: dict,
                ) -> list[dict[str, Any]]:
+  """Per C: FLOPs and CPU seconds of the train step at `time_batch` with the
+  'mlgcn' and the 'linear' head, the heads' own FLOPs, and their shares.
+
+  Compiling a ResNet-50 train step takes minutes on a shared CPU, so the
+  step is compiled once per head, at `time_batch`. The share at
+  `flop_batch` is composed from measured parts: the step at `time_batch`,
+  plus (flop_batch - time_batch) times the backbone's FLOPs per image (the
+  linear step's FLOPs less its head's, per image), plus the head's growth
+  from `time_batch` to `flop_batch` (the head alone, compiled at both).
+  """
   rows = []
   for c in num_classes:
     tags = synthetic_tags(c, neighbours=8 if c < 1000 else 10)
-    row: dict[str, Any] = {'num_classes': c}
+    row: dict[str, Any] = {'num_classes': c, 'flop_batch': flop_batch,
+                           'time_batch': time_batch}
     for head in ('mlgcn', 'linear'):
-      cfg = _with_head(config, head, flop_batch, head_kwargs)
-      _, _, _, compiled = _step(cfg, tags, c)
-      row[f'{head}_step_flops'] = _flops(compiled)
-      row[f'{head}_head_flops'] = _head_flops(
-          cfg, tags, c, _feature_shape(cfg, c, flop_batch))
+      cfg = _with_head(config, head, time_batch, head_kwargs)
+      trainable, state, batch, compiled = _step(cfg, tags, c)
+      row[f'{head}_step_flops_at_time_batch'] = _flops(compiled)
+      for b in sorted({time_batch, flop_batch}):
+        row[f'{head}_head_flops_at_{b}'] = _head_flops(
+            cfg, tags, c, _feature_shape(cfg, c, b))
       if steps:
-        cfg = _with_head(config, head, time_batch, head_kwargs)
-        trainable, state, batch, _ = _step(cfg, tags, c)
         row[f'{head}_step_seconds'] = _time(trainable, state, batch, steps)
-    row['flop_batch'], row['time_batch'] = flop_batch, time_batch
-    row['mlgcn_flop_share'] = row['mlgcn_head_flops'] / row['mlgcn_step_flops']
-    row['mlgcn_extra_flop_share'] = 1 - (row['linear_step_flops']
-                                         / row['mlgcn_step_flops'])
+    t, f = time_batch, flop_batch
+    per_image = (row['linear_step_flops_at_time_batch']
+                 - row[f'linear_head_flops_at_{t}']) / t
+    for head in ('mlgcn', 'linear'):
+      whole = (row[f'{head}_step_flops_at_time_batch'] + (f - t) * per_image
+               + row[f'{head}_head_flops_at_{f}']
+               - row[f'{head}_head_flops_at_{t}'])
+      row[f'{head}_step_flops_at_{f}'] = whole
+      row[f'{head}_flop_share_at_{f}'] = row[f'{head}_head_flops_at_{f}'] / whole
+      row[f'{head}_flop_share_at_{t}'] = (
+          row[f'{head}_head_flops_at_{t}']
+          / row[f'{head}_step_flops_at_time_batch'])
+    row['backbone_flops_per_image'] = per_image
     if steps:
       row['mlgcn_extra_time_share'] = 1 - (row['linear_step_seconds']
                                            / row['mlgcn_step_seconds'])
