@@ -16,11 +16,11 @@ list of builders there are.
   python -m jaxtag.compare configs/mlgcn_anime.py:synthetic_baseline \
       configs/mlgcn_anime.py:synthetic --workdir runs/compare
 
-is the CPU comparison on `synthetic_anime/default` (README: "ML-GCN head, label graphs and
-`jaxtag.compare`"): `:synthetic` is a half-width DenseNet-121 at 96 px
-with the ML-GCN head, 3 epochs: 0.88 GFLOP per training image, 36 img/s
-measured on 2 shared cores at load average 4.7 (17 minutes a run), an
-estimated 9-12 minutes on 2 quiet ones;
+is the CPU comparison on `synthetic_anime/default` (README: "ML-GCN head,
+label graphs and `jaxtag.compare`"): `:synthetic` is a half-width
+DenseNet-121 at 96 px with the ML-GCN head, 3 epochs: 0.88 GFLOP per
+training image, 36 img/s measured on 2 shared cores at load average 4.7
+(17 minutes a run), an estimated 9-12 minutes on 2 quiet ones;
 `:synthetic_baseline` is the same network, data, optimiser and budget with
 the linear head and global average pooling (the paper's vanilla
 DenseNet-121). `:tiny` trains in seconds on `synthetic_anime/tiny`, for
