@@ -5,8 +5,12 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --config configs/bench_pipeline.py:cpu --pipeline
   python -m jaxtag.bench --what=metrics
   python -m jaxtag.bench --what=predict --config configs/vallet_pixiv.py:synthetic
+  python -m jaxtag.bench --what=mlgcn --config configs/bench_resnet.py:r50_224 \
+      --config.model.dtype=float32 --steps 2 --time_batch 4
 """
 import json
+
+import jax
 
 from absl import app
 from absl import flags
@@ -16,10 +20,13 @@ from jaxtag import storage
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
-_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'metrics', 'predict'],
+_WHAT = flags.DEFINE_enum('what', 'train',
+                          ['train', 'metrics', 'predict', 'mlgcn'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
-                          ' predict: FLOPs and time of the prediction path.')
+                          ' predict: FLOPs and time of the prediction path; '
+                          'mlgcn: the ML-GCN head\'s share of the train step '
+                          '(--classes) and BCOO vs dense graph products.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -28,6 +35,11 @@ _NUM_CLASSES = flags.DEFINE_integer(
 _PIPELINE = flags.DEFINE_bool('pipeline', False,
                               'Also time the whole input pipeline + step '
                               '(builds the config\'s dataset if missing).')
+_CLASSES = flags.DEFINE_list('classes', ['80', '1000', '10000'],
+                             '--what=mlgcn: numbers of tags.')
+_TIME_BATCH = flags.DEFINE_integer(
+    'time_batch', 4, '--what=mlgcn: batch of the timed steps (the FLOPs are '
+    'taken at config.batch_size).')
 _OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
                            'JSON file that the figures are appended to.')
 
@@ -54,6 +66,23 @@ def main(argv):
     result = {'benchmark': 'predict', **predict_bench.run(
         _CONFIG.value, num_classes=_NUM_CLASSES.value or 1000,
         steps=_STEPS.value, warmup=_WARMUP.value)}
+  elif _WHAT.value == 'mlgcn':
+    if _CONFIG.value is None:
+      raise app.UsageError('--config is required for --what=mlgcn.')
+    from jaxtag.bench import mlgcn as mlgcn_bench
+    config = _CONFIG.value
+    result = {'benchmark': 'mlgcn', 'backbone': config.model.backbone,
+              'image_size': config.data.image_size,
+              'device_kind': jax.devices()[0].device_kind,
+              'head_share': mlgcn_bench.head_share(
+                  config, num_classes=[int(c) for c in _CLASSES.value],
+                  flop_batch=config.batch_size, time_batch=_TIME_BATCH.value,
+                  steps=_STEPS.value,
+                  head_kwargs={'tau': 0.4, 'gcn_dims': (1024,),
+                               'embedding': 'learned'}),
+              'products': mlgcn_bench.product_times(
+                  (256, 1000, 2000, 4000), (0.001, 0.003, 0.01, 0.05),
+                  width=512)}
   else:
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=train.')

@@ -27,14 +27,18 @@ The head API, for a flax Module chosen by `config.model.head`:
   They are saved and restored with the state and reach the compiled step
   as arguments, not literals.
 """
+from jaxtag.models.heads.addgcn import ADDGCNHead
 from jaxtag.models.captioner import ShowAttendTell
 from jaxtag.models.heads.linear import LinearHead
 from jaxtag.models.heads.lstm_decoder import LSTMDecoder
+from jaxtag.models.heads.mlgcn import MLGCNHead
 from jaxtag.models.heads.vallet import ValletHead
 
 HEADS = {
+    'addgcn': ADDGCNHead,
     'linear': LinearHead,
     'lstm_decoder': LSTMDecoder,
+    'mlgcn': MLGCNHead,
     'show_attend_tell': ShowAttendTell,
     'vallet': ValletHead,
 }

@@ -1,0 +1,40 @@
+r"""Writes ML-GCN's adjacency pickle from a built dataset's train statistics.
+
+  python -m jaxtag.data.export_graph synthetic_anime/default \
+      --data_dir DIR --out adj.pkl
+
+The pickle is `{'adj': [C, C] co-occurrence counts (zero diagonal), 'nums':
+[C] train images per tag}`, the file ML-GCN's reference code reads
+(util.gen_A), in the tag order of the dataset's selected_tags.csv.
+"""
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+
+from jaxtag import label_graph
+from jaxtag.data import build
+from jaxtag.data import tag_metadata
+
+# --data_dir is jaxtag.data.build's flag: where the TFDS data is.
+_OUT = flags.DEFINE_string('out', 'adj.pkl', 'The pickle to write.')
+
+
+def export(name: str, data_dir: str | None, out: str) -> int:
+  """Writes the pickle of dataset `name`; returns its number of tags."""
+  builder = build.get_builder(name, data_dir)
+  tags = tag_metadata.load_tag_metadata(builder.data_dir)
+  label_graph.write_mlgcn_pickle(out, tags.cooccurrence, tags.counts)
+  return len(tags.names)
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError('usage: python -m jaxtag.data.export_graph '
+                         'NAME/CONFIG [--data_dir DIR] [--out adj.pkl]')
+  num = export(argv[1], flags.FLAGS.data_dir, _OUT.value)
+  print(f'{argv[1]}: {num} tags -> {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
