@@ -137,7 +137,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     value fails before any file is read)."""
     self.geometry()
     self.image_format()
-    self.split_fractions()
+    if hasattr(self.builder_config, 'split_fractions'):  # VOC, COCO: fixed
+      self.split_fractions()
     root = dl_manager.manual_dir
     if root is None or not epath.Path(root).exists():
       raise FileNotFoundError(
