@@ -1,0 +1,1 @@
+"""Serving: bundles, export to other runtimes, tagging, weight import."""
