@@ -247,8 +247,9 @@ def _jaxtag_features(arch, converted, image, **backbone_kwargs):
     for p in parents:
       node = node.setdefault(p, {})
     node[leaf] = jnp.asarray(value)
-  out = backbone.apply(variables, jnp.asarray(image.transpose(0, 2, 3, 1),
-                                              jnp.float32), train=False)
+  apply = jax.jit(lambda v, x: backbone.apply(v, x, train=False))
+  out = apply(variables, jnp.asarray(image.transpose(0, 2, 3, 1),
+                                     jnp.float32))
   return np.asarray(out).transpose(0, 3, 1, 2)
 
 
@@ -298,6 +299,7 @@ def test_pth_reader_follows_strides_and_offsets(tmp_path):
   np.testing.assert_array_equal(loaded['b'], [[2, 4, 6], [3, 5, 7]])
 
 
+@pytest.mark.slow
 def test_resnet50_matches_torchvision_forward(tmp_path):
   sd = resnet50_state_dict()
   path = tmp_path / 'resnet50.safetensors'
