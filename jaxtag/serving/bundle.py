@@ -1,0 +1,378 @@
+"""The inference bundle: a folder that serves a trained tagger without Orbax.
+
+Files (written by `jaxtag.serving.convert`, read by `load_bundle`):
+- `params.safetensors`: the model's variables for inference only (params,
+  batch_stats, constants; no optimiser state), keys flattened with '/' as
+  'params/backbone/.../kernel'.
+- `config.json`: the run's config, from which `jaxtag.models` rebuilds the
+  flax Tagger.
+- `selected_tags.csv` (`tag_id,name,category,count`) in the WD tagger order:
+  the 4 rating tags first (general, sensitive, questionable, explicit), then
+  every general tag, then every character tag, then tags of any other
+  category. Front ends index the outputs by these rows.
+- `bundle.json`: for each row, its column in the model's output
+  (`index_in_model`, -1 for a rating the model lacks, which scores 0), and
+  the step and workdir it came from.
+- `thresholds.json`: the run's saved policy (in model order) and per-tag
+  thresholds in bundle order (see jaxtag/serving/convert.py).
+- `preprocess.json`: image size, eval geometry, pad colour, interpolation,
+  mean/std and channel order.
+- `label_stats.npz`: only for heads that take the dataset's tag statistics.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import safetensors.numpy
+
+from jaxtag import models
+from jaxtag import objectives
+from jaxtag import thresholds as thresholds_lib
+from jaxtag.data import tag_metadata as tag_metadata_lib
+
+PARAMS = 'params.safetensors'
+CONFIG = 'config.json'
+TAGS = 'selected_tags.csv'
+INFO = 'bundle.json'
+THRESHOLDS = 'thresholds.json'
+PREPROCESS = 'preprocess.json'
+LABEL_STATS = 'label_stats.npz'
+FORMAT_VERSION = 1
+
+COLLECTIONS = ('params', 'batch_stats', 'constants')
+# Danbooru category ids (as selected_tags.csv writes them) and the WD order.
+RATING, GENERAL, CHARACTER = 9, 0, 4
+WD_RATINGS = ('general', 'sensitive', 'questionable', 'explicit')
+TAG_COLUMNS = ('tag_id', 'name', 'category', 'count')
+
+
+# ---------------------------------------------------------------- tag order ---
+
+
+def rating_name(name: str) -> str:
+  """'rating:general' and 'general' both name the WD rating 'general'."""
+  return name.split(':', 1)[1] if name.startswith('rating:') else name
+
+
+def wd_order(names, categories, counts) -> list[dict[str, Any]]:
+  """Bundle rows in the WD order, each with its `index_in_model`.
+
+  Ratings the model lacks get index -1 (they score 0). A rating tag whose
+  name is none of the four WD ratings is an error: front ends read exactly
+  four ratings.
+  """
+  categories = [int(c) for c in categories]
+  ratings = {}
+  for i, (name, category) in enumerate(zip(names, categories)):
+    if category == RATING:
+      wd = rating_name(name)
+      if wd not in WD_RATINGS:
+        raise ValueError(
+            f'Rating tag {name!r} (index {i} of the run\'s selected_tags.csv)'
+            f' is none of the WD ratings {", ".join(WD_RATINGS)}; rename it '
+            '(optionally with a "rating:" prefix) in the dataset.')
+      ratings[wd] = i
+  rows = [{'name': wd, 'category': RATING,
+           'index_in_model': ratings.get(wd, -1),
+           'count': int(counts[ratings[wd]]) if wd in ratings else 0}
+          for wd in WD_RATINGS]
+  others = sorted({c for c in categories} - {RATING, GENERAL, CHARACTER})
+  for category in (GENERAL, CHARACTER, *others):
+    rows += [{'name': names[i], 'category': category, 'index_in_model': i,
+              'count': int(counts[i])}
+             for i, c in enumerate(categories) if c == category]
+  for tag_id, row in enumerate(rows):
+    row['tag_id'] = tag_id
+  return rows
+
+
+def tags_csv(rows) -> str:
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(TAG_COLUMNS)
+  for row in rows:
+    writer.writerow([row[k] for k in TAG_COLUMNS])
+  return out.getvalue()
+
+
+# -------------------------------------------------------------- variables ---
+
+
+def flatten(tree, prefix: str = '') -> dict[str, np.ndarray]:
+  """{'params': {'head': {'kernel': x}}} -> {'params/head/kernel': x}."""
+  out = {}
+  for key, value in tree.items():
+    if '/' in str(key):
+      raise ValueError(f'Variable name {key!r} contains "/", which the bundle '
+                       'uses to separate nested keys.')
+    path = f'{prefix}{key}'
+    if isinstance(value, dict) or hasattr(value, 'items'):
+      out.update(flatten(value, path + '/'))
+    else:
+      out[path] = np.asarray(value)
+  return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {c: {} for c in COLLECTIONS}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split('/')
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+# ------------------------------------------------------------ preprocess ---
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """How an image becomes the model's input, as the run evaluated it.
+
+  Pixels enter `Bundle.predict` as uint8 in `channel_order`; the model
+  normalises them as (x / 255 - mean) / std itself.
+  """
+  size: int
+  geometry: str = 'square'            # square | pad | native (data/geometry.py)
+  pad_colour: tuple[int, int, int] = (255, 255, 255)
+  interpolation: str = 'bilinear'     # jaxtag.data.ops.INTERPOLATIONS
+  mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+  std: tuple[float, ...] = (0.5, 0.5, 0.5)
+  channel_order: str = 'RGB'
+  bucket_aspects: tuple[float, ...] = (1.0, 1.5, 2.0)
+
+  @classmethod
+  def from_config(cls, config) -> 'Preprocess':
+    return cls(size=int(config.data.image_size),
+               geometry=config.eval.geometry,
+               interpolation=config.data.interpolation,
+               mean=tuple(float(v) for v in config.data.mean),
+               std=tuple(float(v) for v in config.data.std),
+               bucket_aspects=tuple(float(a)
+                                    for a in config.eval.bucket_aspects))
+
+  @classmethod
+  def from_json(cls, record: dict) -> 'Preprocess':
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v
+                  for k, v in record.items() if k in known})
+
+  def to_json(self) -> dict:
+    return {**dataclasses.asdict(self), 'input': 'uint8 NHWC, 0-255'}
+
+
+def normalize(image, preprocess: Preprocess, dtype):
+  """uint8 pixels -> (x / 255 - mean) / std in the model's compute dtype."""
+  scale = jnp.asarray([1.0 / (255.0 * s) for s in preprocess.std], jnp.float32)
+  shift = jnp.asarray([m / s for m, s in zip(preprocess.mean, preprocess.std)],
+                      jnp.float32)
+  return (image.astype(jnp.float32) * scale - shift).astype(dtype)
+
+
+# ------------------------------------------------------------------ bundle ---
+
+
+@dataclasses.dataclass
+class Bundle:
+  """A loaded bundle. `predict` returns scores [B, len(tags)] in bundle
+  order; `model_scores` the same scores in the model's own order."""
+  directory: str
+  config: ml_collections.ConfigDict
+  model: Any                       # jaxtag.models.Tagger
+  variables: dict[str, Any]
+  # Rows: tag_id, name, category, count, index_in_model.
+  tags: list[dict[str, Any]]
+  thresholds: dict[str, Any]
+  preprocess: Preprocess
+  info: dict[str, Any]
+
+  def __post_init__(self):
+    self.objective = objectives.get_objective(
+        self.config.loss, self.config.dataset.label_encoding)
+    self.predict_keys, _ = models.declared_features(self.model)
+    self.num_model_classes = int(self.info['num_classes'])
+    index = np.array([r['index_in_model'] for r in self.tags], np.int32)
+    # A rating the model lacks reads the appended zero column.
+    self.gather_index = np.where(index < 0, self.num_model_classes, index)
+    self._model_scores = jax.jit(self.model_scores_fn)
+    self._predict = jax.jit(self.predict_fn)
+
+  @property
+  def names(self) -> list[str]:
+    return [r['name'] for r in self.tags]
+
+  @property
+  def categories(self) -> np.ndarray:
+    return np.array([r['category'] for r in self.tags])
+
+  def model_scores_fn(self, variables, images, image_mask=None, **features):
+    """Pure: uint8 images [B, H, W, 3] -> the objective's scores [B, C]."""
+    missing = sorted(set(self.predict_keys) - set(features))
+    if missing:
+      raise ValueError(
+          f'The head declares batch features {missing} for prediction; pass '
+          'them as keyword arguments to predict().')
+    dtype = models.DTYPES[self.config.model.dtype]
+    spatial = {} if image_mask is None else {'image_mask': image_mask}
+    outputs = self.model.apply(
+        variables, normalize(images, self.preprocess, dtype),
+        method='predict', **spatial,
+        **{k: features[k] for k in self.predict_keys})
+    return self.objective.scores(outputs)
+
+  def predict_fn(self, variables, images, image_mask=None, **features):
+    """Pure: uint8 images -> scores [B, len(tags)] in bundle order."""
+    scores = self.model_scores_fn(variables, images, image_mask, **features)
+    zeros = jnp.zeros((scores.shape[0], 1), scores.dtype)
+    return jnp.concatenate([scores, zeros], axis=1)[:, self.gather_index]
+
+  def model_scores(self, images, image_mask=None, **features) -> np.ndarray:
+    return np.asarray(self._model_scores(self.variables, images, image_mask,
+                                         **features))
+
+  def predict(self, images, image_mask=None, **features) -> np.ndarray:
+    """uint8 images [B, H, W, 3] (as `preprocess` prepares them) ->
+    scores [B, len(tags)] in bundle order."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'predict() takes uint8 images [B, H, W, 3]; got '
+                       f'{images.dtype} {images.shape}.')
+    return np.asarray(self._predict(self.variables, images, image_mask,
+                                    **features))
+
+  def to_model_order(self, scores) -> np.ndarray:
+    """Bundle-order scores [N, T] -> model-order scores [N, C]."""
+    scores = np.asarray(scores)
+    out = np.zeros((scores.shape[0], self.num_model_classes), scores.dtype)
+    present = self.gather_index < self.num_model_classes
+    out[:, self.gather_index[present]] = scores[:, present]
+    return out
+
+  def threshold_values(self, scores, policy: str = 'run') -> np.ndarray:
+    """Thresholds broadcastable against bundle-order scores [N, T].
+
+    policy: 'run' (the run's saved policy, linear included), 'category',
+    'f1' or 'precision_recall' (per tag, tuned on the validation split).
+    """
+    scores = np.asarray(scores, np.float32)
+    if policy == 'run':
+      record = self.thresholds['run']
+      model = thresholds_lib.apply(record, self.to_model_order(scores))
+      if model.ndim == 2:   # linear: one threshold per image
+        return model.astype(np.float32)
+      padded = np.append(model, np.float32(1.0))
+      return padded[self.gather_index].astype(np.float32)
+    per_tag = self.thresholds['per_tag']
+    if policy not in per_tag:
+      raise ValueError(f'Unknown threshold policy {policy!r}; valid: run, '
+                       f'{", ".join(per_tag)}.')
+    return np.asarray(per_tag[policy], np.float32)
+
+
+def _read_json(directory: str, name: str) -> Any:
+  path = os.path.join(directory, name)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} is missing: {directory} is not a complete jaxtag bundle. '
+        'Write one with `python -m jaxtag.serving.convert --workdir RUN '
+        '--out BUNDLE`.')
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def read_tags(directory: str, info: dict) -> list[dict[str, Any]]:
+  path = os.path.join(directory, TAGS)
+  with open(path, encoding='utf-8', newline='') as f:
+    reader = csv.DictReader(f)
+    if tuple(reader.fieldnames or ()) != TAG_COLUMNS:
+      raise ValueError(f'{path} has columns {reader.fieldnames}; expected '
+                       f'{",".join(TAG_COLUMNS)}.')
+    rows = [{'tag_id': int(r['tag_id']), 'name': r['name'],
+             'category': int(r['category']), 'count': int(r['count'])}
+            for r in reader]
+  index = info['index_in_model']
+  if len(index) != len(rows):
+    raise ValueError(f'{path} has {len(rows)} tags but {INFO} maps '
+                     f'{len(index)}: the bundle files come from different '
+                     'conversions.')
+  for row, i in zip(rows, index):
+    row['index_in_model'] = int(i)
+  return rows
+
+
+def load_bundle(directory: str) -> Bundle:
+  """Rebuilds the model from config.json and loads its variables."""
+  directory = os.fspath(directory)
+  info = _read_json(directory, INFO)
+  if info.get('format_version') != FORMAT_VERSION:
+    raise ValueError(f'{os.path.join(directory, INFO)} has format version '
+                     f'{info.get("format_version")}; this jaxtag reads '
+                     f'{FORMAT_VERSION}. Convert the run again.')
+  config = ml_collections.ConfigDict(_read_json(directory, CONFIG))
+  tags = read_tags(directory, info)
+  metadata = None
+  stats_path = os.path.join(directory, LABEL_STATS)
+  if os.path.exists(stats_path):
+    with np.load(stats_path) as stats:
+      metadata = tag_metadata_lib.TagMetadata(
+          names=list(info['model_tags']),
+          categories=np.asarray(info['model_categories']),
+          counts=stats['counts'], cooccurrence=stats['cooccurrence'],
+          num_images=int(stats['num_images']))
+  model = models.build_model(config.model, int(info['num_classes']),
+                             tag_metadata=metadata)
+  variables = unflatten(safetensors.numpy.load_file(
+      os.path.join(directory, PARAMS)))
+  variables = jax.tree.map(jnp.asarray, variables)
+  return Bundle(directory=directory, config=config, model=model,
+                variables=variables, tags=tags,
+                thresholds=_read_json(directory, THRESHOLDS),
+                preprocess=Preprocess.from_json(
+                    _read_json(directory, PREPROCESS)),
+                info=info)
+
+
+def write_bundle(directory: str, *, config, variables, names, categories,
+                 counts, thresholds: dict, preprocess: Preprocess,
+                 info: dict, label_stats: dict | None = None) -> list[dict]:
+  """Writes every bundle file; returns the bundle's tag rows.
+
+  `thresholds['per_tag']` values are in model order here and are written in
+  bundle order (a missing rating gets 1.0: it never fires).
+  """
+  os.makedirs(directory, exist_ok=True)
+  rows = wd_order(names, categories, counts)
+  index = [r['index_in_model'] for r in rows]
+  flat = flatten({c: variables.get(c, {}) for c in COLLECTIONS})
+  safetensors.numpy.save_file(
+      {k: np.ascontiguousarray(v) for k, v in flat.items()},
+      os.path.join(directory, PARAMS), metadata={'format': 'jaxtag'})
+  per_tag = {name: [1.0 if i < 0 else float(values[i]) for i in index]
+             for name, values in thresholds.get('per_tag', {}).items()}
+  files = {
+      CONFIG: json.loads(config.to_json_best_effort()),
+      INFO: {'format_version': FORMAT_VERSION, 'num_classes': len(names),
+             'index_in_model': index, 'model_tags': list(names),
+             'model_categories': [int(c) for c in categories], **info},
+      THRESHOLDS: {**thresholds, 'per_tag': per_tag},
+      PREPROCESS: preprocess.to_json(),
+  }
+  for name, record in files.items():
+    with open(os.path.join(directory, name), 'w', encoding='utf-8') as f:
+      json.dump(record, f, indent=1)
+  with open(os.path.join(directory, TAGS), 'w', encoding='utf-8') as f:
+    f.write(tags_csv(rows))
+  if label_stats is not None:
+    np.savez(os.path.join(directory, LABEL_STATS), **label_stats)
+  return rows

@@ -1,0 +1,204 @@
+r"""Turns a training run into an inference bundle (jaxtag/serving/bundle.py).
+
+  python -m jaxtag.serving.convert --workdir RUN --out BUNDLE [--step N] \
+      [--format bundle|stablehlo|onnx]
+
+Reads the run's config.json and its Orbax checkpoint (the latest, or
+`--step`), keeps the inference variables (params, batch_stats, constants;
+no optimiser state) and writes them with the tag list, preprocessing and
+thresholds. Thresholds in `thresholds.json`:
+- `run`: the policy the run saved (its workdir's thresholds.json, fitted
+  on the validation split at the end of training), in model order;
+- `by_category`: general and character values (config.eval.
+  category_thresholds: 0.35 and 0.85 by default);
+- `per_tag` (bundle order): `category` (those values per tag), `f1` (the
+  grid threshold of best F1 on the validation split) and
+  `precision_recall` (the grid threshold where the number of predicted
+  positives is closest to the number of true positives, so precision
+  equals recall as nearly as the grid allows). Tags without positives on
+  the validation split keep their category value.
+
+`--format stablehlo` also writes `model.stablehlo` (jaxtag/serving/
+stablehlo.py); `--format onnx` writes `model.onnx` through
+jaxtag.serving.onnx_export.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from jaxtag import evaluate as evaluate_lib
+from jaxtag import metrics as metrics_lib
+from jaxtag import thresholds as thresholds_lib
+from jaxtag import train
+from jaxtag.serving import bundle as bundle_lib
+from jaxtag.serving import stablehlo
+
+FORMATS = ('bundle', 'stablehlo', 'onnx')
+_GRID_BINS = 100
+
+
+def precision_recall_per_tag(scores, labels, default,
+                             bins: int = _GRID_BINS) -> np.ndarray:
+  """[C]: per tag, the grid threshold j / bins (0 < j < bins) where the
+  predicted positives are closest in number to the true ones (precision =
+  tp / predicted, recall = tp / true: equal when those counts are). The
+  lowest of tied thresholds wins; a tag without positives gets `default`."""
+  scores = np.asarray(scores, np.float32)
+  targets = np.asarray(labels) > 0.5
+  pos, every = metrics_lib.bin_counts(scores, targets, np.ones_like(targets),
+                                      bins)
+  predicted = np.cumsum(every[:, ::-1], axis=1)[:, ::-1][:, 1:]
+  true = pos.sum(axis=1, keepdims=True)
+  best = (np.argmin(np.abs(predicted - true), axis=1) + 1) / bins
+  return np.where(true[:, 0] > 0, best, np.asarray(default, np.float64))
+
+
+def tuned_thresholds(eval_config, scores, labels, tag_metadata,
+                     run_record: dict) -> dict:
+  """thresholds.json's content, `per_tag` still in model order."""
+  by_category = {name: float(eval_config.category_thresholds[name])
+                 for name in ('general', 'character')}
+  category = thresholds_lib.category_values(eval_config,
+                                            tag_metadata.categories)
+  per_tag = {'category': category.tolist()}
+  if scores is not None:
+    per_tag['f1'] = np.where(
+        np.asarray(labels).sum(0) > 0,
+        thresholds_lib.best_f1_per_tag(scores, labels, 0.5),
+        category).tolist()
+    per_tag['precision_recall'] = precision_recall_per_tag(
+        scores, labels, category).tolist()
+  return {'run': run_record, 'by_category': by_category, 'per_tag': per_tag}
+
+
+def read_run_config(workdir: str,
+                    data_dir: str | None = None) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    raise FileNotFoundError(f'{path} is missing: {workdir} is not a jaxtag '
+                            'training workdir (train it with jaxtag.main).')
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  if data_dir:
+    config.dataset.data_dir = data_dir
+  return config
+
+
+def saved_steps(checkpoints: epath.Path) -> list[int]:
+  if not checkpoints.exists():
+    return []
+  return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+
+
+def convert(workdir: str, out: str, *, step: int | None = None,
+            fmt: str = 'bundle', data_dir: str | None = None,
+            image_size: int | None = None) -> str:
+  """Writes the bundle of `workdir`'s checkpoint to `out`; returns `out`."""
+  if fmt not in FORMATS:
+    raise ValueError(f'Unknown --format {fmt!r}; valid: {", ".join(FORMATS)}.')
+  config = read_run_config(workdir, data_dir)
+  run = train.Run(config, workdir)
+  steps = saved_steps(epath.Path(run.checkpointer.directory))
+  if not steps:
+    raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}: '
+                            'train the run first.')
+  step = steps[-1] if step is None else int(step)
+  if step not in steps:
+    raise ValueError(f'--step {step} is not in {run.checkpointer.directory}; '
+                     f'saved steps: {", ".join(map(str, steps))}.')
+  state = run.checkpointer.restore(step, run.abstract_state)
+  run.checkpointer.close()
+
+  # Validation scores tune the per-tag thresholds (multi-label tasks).
+  scores = labels = None
+  if run.objective.task == 'multi_label':
+    pred = evaluate_lib.predict(run.eval_step, state,
+                                run.eval_batches(config.dataset.eval_split),
+                                run.mesh, workdir, 'convert')
+    scores, labels = pred['scores'], pred['labels']
+  if (epath.Path(workdir) / thresholds_lib.FILENAME).exists():
+    run_record = thresholds_lib.load(workdir)
+  elif scores is not None:
+    logging.warning('%s has no thresholds.json (training did not finish); '
+                    'fitting config.eval.thresholds on the validation split.',
+                    workdir)
+    run_record = thresholds_lib.fit(config.eval, scores, labels, run.tags)
+  else:
+    run_record = {'policy': 'global', 'tags': run.tags.names,
+                  'per_tag': [float(config.eval.threshold)] * run.num_classes}
+  thresholds = tuned_thresholds(config.eval, scores, labels, run.tags,
+                                run_record)
+
+  variables = jax.device_get({'params': state.params,
+                              'batch_stats': state.batch_stats,
+                              'constants': state.constants})
+  # Heads built from the dataset's tag statistics (a label graph) need them
+  # again to be rebuilt.
+  label_stats = None
+  if 'tag_metadata' in {f.name for f in dataclasses.fields(run.model.head)}:
+    label_stats = {'counts': run.tags.counts,
+                   'cooccurrence': run.tags.cooccurrence,
+                   'num_images': np.int64(run.tags.num_images)}
+  bundle_lib.write_bundle(
+      out, config=config, variables=variables, names=run.tags.names,
+      categories=run.tags.categories, counts=run.tags.counts,
+      thresholds=thresholds,
+      preprocess=bundle_lib.Preprocess.from_config(config),
+      info={'step': step, 'workdir': str(workdir)}, label_stats=label_stats)
+  logging.info('Wrote the bundle of %s step %d to %s', workdir, step, out)
+  if fmt == 'stablehlo':
+    stablehlo.export_bundle(bundle_lib.load_bundle(out), out)
+  elif fmt == 'onnx':
+    try:  # imported here: the onnx extra is optional
+      from jaxtag.serving import onnx_export  # pylint: disable=C0415
+    except ImportError as e:
+      raise RuntimeError(
+          '--format onnx needs jaxtag.serving.onnx_export and the `onnx` '
+          f'extra (pip install "jaxtag[onnx]"): {e}. The bundle itself was '
+          f'written to {out}.') from e
+    onnx_export.export_onnx(bundle_lib.load_bundle(out), out,
+                            image_size=image_size or 448)
+  return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog='python -m jaxtag.serving.convert',
+      description='Converts a training run into an inference bundle.')
+  parser.add_argument('--workdir', required=True,
+                      help='The training run to convert.')
+  parser.add_argument('--out', required=True, help='The bundle folder.')
+  parser.add_argument('--step', type=int, default=None,
+                      help='Checkpoint step (default: the latest).')
+  parser.add_argument('--format', default='bundle', choices=FORMATS,
+                      help='bundle; stablehlo or onnx also write '
+                      'model.stablehlo or model.onnx into it.')
+  parser.add_argument('--data_dir', default=None,
+                      help="TFDS data_dir, when not the run's own.")
+  parser.add_argument('--image_size', type=int, default=None,
+                      help='ONNX input size (default 448).')
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  try:
+    convert(args.workdir, args.out, step=args.step, fmt=args.format,
+            data_dir=args.data_dir, image_size=args.image_size)
+  except (FileNotFoundError, ValueError, RuntimeError) as e:
+    sys.exit(f'Error: {e}')
+  print(os.path.abspath(args.out))
+
+
+if __name__ == '__main__':
+  main()

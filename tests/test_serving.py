@@ -1,0 +1,365 @@
+"""Inference bundles: tag order, variables, thresholds, predictions, StableHLO.
+
+Fast tests use bundles of randomly initialised tiny models
+(tests/serving_fixtures.py) and compare them with the trainer's eval step;
+slow ones train configs/default.py:tiny once and convert it.
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+from PIL import Image
+
+import serving_fixtures as fx
+from jaxtag import checkpoint as checkpoint_lib
+from jaxtag import evaluate as evaluate_lib
+from jaxtag import sharding
+from jaxtag import train
+from jaxtag.data import sources
+from jaxtag.serving import bundle as bundle_lib
+from jaxtag.serving import convert as convert_lib
+from jaxtag.serving import images as images_lib
+from jaxtag.serving import stablehlo
+from jaxtag.serving import tagger as tagger_lib
+
+
+def _images(n, size=32, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3),
+                                              dtype=np.uint8)
+
+
+@pytest.fixture
+def random_bundle():
+  return fx.shared_bundle()
+
+
+# ---------------------------------------------------------------- tag order ---
+
+
+def test_wd_order_puts_the_four_ratings_first_then_general_then_character():
+  rows = bundle_lib.wd_order(fx.NAMES, fx.CATEGORIES, np.arange(10) + 1)
+  assert [r['name'] for r in rows] == [
+      'general', 'sensitive', 'questionable', 'explicit',
+      '1girl', '^_^', 'long_hair', 'smile_(happy)', 'solo', 'white_background',
+      'hakurei_reimu', 'kirisame_marisa']
+  assert [r['index_in_model'] for r in rows] == [1, -1, -1, 5, 0, 3, 4, 6, 8,
+                                                 9, 2, 7]
+  assert [r['count'] for r in rows][:5] == [2, 0, 0, 6, 1]
+  assert [r['tag_id'] for r in rows] == list(range(12))
+  assert [r['category'] for r in rows] == [9] * 4 + [0] * 6 + [4] * 2
+
+
+def test_a_rating_that_is_not_a_wd_rating_is_an_error():
+  with pytest.raises(ValueError, match='rating:safe.*general, sensitive'):
+    bundle_lib.wd_order(['rating:safe'], [9], [1])
+
+
+def test_selected_tags_csv_has_the_wd_header(random_bundle):
+  with open(os.path.join(random_bundle[0], 'selected_tags.csv')) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == 'tag_id,name,category,count'
+  assert lines[1:5] == ['0,general,9,90', '1,sensitive,9,0',
+                        '2,questionable,9,0', '3,explicit,9,50']
+  assert lines[5] == '4,1girl,0,100'
+
+
+# -------------------------------------------------------------- variables ---
+
+
+def test_params_file_holds_the_inference_variables_exactly(random_bundle):
+  directory, _, state, _ = random_bundle
+  stored = safetensors.numpy.load_file(os.path.join(directory,
+                                                    'params.safetensors'))
+  expected = checkpoint_lib.flatten(
+      {'params': state.params, 'batch_stats': state.batch_stats,
+       'constants': state.constants})
+  assert sorted(stored) == sorted(expected)
+  assert not any('opt_state' in k or k.startswith('step') for k in stored)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(stored[key], np.asarray(value), err_msg=key)
+
+
+def test_flatten_and_unflatten_are_inverse():
+  tree = {'params': {'a': {'kernel': np.ones((2, 3))}, 'b': np.zeros(4)},
+          'constants': {'order': np.arange(3)}}
+  flat = bundle_lib.flatten(tree)
+  assert sorted(flat) == ['constants/order', 'params/a/kernel', 'params/b']
+  back = bundle_lib.unflatten(flat)
+  assert back['batch_stats'] == {}
+  np.testing.assert_array_equal(back['params']['a']['kernel'], np.ones((2, 3)))
+  with pytest.raises(ValueError, match='contains "/"'):
+    bundle_lib.flatten({'a/b': np.ones(1)})
+
+
+# ------------------------------------------------------------- predictions ---
+
+
+def test_bundle_predicts_what_the_trainer_evaluates(random_bundle):
+  directory, trainable, state, _ = random_bundle
+  bundle = bundle_lib.load_bundle(directory)
+  images = _images(16)
+  expected = fx.trainer_scores(trainable, state, images)
+  np.testing.assert_allclose(bundle.model_scores(images), expected,
+                             rtol=1e-5, atol=1e-6)
+  scores = bundle.predict(images)
+  assert scores.shape == (16, 12)
+  index = [r['index_in_model'] for r in bundle.tags]
+  for column, i in enumerate(index):
+    want = np.zeros(16) if i < 0 else expected[:, i]
+    np.testing.assert_allclose(scores[:, column], want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(bundle.to_model_order(scores),
+                                bundle.model_scores(images))
+
+
+def test_predict_rejects_images_that_are_not_uint8_nhwc(random_bundle):
+  bundle = random_bundle[3]
+  with pytest.raises(ValueError, match='uint8 images'):
+    bundle.predict(np.zeros((2, 32, 32, 3), np.float32))
+
+
+def test_missing_bundle_file_names_it(tmp_path):
+  with pytest.raises(FileNotFoundError, match='bundle.json.*convert'):
+    bundle_lib.load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize('spec', ['configs/cnn_rnn_danbooru.py:tiny',
+                                  'configs/vallet_pixiv.py:tiny'])
+@pytest.mark.slow  # a beam search or ten crops, compiled three times
+def test_heads_with_their_own_predict_serve_through_bundle_and_stablehlo(
+    spec, tmp_path):
+  directory, trainable, state = fx.make_bundle(tmp_path, fx.tiny_config(spec))
+  bundle = bundle_lib.load_bundle(directory)
+  size = bundle.preprocess.size
+  images = _images(8, size)
+  expected = fx.trainer_scores(trainable, state, images)
+  np.testing.assert_allclose(bundle.model_scores(images), expected,
+                             rtol=1e-5, atol=1e-6)
+  stablehlo.export_bundle(bundle, directory)
+  served = np.asarray(stablehlo.load_stablehlo(directory)(images[:3]))
+  np.testing.assert_allclose(served, bundle.predict(images)[:3], rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_stablehlo_round_trip_with_a_symbolic_batch(random_bundle, tmp_path):
+  bundle = random_bundle[3]
+  path = stablehlo.export_bundle(bundle, str(tmp_path))
+  call = stablehlo.load_stablehlo(path)
+  for n in (1, 5):
+    images = _images(n, seed=n)
+    np.testing.assert_allclose(np.asarray(call(images)), bundle.predict(images),
+                               rtol=1e-5, atol=1e-6)
+  exported = jax.export.deserialize(bytearray(open(path, 'rb').read()))
+  assert str(exported.in_avals[0].shape[0]) == 'b'
+  with pytest.raises(FileNotFoundError, match='--format stablehlo'):
+    stablehlo.load_stablehlo(str(tmp_path / 'nothing'))
+
+
+# -------------------------------------------------------------- thresholds ---
+
+
+def test_precision_recall_threshold_matches_a_brute_force_search():
+  rng = np.random.default_rng(0)
+  scores = rng.random((200, 6)).astype(np.float32)
+  labels = rng.random((200, 6)) < np.array([0.1, 0.3, 0.5, 0.05, 0.2, 0.0])
+  scores = np.where(labels, np.minimum(scores + 0.3, 0.999), scores)
+  got = convert_lib.precision_recall_per_tag(scores, labels,
+                                             np.full(6, 0.77))
+  for c in range(6):
+    if not labels[:, c].any():
+      assert got[c] == pytest.approx(0.77)
+      continue
+    grid = np.arange(1, 100) / 100
+    gaps = []
+    for t in grid:
+      predicted = scores[:, c] >= np.float32(t)
+      tp = (predicted & labels[:, c]).sum()
+      precision = tp / max(predicted.sum(), 1)
+      recall = tp / labels[:, c].sum()
+      gaps.append(abs(precision - recall) if predicted.any() else np.inf)
+    # Where some tag is predicted, |P - R| = tp |n_true - n_pred| / (...):
+    # the grid point of fewest count difference is also of least |P - R|.
+    best = grid[int(np.argmin(gaps))]
+    assert got[c] == pytest.approx(best), c
+
+
+def test_threshold_policies_come_out_in_bundle_order(random_bundle):
+  bundle = random_bundle[3]
+  scores = bundle.predict(_images(2))
+  assert bundle.threshold_values(scores, 'run').tolist() == [
+      0.5, 1.0, 1.0, 0.5] + [0.5] * 8
+  f1 = np.linspace(0.1, 0.9, 10)
+  index = [r['index_in_model'] for r in bundle.tags]
+  np.testing.assert_allclose(bundle.threshold_values(scores, 'f1'),
+                             [1.0 if i < 0 else f1[i] for i in index],
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match='valid: run, category, f1'):
+    bundle.threshold_values(scores, 'nope')
+
+
+def test_tagger_overrides_thresholds_by_category(random_bundle):
+  tagger = tagger_lib.Tagger(random_bundle[3], general_threshold=0.0,
+                             character_threshold=1.5)
+  result = tagger.tag(list(_images(2)))
+  assert set(result[0]) == {'rating', 'general', 'character'}
+  assert list(result[0]['rating']) == ['general', 'sensitive', 'questionable',
+                                      'explicit']
+  assert result[0]['rating']['sensitive'] == 0.0
+  assert len(result[0]['general']) == 6 and result[0]['character'] == {}
+  values = list(result[0]['general'].values())
+  assert values == sorted(values, reverse=True)
+  everything = tagger_lib.Tagger(random_bundle[3], threshold=1.5).tag(
+      list(_images(1)))[0]
+  assert everything['general'] == {} and everything['character'] == {}
+
+
+def test_tagger_takes_paths_pil_images_and_arrays_alike(random_bundle,
+                                                        tmp_path):
+  pixels = _images(1, size=48)[0]
+  Image.fromarray(pixels).save(tmp_path / 'a.png')
+  tagger = tagger_lib.Tagger(random_bundle[3], batch_size=2)
+  a, b, c = tagger.scores([str(tmp_path / 'a.png'), Image.fromarray(pixels),
+                           pixels])
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(a, c)
+  # The default geometry of configs/default.py is 'square': a plain resize.
+  resized = np.asarray(Image.fromarray(pixels).resize((32, 32),
+                                                      Image.BILINEAR))
+  bundle = tagger.bundle
+  np.testing.assert_allclose(a, bundle.predict(resized[None])[0], atol=1e-6)
+
+
+# ------------------------------------------------------------------ images ---
+
+
+def test_rgba_is_composited_on_white():
+  rgba = np.zeros((2, 2, 4), np.uint8)
+  rgba[0, 0] = (200, 100, 0, 255)    # opaque
+  rgba[0, 1] = (200, 100, 0, 0)      # transparent: white
+  rgba[1, 0] = (0, 0, 0, 128)        # half black over white
+  rgb = np.asarray(images_lib.from_array(rgba))
+  assert rgb[0, 0].tolist() == [200, 100, 0]
+  assert rgb[0, 1].tolist() == [255, 255, 255]
+  assert abs(int(rgb[1, 0, 0]) - round(255 * 127 / 255)) <= 1
+
+
+def test_other_modes_become_rgb():
+  gray = images_lib.from_array(np.full((3, 3), 7, np.uint8))
+  assert np.asarray(gray).tolist()[0][0] == [7, 7, 7]
+  deep = Image.fromarray(np.full((2, 2), 65535, np.uint16))
+  assert np.asarray(images_lib.to_rgb(deep))[0, 0].tolist() == [255] * 3
+  palette = Image.new('P', (2, 2), 0)
+  palette.putpalette([10, 20, 30] + [0] * 765)
+  palette.info['transparency'] = 0
+  assert np.asarray(images_lib.to_rgb(palette))[0, 0].tolist() == [255] * 3
+  with pytest.raises(ValueError, match='uint8'):
+    images_lib.from_array(np.zeros((2, 2, 3), np.float32))
+
+
+def test_pad_geometry_centres_the_image_on_white():
+  preprocess = bundle_lib.Preprocess(size=32, geometry='pad')
+  bucket, pixels, mask = images_lib.Geometry(preprocess)(
+      Image.new('RGB', (40, 20), (0, 0, 0)))
+  assert bucket == 0 and mask is None and pixels.shape == (32, 32, 3)
+  # 40 x 20 -> 32 x 16, rows 8..23 of the square.
+  assert (pixels[:8] == 255).all() and (pixels[24:] == 255).all()
+  assert (pixels[8:24] == 0).all()
+
+
+# ---------------------------------------------------- a trained run (slow) ---
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, tiny_data_dir):
+  config = fx.tiny_config()
+  config.dataset.data_dir = tiny_data_dir
+  workdir = str(tmp_path_factory.mktemp('run'))
+  train.train_and_evaluate(config, workdir)
+  out = str(tmp_path_factory.mktemp('converted'))
+  convert_lib.convert(workdir, out)
+  return config, workdir, out
+
+
+def _size(path):
+  return sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(path) for f in files)
+
+
+@pytest.mark.slow  # trains a run
+def test_converted_run_predicts_the_trainers_eval_predictions(trained):
+  config, workdir, out = trained
+  run = train.Run(config, workdir)
+  state = run.checkpointer.restore(run.checkpointer.latest_step(),
+                                   run.abstract_state)
+  run.checkpointer.close()
+  pred = evaluate_lib.predict(run.eval_step, state, run.eval_batches('test'),
+                              run.mesh)
+  source, _ = sources.open_split(config.dataset, 'test')
+  tagger = tagger_lib.Tagger(out, batch_size=16)
+  pil = [Image.open(io.BytesIO(source[int(i)]['image']))
+         for i in pred['index']]
+  served = tagger.bundle.to_model_order(tagger.scores(pil))
+  np.testing.assert_allclose(served, pred['scores'], rtol=1e-5, atol=1e-5)
+
+  saved = json.loads(open(os.path.join(workdir, 'thresholds.json')).read())
+  bundled = json.loads(open(os.path.join(out, 'thresholds.json')).read())
+  assert bundled['run'] == saved
+  assert bundled['by_category'] == {'general': 0.35, 'character': 0.85}
+  assert set(bundled['per_tag']) == {'category', 'f1', 'precision_recall'}
+  assert len(bundled['per_tag']['f1']) == len(tagger.names)
+  checkpoint = os.path.join(workdir, 'checkpoints',
+                            str(run.checkpointer.latest_step()))
+  print(f'bundle {_size(out)} bytes, checkpoint {_size(checkpoint)} bytes')
+  assert _size(os.path.join(out, 'params.safetensors')) < _size(checkpoint)
+
+
+@pytest.mark.slow  # subprocesses on a trained run
+def test_convert_command_and_a_bundle_that_needs_no_orbax(trained, tmp_path):
+  _, workdir, _ = trained
+  env = {**os.environ, 'PYTHONPATH': os.getcwd(), 'JAX_PLATFORMS': 'cpu'}
+  out = str(tmp_path / 'b')
+  done = subprocess.run(
+      [sys.executable, '-m', 'jaxtag.serving.convert', '--workdir', workdir,
+       '--out', out, '--format', 'stablehlo', '--step', '4'],
+      capture_output=True, text=True, env=env, check=False)
+  assert done.returncode == 0, done.stderr
+  assert json.loads(open(os.path.join(out, 'bundle.json')).read())['step'] == 4
+  code = ('import sys, numpy as np, jaxtag.serving as s; '
+          f'b = s.load_bundle({out!r}); x = np.zeros((2, 32, 32, 3), np.uint8);'
+          f' d = abs(b.predict(x) - np.asarray(s.load_stablehlo({out!r})(x)));'
+          ' assert d.max() < 1e-5, d.max(); '
+          "assert 'orbax' not in ' '.join(sys.modules), 'orbax loaded'; "
+          "assert 'jaxtag.train' not in sys.modules; print('ok')")
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, env=env, check=False)
+  assert done.stdout.strip() == 'ok', done.stderr
+  done = subprocess.run(
+      [sys.executable, '-m', 'jaxtag.serving.convert', '--workdir', workdir,
+       '--out', out, '--step', '5'], capture_output=True, text=True, env=env,
+      check=False)
+  assert done.returncode != 0 and 'saved steps: 4, 8' in done.stderr
+
+
+@pytest.mark.slow  # compiles a third model
+def test_native_geometry_batches_by_bucket_with_the_image_mask(tmp_path):
+  config = fx.tiny_config(**{'eval.geometry': 'native'})
+  directory, trainable, state = fx.make_bundle(tmp_path, config)
+  tagger = tagger_lib.Tagger(directory, batch_size=2)
+  rng = np.random.default_rng(1)
+  wide = rng.integers(0, 256, (40, 80, 3), np.uint8)    # -> bucket 32 x 64
+  square = rng.integers(0, 256, (50, 50, 3), np.uint8)  # -> bucket 32 x 32
+  scores = tagger.scores([wide, square, wide])
+  np.testing.assert_array_equal(scores[0], scores[2])
+  # By hand: the wide image resized to 64 x 32 fills its bucket exactly.
+  pixels = np.asarray(Image.fromarray(wide).resize((64, 32), Image.BILINEAR))
+  batch = fx.eval_batch(trainable, np.stack([pixels] * 8))
+  batch['image_mask'] = np.ones((8, 32, 64), np.uint8)
+  out = trainable.eval_step(state, sharding.to_global(batch, trainable.mesh))
+  served = tagger.bundle.to_model_order(scores[:1])
+  np.testing.assert_allclose(served, np.asarray(out['scores'])[:1],
+                             rtol=1e-5, atol=1e-6)
