@@ -49,7 +49,7 @@ def _static(shape) -> bool:
 def _where(eqn) -> str:
   try:
     from jax._src import source_info_util  # pylint: disable=g-import-not-at-top
-    return source_info_util.summarize(eqn.source_info)
+    return source_info_util.summarize(eqn.source_info) or 'unknown location'
   except Exception:  # pylint: disable=broad-except
     return 'unknown location'
 
