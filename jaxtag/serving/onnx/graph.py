@@ -92,8 +92,8 @@ class Graph:
       if key not in self._dim_sources:
         raise UnsupportedError(
             f'Size {key} of the JAX program is not a batch size of an '
-            'input; ONNX export handles dimensions that are plain inputs '
-            'sizes only.')
+            'input; ONNX export handles dimensions that are plain input '
+            'sizes only')
       source, axis = self._dim_sources[key]
       shape = self.node('Shape', [source], start=axis, end=axis + 1)
       self._dim_tensors[key] = shape
