@@ -304,8 +304,10 @@ def import_weights(path: str, arch: str, out: str) -> dict[str, np.ndarray]:
   return converted
 
 
-_ARCH = flags.DEFINE_enum('arch', None, ARCHS, 'torchvision architecture.')
-_OUT_FILE = flags.DEFINE_string('out', None, 'The .npz file to write.')
+def _define_flags():
+  global _ARCH, _OUT_FILE
+  _ARCH = flags.DEFINE_enum('arch', None, ARCHS, 'torchvision architecture.')
+  _OUT_FILE = flags.DEFINE_string('out', None, 'The .npz file to write.')
 
 
 def main(argv):
@@ -321,4 +323,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined here, not at import: jaxtag.serving.convert imports this module
+  # and has flags of the same names.
+  _define_flags()
   app.run(main)

@@ -157,9 +157,11 @@ def export_onnx(bundle, out_dir: str, *, image_size: int = 448) -> str:
   return path
 
 
-_BUNDLE = flags.DEFINE_string('bundle', None, 'The bundle folder to export.')
-_OUT = flags.DEFINE_string('out', None, 'Output folder (default: the bundle).')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 448, 'Input side S.')
+def _define_flags():
+  global _BUNDLE, _OUT, _IMAGE_SIZE
+  _BUNDLE = flags.DEFINE_string('bundle', None, 'The bundle folder to export.')
+  _OUT = flags.DEFINE_string('out', None, 'Output folder (default: the bundle).')
+  _IMAGE_SIZE = flags.DEFINE_integer('image_size', 448, 'Input side S.')
 
 
 def main(argv):
@@ -173,4 +175,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined here, not at import: jaxtag.serving.convert imports this module
+  # and has flags of the same names.
+  _define_flags()
   app.run(main)
