@@ -2,6 +2,13 @@
 
 `width` scales every channel count and `small_stem` swaps the 7x7/2 conv and
 max-pool for one 3x3/1 conv, so tiny variants run on tiny images in tests.
+
+`symmetric_padding` pads every conv by k // 2 on each side, as torchvision
+does. With the default 'SAME', a stride-2 3x3 conv on an even size pads
+only the bottom and right, so ImageNet weights imported from torchvision
+(jaxtag/serving/import_weights.py) would see features shifted by a pixel;
+set it when starting from them. Otherwise the layers match torchvision's
+ResNet (v1.5, BatchNorm eps 1e-5, no conv biases).
 """
 from __future__ import annotations
 
@@ -61,6 +68,14 @@ class BottleneckBlock(nn.Module):
     return nn.relu(residual + y)
 
 
+def _symmetric(conv):
+  """`conv` padding k // 2 on both sides of each axis unless told."""
+  def make(features, kernel_size, strides=(1, 1), **kwargs):
+    kwargs.setdefault('padding', [(k // 2, k // 2) for k in kernel_size])
+    return conv(features, kernel_size, strides, **kwargs)
+  return make
+
+
 class ResNet(nn.Module):
   """Returns the last feature map [B, H, W, D]; pooling belongs to the head."""
   stage_sizes: Sequence[int]
@@ -68,6 +83,7 @@ class ResNet(nn.Module):
   width: float = 1.0
   small_stem: bool = False
   zero_init_last: bool = False
+  symmetric_padding: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -75,6 +91,8 @@ class ResNet(nn.Module):
     conv, norm = layers.conv_and_norm(
         self.dtype, train,
         kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
+    if self.symmetric_padding:
+      conv = _symmetric(conv)
     x = layers.stem(x.astype(self.dtype), layers.scaled(64, self.width),
                     small_stem=self.small_stem, conv=conv, norm=norm)
     for i, blocks in enumerate(self.stage_sizes):
