@@ -5,6 +5,8 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --config configs/bench_pipeline.py:cpu --pipeline
   python -m jaxtag.bench --what=metrics
   python -m jaxtag.bench --what=predict --config configs/vallet_pixiv.py:synthetic
+  python -m jaxtag.bench --what=addgcn --config configs/addgcn_danbooru.py \
+      --config.model.dtype=float32 --classes=80,1000,5000 --steps 1
 """
 import json
 
@@ -16,10 +18,13 @@ from jaxtag import storage
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
-_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'metrics', 'predict'],
+_WHAT = flags.DEFINE_enum('what', 'train',
+                          ['train', 'metrics', 'predict', 'addgcn'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
-                          ' predict: FLOPs and time of the prediction path.')
+                          ' predict: FLOPs and time of the prediction path; '
+                          'addgcn: the ADD-GCN head\'s share of the train '
+                          'step, exact vs low-rank graphs (--classes).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -28,6 +33,14 @@ _NUM_CLASSES = flags.DEFINE_integer(
 _PIPELINE = flags.DEFINE_bool('pipeline', False,
                               'Also time the whole input pipeline + step '
                               '(builds the config\'s dataset if missing).')
+_CLASSES = flags.DEFINE_list('classes', ['80', '1000', '5000'],
+                             '--what=addgcn: numbers of tags.')
+_TIME_BATCH = flags.DEFINE_integer(
+    'time_batch', 1, '--what=addgcn: batch of the timed steps (the FLOPs are '
+    'taken at --flop_batch).')
+_FLOP_BATCH = flags.DEFINE_integer(
+    'flop_batch', 2, '--what=addgcn: batch of the compiled steps whose FLOPs '
+    'are counted.')
 _OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
                            'JSON file that the figures are appended to.')
 
@@ -54,6 +67,21 @@ def main(argv):
     result = {'benchmark': 'predict', **predict_bench.run(
         _CONFIG.value, num_classes=_NUM_CLASSES.value or 1000,
         steps=_STEPS.value, warmup=_WARMUP.value)}
+  elif _WHAT.value == 'addgcn':
+    if _CONFIG.value is None:
+      raise app.UsageError('--config is required for --what=addgcn.')
+    import jax
+    from jaxtag.bench import addgcn as addgcn_bench
+    config = _CONFIG.value
+    result = {'benchmark': 'addgcn', 'backbone': config.model.backbone,
+              'image_size': config.data.image_size,
+              'head_kwargs': dict(config.model.head_kwargs),
+              'device_kind': jax.devices()[0].device_kind,
+              'head_share': addgcn_bench.head_share(
+                  config, num_classes=[int(c) for c in _CLASSES.value],
+                  flop_batch=_FLOP_BATCH.value, time_batch=_TIME_BATCH.value,
+                  steps=_STEPS.value,
+                  head_kwargs=dict(config.model.head_kwargs))}
   else:
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=train.')
