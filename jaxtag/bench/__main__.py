@@ -7,6 +7,8 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --what=predict --config configs/vallet_pixiv.py:synthetic
   python -m jaxtag.bench --what=mlgcn --config configs/bench_resnet.py:r50_224 \
       --config.model.dtype=float32 --steps 2 --time_batch 4
+  python -m jaxtag.bench --what=addgcn --config configs/addgcn_danbooru.py \
+      --config.model.dtype=float32 --classes=80,1000,5000 --steps 1
 """
 import json
 
@@ -21,12 +23,14 @@ from jaxtag import storage
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
 _WHAT = flags.DEFINE_enum('what', 'train',
-                          ['train', 'metrics', 'predict', 'mlgcn'],
+                          ['train', 'metrics', 'predict', 'mlgcn', 'addgcn'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
                           ' predict: FLOPs and time of the prediction path; '
                           'mlgcn: the ML-GCN head\'s share of the train step '
-                          '(--classes) and BCOO vs dense graph products.')
+                          '(--classes) and BCOO vs dense graph products; '
+                          'addgcn: the ADD-GCN head\'s share of the train '
+                          'step, exact vs low-rank graphs (--classes).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -35,11 +39,16 @@ _NUM_CLASSES = flags.DEFINE_integer(
 _PIPELINE = flags.DEFINE_bool('pipeline', False,
                               'Also time the whole input pipeline + step '
                               '(builds the config\'s dataset if missing).')
-_CLASSES = flags.DEFINE_list('classes', ['80', '1000', '10000'],
-                             '--what=mlgcn: numbers of tags.')
+_CLASSES = flags.DEFINE_list(
+    'classes', None, '--what=mlgcn|addgcn: numbers of tags (default '
+    '80,1000,10000 for mlgcn, 80,1000,5000 for addgcn).')
 _TIME_BATCH = flags.DEFINE_integer(
-    'time_batch', 4, '--what=mlgcn: batch of the timed steps (the FLOPs are '
-    'taken at config.batch_size).')
+    'time_batch', None, '--what=mlgcn|addgcn: batch of the timed steps '
+    '(default 4 for mlgcn, 1 for addgcn; mlgcn counts FLOPs at '
+    'config.batch_size).')
+_FLOP_BATCH = flags.DEFINE_integer(
+    'flop_batch', 2, '--what=addgcn: batch of the compiled steps whose FLOPs '
+    'are counted.')
 _OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
                            'JSON file that the figures are appended to.')
 
@@ -50,6 +59,10 @@ def _append(path: str, record: dict) -> None:
   records = json.loads(path.read_text()) if path.exists() else []
   records.append(record)
   storage.write_json(path, records)
+
+
+def _classes(default: str) -> list[int]:
+  return [int(c) for c in (_CLASSES.value or default.split(','))]
 
 
 def main(argv):
@@ -75,14 +88,29 @@ def main(argv):
               'image_size': config.data.image_size,
               'device_kind': jax.devices()[0].device_kind,
               'head_share': mlgcn_bench.head_share(
-                  config, num_classes=[int(c) for c in _CLASSES.value],
-                  flop_batch=config.batch_size, time_batch=_TIME_BATCH.value,
+                  config, num_classes=_classes('80,1000,10000'),
+                  flop_batch=config.batch_size, time_batch=_TIME_BATCH.value or 4,
                   steps=_STEPS.value,
                   head_kwargs={'tau': 0.4, 'gcn_dims': (1024,),
                                'embedding': 'learned'}),
               'products': mlgcn_bench.product_times(
                   (256, 1000, 2000, 4000), (0.001, 0.003, 0.01, 0.05),
                   width=512)}
+  elif _WHAT.value == 'addgcn':
+    if _CONFIG.value is None:
+      raise app.UsageError('--config is required for --what=addgcn.')
+    import jax
+    from jaxtag.bench import addgcn as addgcn_bench
+    config = _CONFIG.value
+    result = {'benchmark': 'addgcn', 'backbone': config.model.backbone,
+              'image_size': config.data.image_size,
+              'head_kwargs': dict(config.model.head_kwargs),
+              'device_kind': jax.devices()[0].device_kind,
+              'head_share': addgcn_bench.head_share(
+                  config, num_classes=_classes('80,1000,5000'),
+                  flop_batch=_FLOP_BATCH.value, time_batch=_TIME_BATCH.value or 1,
+                  steps=_STEPS.value,
+                  head_kwargs=dict(config.model.head_kwargs))}
   else:
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=train.')
