@@ -99,7 +99,6 @@ def main(argv):
   elif _WHAT.value == 'addgcn':
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=addgcn.')
-    import jax
     from jaxtag.bench import addgcn as addgcn_bench
     config = _CONFIG.value
     result = {'benchmark': 'addgcn', 'backbone': config.model.backbone,
