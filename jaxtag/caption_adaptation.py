@@ -29,9 +29,14 @@ from etils import epath
 from jaxtag import config as config_lib
 from jaxtag import train
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the three runs.')
-_VARIANT = flags.DEFINE_string('variant', 'synthetic',
-                               'Variant of configs/captioner_flickr8k.py.')
+
+
+def _define_flags():
+  """Defined only when run as a command: jaxtag.main has --workdir too."""
+  flags.DEFINE_string('workdir', None, 'Folder of the three runs.')
+  flags.DEFINE_string('variant', 'synthetic',
+                      'Variant of configs/captioner_flickr8k.py.')
+  flags.mark_flags_as_required(['workdir'])
 # --data_dir (TFDS data_dir) is jaxtag.data.build's flag.
 
 PHOTO = {'synthetic': 'synthetic_anime/photo',
@@ -112,10 +117,11 @@ def table(report: dict) -> str:
 
 def main(argv):
   del argv
-  report = run(_WORKDIR.value, _VARIANT.value, flags.FLAGS.data_dir)
+  report = run(flags.FLAGS.workdir, flags.FLAGS.variant,
+               flags.FLAGS.data_dir)
   print(table(report))
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
+  _define_flags()
   app.run(main)

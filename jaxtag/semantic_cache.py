@@ -32,11 +32,15 @@ from jaxtag.data import pipeline
 from jaxtag.data import sources
 from jaxtag.models import semantic as semantic_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None,
-                                          'The tagger config (with '
-                                          'model.semantic.captioner set).')
-_OUT = flags.DEFINE_string('out', None, 'Folder for <split>.npy.')
-flags.mark_flags_as_required(['config', 'out'])
+
+
+def _define_flags():
+  """The command's flags, defined only when it runs as a command: other
+  modules define --config and --out too."""
+  config_flags.DEFINE_config_file('config', None, 'The tagger config (with '
+                                  'model.semantic.captioner set).')
+  flags.DEFINE_string('out', None, 'Folder for <split>.npy.')
+  flags.mark_flags_as_required(['config', 'out'])
 
 
 def write_cache(config, out: str, splits=None) -> dict[str, float]:
@@ -95,10 +99,11 @@ class _NoLabels(labels.MultiHot):
 
 def main(argv):
   del argv
-  rates = write_cache(_CONFIG.value, _OUT.value)
+  rates = write_cache(flags.FLAGS.config, flags.FLAGS.out)
   for split, rate in rates.items():
     print(f'{split}: {rate:.1f} img/s')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -154,7 +154,7 @@ def test_export_graph_writes_the_datasets_statistics(tiny_data_dir, tmp_path):
   np.testing.assert_array_equal(counts, tags.counts)
   np.testing.assert_array_equal(np.diag(cooc), 0)
   off = ~np.eye(num, dtype=bool)
-  np.testing.assert_array_equal(cooc[off], np.asarray(tags.cooccurrence)[off])
+  np.testing.assert_array_equal(cooc[off], tags.cooccurrence.toarray()[off])
 
 
 # ---------------------------------------------------------- embeddings ---

@@ -90,7 +90,7 @@ def test_pooling_against_numpy():
 def test_unknown_names_and_kwargs_list_the_valid_ones():
   with pytest.raises(ValueError, match='densenet121.*resnet50'):
     models.build_model(_config('resnet51'), 3)
-  with pytest.raises(ValueError, match="head 'gcn'.*valid: linear"):
+  with pytest.raises(ValueError, match="head 'gcn'.*valid: addgcn, linear"):
     models.build_model(_config(head='gcn'), 3)
   with pytest.raises(ValueError, match='config.model.backbone_kwargs.depth'
                      '.*small_stem.*width'):

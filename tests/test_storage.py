@@ -213,7 +213,7 @@ def test_ensure_built_looks_for_dataset_info_in_the_bucket(bucket):
       self.data_dir, self.built = data_dir, 0
       self.info = type('Info', (), {'full_name': 'fake/1.0.0'})
 
-    def download_and_prepare(self):
+    def download_and_prepare(self, download_config=None):
       self.built += 1
 
   (bucket / 'built').mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,12 @@ from jaxtag import label_graph
 from jaxtag.data import build
 from jaxtag.data import tag_metadata
 
-# --data_dir is jaxtag.data.build's flag: where the TFDS data is.
-_OUT = flags.DEFINE_string('out', 'adj.pkl', 'The pickle to write.')
+
+
+def _define_flags():
+  """Defined only when run as a command (other modules have --out too);
+  --data_dir is jaxtag.data.build's flag: where the TFDS data is."""
+  flags.DEFINE_string('out', 'adj.pkl', 'The pickle to write.')
 
 
 def export(name: str, data_dir: str | None, out: str) -> int:
@@ -32,9 +36,10 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError('usage: python -m jaxtag.data.export_graph '
                          'NAME/CONFIG [--data_dir DIR] [--out adj.pkl]')
-  num = export(argv[1], flags.FLAGS.data_dir, _OUT.value)
-  print(f'{argv[1]}: {num} tags -> {_OUT.value}')
+  num = export(argv[1], flags.FLAGS.data_dir, flags.FLAGS.out)
+  print(f'{argv[1]}: {num} tags -> {flags.FLAGS.out}')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
