@@ -32,21 +32,25 @@ CHARACTERS = [t for i, t in enumerate(vocab.TAGS) if vocab.CATEGORIES[i] == 4]
 CHARACTER_ID = {t: i for i, t in enumerate(CHARACTERS)}
 
 
-def crop_box(box, margin: float) -> tuple[float, float, float, float]:
+def crop_box(box, margin: float, height: int = 1, width: int = 1
+             ) -> tuple[float, float, float, float]:
   """The square crop around a normalised (ymin, xmin, ymax, xmax) box.
 
-  The box grows by `margin` of its longer side on every side, becomes a
-  square of that longer side, and is shifted (then, if still too big, shrunk)
-  so that it lies inside [0, 1]. Returns the crop, normalised."""
+  In pixels of a height x width image, the box grows by `margin` of its
+  longer side on every side, becomes a square of that side (at most the
+  image's shorter side), and is shifted so that it lies inside the image.
+  Returns the crop, normalised."""
   ymin, xmin, ymax, xmax = (float(v) for v in box)
   if not (0 <= ymin < ymax <= 1 and 0 <= xmin < xmax <= 1):
     raise ValueError(f'Face box {box} is not a normalised (ymin, xmin, ymax, '
                      'xmax) box inside the image.')
-  side = min(max(ymax - ymin, xmax - xmin) * (1 + 2 * margin), 1.0)
-  cy, cx = (ymin + ymax) / 2, (xmin + xmax) / 2
-  top = min(max(cy - side / 2, 0.0), 1.0 - side)
-  left = min(max(cx - side / 2, 0.0), 1.0 - side)
-  return top, left, top + side, left + side
+  h, w = float(height), float(width)
+  side = min(max((ymax - ymin) * h, (xmax - xmin) * w) * (1 + 2 * margin),
+             h, w)
+  cy, cx = (ymin + ymax) / 2 * h, (xmin + xmax) / 2 * w
+  top = min(max(cy - side / 2, 0.0), h - side)
+  left = min(max(cx - side / 2, 0.0), w - side)
+  return top / h, left / w, (top + side) / h, (left + side) / w
 
 
 def pixel_box(box, height: int, width: int) -> tuple[int, int, int, int]:
@@ -62,7 +66,7 @@ def crop(image: np.ndarray, box, margin: float, size: int
          ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
   """Crops one face ([H, W, 3] uint8) and resizes it to size x size."""
   h, w = image.shape[:2]
-  norm = crop_box(box, margin)
+  norm = crop_box(box, margin, h, w)
   t, l, b, r = pixel_box(norm, h, w)
   face = Image.fromarray(image[t:b, l:r]).resize((size, size),
                                                 Image.BILINEAR)

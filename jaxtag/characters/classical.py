@@ -280,17 +280,21 @@ def _write(out: str, results: dict) -> None:
                     p['predicted'], p['count']])
 
 
-_DATASET = flags.DEFINE_string('dataset', 'synthetic_anime/faces',
-                               'A faces dataset (one character per example).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
-_FEATURES = flags.DEFINE_list('features', ['handcrafted'],
-                              'handcrafted, handcrafted_bgr, cnn:RUN_DIR, '
-                              'cnnscores:RUN_DIR.')
-_CLASSIFIERS = flags.DEFINE_list('classifiers', list(CLASSIFIERS),
-                                 ', '.join(CLASSIFIERS))
-_OUT = flags.DEFINE_string('out', None, 'Output folder.')
-_GRID = flags.DEFINE_enum('grid', 'small', GRIDS, 'Search-space size.')
-_N_JOBS = flags.DEFINE_integer('n_jobs', 1, 'Processes for CV and features.')
+def _define_flags():
+  """The command's flags (defined only when run as a command)."""
+  # pylint: disable=global-statement
+  global _DATASET, _DATA_DIR, _FEATURES, _CLASSIFIERS, _OUT, _GRID, _N_JOBS
+  _DATASET = flags.DEFINE_string('dataset', 'synthetic_anime/faces',
+                                 'A faces dataset (one character per example).')
+  _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
+  _FEATURES = flags.DEFINE_list('features', ['handcrafted'],
+                                'handcrafted, handcrafted_bgr, cnn:RUN_DIR, '
+                                'cnnscores:RUN_DIR.')
+  _CLASSIFIERS = flags.DEFINE_list('classifiers', list(CLASSIFIERS),
+                                   ', '.join(CLASSIFIERS))
+  _OUT = flags.DEFINE_string('out', None, 'Output folder.')
+  _GRID = flags.DEFINE_enum('grid', 'small', GRIDS, 'Search-space size.')
+  _N_JOBS = flags.DEFINE_integer('n_jobs', 1, 'Processes for CV and features.')
 
 
 def main(argv):
@@ -303,4 +307,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

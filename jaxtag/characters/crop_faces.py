@@ -62,7 +62,7 @@ def face_crops(image: np.ndarray, boxes, *, margin: float, size: int):
   for x, y, bw, bh in boxes:
     norm = (max(y, 0) / h, max(x, 0) / w, min(y + bh, h) / h,
             min(x + bw, w) / w)
-    t, l, b, r = pixel_box(crop_box(norm, margin), h, w)
+    t, l, b, r = pixel_box(crop_box(norm, margin, h, w), h, w)
     face = Image.fromarray(image[t:b, l:r]).resize((size, size),
                                                   Image.BILINEAR)
     out.append((np.asarray(face), (t, l, b, r)))
@@ -101,12 +101,16 @@ def crop_folder(input_dir: str, output_dir: str, detector, *,
   return counts
 
 
-_CASCADE = flags.DEFINE_string('cascade', None,
-                               'Path of lbpcascade_animeface.xml.')
-_INPUT = flags.DEFINE_string('input', None, 'Folder of illustrations.')
-_OUTPUT = flags.DEFINE_string('output', None, 'image_folder tree to write.')
-_MARGIN = flags.DEFINE_float('margin', 0.15, 'Margin per side, of the box.')
-_SIZE = flags.DEFINE_integer('size', 224, 'Side of the written crops.')
+def _define_flags():
+  """The command's flags (defined only when run as a command)."""
+  # pylint: disable=global-statement
+  global _CASCADE, _INPUT, _OUTPUT, _MARGIN, _SIZE
+  _CASCADE = flags.DEFINE_string('cascade', None,
+                                 'Path of lbpcascade_animeface.xml.')
+  _INPUT = flags.DEFINE_string('input', None, 'Folder of illustrations.')
+  _OUTPUT = flags.DEFINE_string('output', None, 'image_folder tree to write.')
+  _MARGIN = flags.DEFINE_float('margin', 0.15, 'Margin per side, of the box.')
+  _SIZE = flags.DEFINE_integer('size', 224, 'Side of the written crops.')
 
 
 def main(argv):
@@ -121,4 +125,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

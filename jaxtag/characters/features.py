@@ -3,9 +3,10 @@
 Hand-made: every image is resized to 224x224 (cv2.INTER_LINEAR), then
 - Hu moments (7) of the grey image, cv2.HuMoments(cv2.moments(grey));
 - Haralick texture (13) of the grey image, mahotas, averaged over the 4
-  directions, with `use_x_minus_y_variance=False` (mahotas' default, as the
-  authors' code calls it: feature 10 is the variance of p_{x-y} by its
-  standard formula);
+  directions, with `use_x_minus_y_variance=False`: mahotas' default, which
+  the authors' code uses, so features stay comparable with theirs. Feature
+  10 is then the variance of the values of p_{x-y} (mahotas' choice), not
+  Haralick's difference variance (True would give that);
 - a joint colour histogram 8x8x8 (512) in 'hsv' (the paper's text; OpenCV's
   uint8 hue runs 0-179, so the hue bins cover [0, 180)) or 'bgr' (the
   authors' code), L2-normalised as cv2.normalize does by default.
