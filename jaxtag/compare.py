@@ -9,7 +9,8 @@ again, and an interrupted one resumes from its checkpoint. The budgets
 (dataset, image size, batch, epochs or steps) must be equal, or the command
 stops and lists the differences. Then `DIR/compare.md` and
 `DIR/compare.json` hold mAP, CP, CR, CF1, OP, OR, OF1, their top-3 variants,
-and the test AP of the tags that are small or faint in the image.
+and the test AP of the tags that are small or faint in the image, and
+`DIR/compare.png` shows the runs side by side (with the `plots` extra).
 
 `collect(workdir, names, tags)` returns the same results as a dict, for
 plots and notebooks.
@@ -29,6 +30,7 @@ from absl import logging
 from etils import epath
 
 from jaxtag import config as config_lib
+from jaxtag import plots
 from jaxtag.data import build  # noqa: F401  (defines --data_dir)
 
 METRICS = ('mAP', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
@@ -188,6 +190,10 @@ def compare(specs: Sequence[str], workdir: str, *, data_dir=None,
   folder = epath.Path(workdir)
   (folder / 'compare.json').write_text(json.dumps(results, indent=2))
   (folder / 'compare.md').write_text(to_markdown(results))
+  if plots.available():  # the runs side by side: compare.png
+    plots.save_png(plots.compare_figure(
+        {r['name']: r['metrics'] for r in results['runs']},
+        title='Compared runs, test split'), folder / 'compare.png')
   return results
 
 

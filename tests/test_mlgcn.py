@@ -245,6 +245,9 @@ def test_compare_two_tiny_configs(tiny_data_dir, tmp_path):
   assert saved['runs'] == json.loads(json.dumps(results['runs']))
   table = (tmp_path / 'cmp' / 'compare.md').read_text()
   assert 'mlgcn_anime-tiny' in table and '| mAP |' in table
+  from PIL import Image
+  with Image.open(tmp_path / 'cmp' / 'compare.png') as figure:
+    assert figure.size[0] > 600   # one panel per metric, the runs as bars
   # A second call trains nothing and reports the same numbers.
   again = compare.compare(specs, workdir, data_dir=tiny_data_dir,
                           tags=['blush', 'mole'])
