@@ -342,3 +342,24 @@ def test_tiny_run_end_to_end(tiny_data_dir, tmp_path, prediction):
     assert 0.0 <= result[key] <= 1.0
   record = json.load(open(os.path.join(workdir, 'thresholds.json')))
   assert record['policy'] == 'linear'
+
+
+def test_voc2007_variant_builds_its_splits_and_masks_difficult_labels(
+    tmp_path):
+  """configs/vallet_pixiv.py:voc2007 on a VOC-layout folder: the build
+  options give VOC's val split (where the threshold is fitted), and the
+  mask feature is one the builder writes."""
+  import builder_fixtures_b as fb
+  from jaxtag import config as config_lib
+  from jaxtag.data import sources
+  fb.voc2007(str(tmp_path / 'voc'))
+  config = config_lib.load_config_file('configs/vallet_pixiv.py:voc2007')
+  config_lib.validate(config)
+  config.dataset.manual_dir = str(tmp_path / 'voc')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  for split in (config.dataset.train_split, config.dataset.eval_split,
+                config.dataset.test_split):
+    source, builder = sources.open_split(config.dataset, split)
+    assert len(source) > 0
+  assert config.dataset.label_mask_feature in builder.info.features
+  assert config.data.interpolation == 'area'
