@@ -113,6 +113,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict()
   c.init.path = ml_collections.FieldReference(None, field_type=str)
   c.init.include = '^backbone/'
+  # Backbone weights alone, e.g. ImageNet weights converted by
+  # `python -m jaxtag.serving.import_weights` (an .npz): the backbone's
+  # parameters and batch-norm statistics, after config.init.path if both.
+  c.init.backbone = ml_collections.FieldReference(None, field_type=str)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'sigmoid_bce'

@@ -413,6 +413,22 @@ def _check_finite(run: Run, state: TrainState, metrics) -> None:
 # ------------------------------------------------------------------ train ---
 
 
+def starting_state(run: Trainable, config) -> TrainState:
+  """A fresh state with the starting weights the config names: another
+  run's (config.init.path), a backbone's (config.init.backbone) and a
+  frozen captioner's (config.model.semantic.captioner)."""
+  state = run.fresh_state()
+  if config.init.path:
+    state = warm_start.apply(state, config.init)
+  if config.init.backbone:
+    state = warm_start.write(state, warm_start.read(config.init.backbone),
+                             '^backbone/', config.init.backbone)
+  if config.model.semantic.captioner:
+    state = warm_start.apply_renamed(state, config.model.semantic.captioner,
+                                     semantic_lib.RENAMES)
+  return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the test results
@@ -430,12 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # (from config.init's weights when set).
   latest = run.checkpointer.latest_step()
   if latest is None:
-    state = run.fresh_state()
-    if config.init.path:
-      state = warm_start.apply(state, config.init)
-    if config.model.semantic.captioner:
-      state = warm_start.apply_renamed(state, config.model.semantic.captioner,
-                                       semantic_lib.RENAMES)
+    state = starting_state(run, config)
     logging.info('Starting %s from scratch: %d steps, %d tags.', workdir,
                  run.num_train_steps, run.num_classes)
   else:

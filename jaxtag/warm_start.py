@@ -6,7 +6,10 @@ with '/'-joined parameter paths as keys, such as converted ImageNet
 weights: 'backbone/stem/conv/kernel'). `config.init.include` is a regex
 searched in each parameter path; matching parameters (and the batch-norm
 statistics of the same paths) are taken, everything else keeps its fresh
-initialisation. Resuming a workdir that has a checkpoint ignores `init`.
+initialisation. `config.init.backbone` names backbone weights alone (such
+as the .npz of `python -m jaxtag.serving.import_weights`): every backbone
+parameter is taken from it. Resuming a workdir that has a checkpoint
+ignores `init`.
 """
 from __future__ import annotations
 

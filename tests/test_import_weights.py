@@ -364,3 +364,30 @@ def test_errors_name_the_problem(tmp_path):
   bad.write_bytes(b'not a zip')
   with pytest.raises(ValueError, match="torch's zip format"):
     import_weights.read_state_dict(str(bad))
+
+
+@pytest.mark.slow
+def test_a_training_config_starts_from_the_imported_backbone(tmp_path,
+                                                             tiny_data_dir):
+  from jaxtag import checkpoint
+  from jaxtag import config as config_lib
+  from jaxtag import train
+  sd = resnet50_state_dict()
+  save_safetensors(sd, tmp_path / 'r50.safetensors')
+  converted = import_weights.import_weights(
+      str(tmp_path / 'r50.safetensors'), 'resnet50', str(tmp_path / 'r50.npz'))
+  config = config_lib.load_config_file('configs/default.py:tiny')
+  config.dataset.data_dir = tiny_data_dir
+  config.model.backbone = 'resnet50'
+  config.model.backbone_kwargs = {'symmetric_padding': True}
+  config.init.backbone = str(tmp_path / 'r50.npz')
+  run = train.Run(config, str(tmp_path / 'run'))
+  state = train.starting_state(run, config)
+  params = checkpoint.flatten(state.params)
+  stats = checkpoint.flatten(state.batch_stats)
+  for key, value in converted.items():
+    collection, _, name = key.rpartition(':')
+    got = (stats if collection == 'batch_stats' else params)[name]
+    np.testing.assert_array_equal(np.asarray(got), value)
+  assert len(converted) == len(params) - 2 + len(stats)  # all but the head
+  run.checkpointer.close()
