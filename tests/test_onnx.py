@@ -254,3 +254,43 @@ def test_wd_client_on_exported_files_matches_jaxtag_tagger(tmp_path):
     assert c['general'] == set(o['general'])
     assert c['character'] == set(o['character'])
     assert c['rating'] == pytest.approx(o['rating'], abs=1e-4)
+
+
+GRAPH_HEADS = [
+    ('mlgcn', {'tau': 0.3, 'gcn_dims': (6,), 'embedding_dim': 5,
+               'adjacency': 'dense'}),
+    ('mlgcn', {'tau': 0.3, 'gcn_dims': (6,), 'embedding_dim': 5,
+               'adjacency': 'sparse'}),
+    ('addgcn', {'node_dim': 8}),
+    ('addgcn', {'node_dim': 8, 'dynamic': 'lowrank', 'static': 'lowrank',
+                'rank': 2}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('head,head_kwargs', GRAPH_HEADS)
+def test_graph_heads_export_exactly(head, head_kwargs):
+  """ML-GCN's graph depends on parameters only: the export folds the GCN
+  (a sparse product included) into the classifier matrix. ADD-GCN's
+  per-image graphs are translated as they are."""
+  from test_mlgcn import _tags
+  from jaxtag import objectives
+  size, num_classes = 64, 10
+  c = config_lib.defaults().model
+  c.backbone, c.head, c.pool = 'resnet18', head, 'gmp'
+  c.backbone_kwargs, c.head_kwargs = {'width': 0.125}, head_kwargs
+  model = build_model(c, num_classes, tag_metadata=_tags(c=num_classes))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                         train=False)
+  scores = objectives.SigmoidBCE().scores
+  proto = onnx_export.model_to_onnx(
+      model, variables, scores, gather_index=np.arange(num_classes),
+      mean=MEAN, std=STD, image_size=size, head_name=head)
+  session = _session(proto)
+  bgr = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(
+      np.float32)
+  x = ((bgr[..., ::-1] / 255.0) - np.array(MEAN)) / np.array(STD)
+  want = np.asarray(scores(model.apply(variables, jnp.asarray(x, jnp.float32),
+                                       method='predict')))
+  got = session.run(None, {'input': bgr})[0]
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

@@ -36,6 +36,7 @@ import onnx
 from absl import app
 from absl import flags
 
+from jaxtag import models
 from jaxtag.serving.onnx import UnsupportedError
 from jaxtag.serving.onnx import to_onnx
 
@@ -70,7 +71,7 @@ def _refuse(head: str, reason: str):
 def check_exportable(model, head_name: str) -> None:
   """Refuses, naming the head, what ONNX cannot express before tracing."""
   head = model.head
-  declared = tuple(getattr(type(head), 'batch_features', ()))
+  declared = models.declared_features(model)[0]
   if declared:
     _refuse(head_name, f'its prediction takes batch features {declared} '
                        'beside the image, and WD front ends feed the image '
