@@ -22,8 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxtag import models
-from jaxtag import sharding
-from jaxtag import train as train_lib
 from jaxtag.bench import train as train_bench
 
 _flops = train_bench._flops_per_step  # pylint: disable=protected-access
@@ -48,15 +46,7 @@ def _config(config, form: str, batch: int, head_kwargs: dict):
 
 
 def _compiled_step(config, num_classes: int):
-  mesh = sharding.create_mesh(config.mesh.model)
-  trainable = train_lib.Trainable(config, mesh, num_classes=num_classes,
-                                  num_train_steps=100)
-  state = trainable.fresh_state()
-  batch = train_bench._fake_batch(  # pylint: disable=protected-access
-      config.batch_size, config.data.image_size, num_classes, mesh)
-  compiled = trainable.train_step.lower(state, batch,
-                                        trainable.step_rng).compile()
-  return trainable, state, batch, compiled
+  return train_bench.compiled_step(config, num_classes)
 
 
 def backbone_forward(config, num_classes: int, batch: int):

@@ -22,8 +22,6 @@ import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
 from jaxtag import models
-from jaxtag import sharding
-from jaxtag import train as train_lib
 from jaxtag.bench import train as train_bench
 from jaxtag.data import tag_metadata
 
@@ -59,15 +57,7 @@ def _with_head(config, head: str, batch: int, head_kwargs: dict):
 
 
 def _step(config, tags, num_classes):
-  mesh = sharding.create_mesh(config.mesh.model)
-  trainable = train_lib.Trainable(config, mesh, num_classes=num_classes,
-                                  num_train_steps=100, tag_metadata=tags)
-  state = trainable.fresh_state()
-  batch = train_bench._fake_batch(  # pylint: disable=protected-access
-      config.batch_size, config.data.image_size, num_classes, mesh)
-  compiled = trainable.train_step.lower(state, batch,
-                                        trainable.step_rng).compile()
-  return trainable, state, batch, compiled
+  return train_bench.compiled_step(config, num_classes, tag_metadata=tags)
 
 
 def _head_flops(config, tags, num_classes, feature_shape) -> float:

@@ -57,6 +57,21 @@ def _fake_batch(batch_size: int, image_size: int, num_classes: int, mesh):
   return sharding.to_global(batch, mesh)
 
 
+def compiled_step(config, num_classes: int, tag_metadata=None):
+  """(Trainable, fresh state, a fake batch, the compiled train step) of
+  `config` with `num_classes` tags, for head-share benchmarks."""
+  mesh = sharding.create_mesh(config.mesh.model)
+  trainable = train_lib.Trainable(config, mesh, num_classes=num_classes,
+                                  num_train_steps=100,
+                                  tag_metadata=tag_metadata)
+  state = trainable.fresh_state()
+  batch = _fake_batch(config.batch_size, config.data.image_size, num_classes,
+                      mesh)
+  compiled = trainable.train_step.lower(state, batch,
+                                        trainable.step_rng).compile()
+  return trainable, state, batch, compiled
+
+
 def _time_steps(trainable, state, batch_fn, steps: int):
   """Runs `steps` steps; returns seconds, synchronised at both ends."""
   state, m = trainable.train_step(state, batch_fn(), trainable.step_rng)
