@@ -101,12 +101,17 @@ def _events(path: epath.Path) -> list:
 
 
 def _scalars(logdir: epath.Path) -> dict[str, dict[int, float]]:
+  """Scalars of every event file: the run's writer, and the plots' writer
+  of images (jaxtag.reporting.write_images), which has no scalars."""
   files = list(logdir.iterdir())
-  assert len(files) == 1 and files[0].name.startswith('events.out.tfevents')
+  assert 1 <= len(files) <= 2
+  assert all(f.name.startswith('events.out.tfevents') for f in files)
   out = {}
-  for event in _events(files[0]):
-    for value in event.summary.value:
-      out.setdefault(value.tag, {})[event.step] = value.simple_value
+  for path in files:
+    for event in _events(path):
+      for value in event.summary.value:
+        if value.HasField('simple_value'):
+          out.setdefault(value.tag, {})[event.step] = value.simple_value
   return out
 
 
