@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip('cv2', reason='needs the `characters` extra')
-pytest.importorskip('mahotas', reason='needs the `characters` extra')
+import cv2  # the `characters` extra, in `test` too
+import mahotas  # noqa: F401
 
 from data_builders.synthetic_anime import annotate  # noqa: E402
 from data_builders.synthetic_anime import faces  # noqa: E402

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ort = pytest.importorskip('onnxruntime')
-onnx = pytest.importorskip('onnx')
+import onnx  # the `onnx` extra, in `test` too
+import onnxruntime as ort
 
 from jaxtag import config as config_lib  # noqa: E402
 from jaxtag.models import build_model  # noqa: E402

@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import collections
+import csv
+import io
 import json
 import re
 from typing import Any, Iterable
@@ -167,8 +169,6 @@ def run_vocabulary(workdir: str, source, label_feature: str,
 def load_targets(path) -> dict[int, str]:
   """{record index: caption} from a CSV with `index` and `caption` columns
   (a captioner's eval_<split>_captions.csv)."""
-  import csv  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f'config.dataset.caption_targets: {path} does not '

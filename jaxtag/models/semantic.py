@@ -25,12 +25,14 @@ on the un-augmented image at the evaluation geometry.
 """
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from etils import epath
 
 from jaxtag.models import pooling
@@ -158,8 +160,6 @@ class CachedFeatures:
 
 def open_cache(cache_dir: str, split: str):
   """v_cap [N, D] float32 of `split` from a cache folder."""
-  import io  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   path = epath.Path(cache_dir) / f'{split}.npy'
   if not path.exists():
     raise FileNotFoundError(
