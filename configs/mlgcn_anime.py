@@ -13,24 +13,29 @@ whose TFDS builder reads a local folder (`config.dataset.manual_dir`, added
 with that builder); until it lands, this variant stops at start-up with the
 list of builders there are.
 
-  python -m jaxtag.compare configs/mlgcn_anime.py:synthetic_baseline \
-      configs/mlgcn_anime.py:synthetic --workdir runs/compare
+  python -m jaxtag.compare configs/default.py configs/mlgcn_anime.py:synthetic \
+      configs/addgcn_danbooru.py:synthetic \
+      configs/addgcn_danbooru.py:synthetic_lowrank --workdir runs/compare
 
 is the CPU comparison on `synthetic_anime/default` (README: "ML-GCN head,
-label graphs and `jaxtag.compare`"): `:synthetic` is a half-width
-DenseNet-121 at 96 px with the ML-GCN head, 3 epochs: 0.88 GFLOP per
-training image, 36 img/s measured on 2 shared cores at load average 4.7
-(17 minutes a run), an estimated 9-12 minutes on 2 quiet ones;
-`:synthetic_baseline` is the same network, data, optimiser and budget with
-the linear head and global average pooling (the paper's vanilla
-DenseNet-121). `:tiny` trains in seconds on `synthetic_anime/tiny`, for
-tests.
+label graphs and `jaxtag.compare`"): `:synthetic` is configs/default.py
+(a half-width ResNet-18 at 96 px, its data, optimiser and schedule) with
+the linear head and global average pooling swapped for the ML-GCN head
+and global max pooling, so configs/default.py is its baseline and every
+head of the comparison shares one backbone and one budget.
+`:synthetic_densenet` and `:synthetic_densenet_baseline` are the paper's
+backbone at CPU size (a half-width DenseNet-121 at 96 px, Adam 1e-3, 3
+epochs; 0.88 GFLOP per training image, 36 img/s on 2 shared cores, about
+17 minutes a run), the second with the linear head and global average
+pooling (the paper's vanilla DenseNet-121). `:tiny` trains in seconds on
+`synthetic_anime/tiny`, for tests.
 """
 import os
 
 from jaxtag import config as config_lib
 
-VARIANTS = ('synthetic', 'synthetic_baseline', 'tiny', 'tiny_baseline')
+VARIANTS = ('synthetic', 'synthetic_densenet', 'synthetic_densenet_baseline',
+            'tiny', 'tiny_baseline')
 
 
 def _mlgcn_head(config, *, tau, hidden, embedding_dim, adjacency='auto'):
@@ -49,7 +54,7 @@ def _default(arg=None):
   return config_lib.load_config_file(path + (f':{arg}' if arg else ''))
 
 
-def _synthetic():
+def _synthetic_densenet():
   """configs/default.py with a half-width DenseNet-121 and the paper's
   optimiser (Adam, 1e-3), 3 epochs, linear head, global average pooling."""
   config = _default()
@@ -75,14 +80,17 @@ def _tiny():
 
 
 def get_config(arg=None):
+  # tau: the 80 synthetic tags co-occur far more often than Danbooru's
+  # thousands; at 0.002 the graph links 98.7% of pairs, a near-complete
+  # graph that averages every classifier with every other. ML-GCN's COCO
+  # value, 0.4, keeps about 8 neighbours per tag (10.8% density).
   if arg == 'synthetic':
-    # tau: the 80 synthetic tags co-occur far more often than Danbooru's
-    # thousands; at 0.002 the graph links 98.7% of pairs, a near-complete
-    # graph that averages every classifier with every other. ML-GCN's COCO
-    # value, 0.4, keeps about 8 neighbours per tag (10.8% density).
-    return _mlgcn_head(_synthetic(), tau=0.4, hidden=1024, embedding_dim=64)
-  if arg == 'synthetic_baseline':
-    return _synthetic()
+    return _mlgcn_head(_default(), tau=0.4, hidden=1024, embedding_dim=64)
+  if arg == 'synthetic_densenet':
+    return _mlgcn_head(_synthetic_densenet(), tau=0.4, hidden=1024,
+                       embedding_dim=64)
+  if arg == 'synthetic_densenet_baseline':
+    return _synthetic_densenet()
   if arg == 'tiny':
     return _mlgcn_head(_tiny(), tau=0.4, hidden=16, embedding_dim=8)
   if arg == 'tiny_baseline':

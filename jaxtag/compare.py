@@ -1,7 +1,7 @@
 r"""Trains several configs with equal budgets and tabulates their test results.
 
-  python -m jaxtag.compare configs/mlgcn_anime.py:synthetic_baseline \
-      configs/mlgcn_anime.py:synthetic --workdir runs/compare [--num_epochs 1.5]
+  python -m jaxtag.compare configs/default.py configs/mlgcn_anime.py:synthetic \
+      configs/addgcn_danbooru.py:synthetic --workdir runs/compare [--num_epochs 5]
 
 Each config trains in its own sub-workdir (`DIR/<file>-<variant>`), one
 after the other; a run that already wrote `results.json` is not trained

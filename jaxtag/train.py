@@ -242,11 +242,14 @@ def _record_features(keys, encoder_spec, feature_specs):
     if key in encoder_spec:
       continue
     if key not in feature_specs:
+      hint = (' Caption features come from config.model.semantic.captioner '
+              '(a captioner run) or config.model.semantic.cache.'
+              if key == 'semantic' else '')
       raise ValueError(
           f'The head ({", ".join(keys)} declared) needs batch feature '
           f'{key!r}, which neither config.dataset.label_encoding nor the '
           f'dataset provides (fixed-shape features: '
-          f'{", ".join(sorted(feature_specs)) or "none"}).')
+          f'{", ".join(sorted(feature_specs)) or "none"}).{hint}')
     out[key] = feature_specs[key]
   return out
 

@@ -183,6 +183,42 @@ def test_crop_box_hand_worked():
     faces.crop_box((0.5, 0.5, 0.4, 0.6), 0.1)
 
 
+def test_hsv_jitter_against_colorsys():
+  import colorsys
+  rng = np.random.default_rng(0)
+  rgb = rng.uniform(0, 1, (6, 7, 3)).astype(np.float32)
+  out = faces._hsv_jitter(rgb, hue=0.2, sat=0.7, val=1.1)
+  for y, x in [(0, 0), (3, 4), (5, 6)]:
+    q = np.round(rgb[y, x] * 255) / 255      # the uint8 the function reads
+    h, s, v = colorsys.rgb_to_hsv(*q)
+    want = colorsys.hsv_to_rgb((h + 0.2) % 1, min(s * 0.7, 1), min(v * 1.1, 1))
+    # PIL's HSV is 8-bit per channel: a few levels of rounding.
+    np.testing.assert_allclose(out[y, x], want, atol=6 / 255)
+
+
+def test_perturb_is_reproducible_and_off_at_zero():
+  face = _image(32, 32, seed=3)
+  np.testing.assert_array_equal(
+      faces.perturb(face, np.random.default_rng(0), 0.0, 0.0), face)
+  a = faces.perturb(face, np.random.default_rng([1, 2]), 1.0, 0.4)
+  b = faces.perturb(face, np.random.default_rng([1, 2]), 1.0, 0.4)
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == face.shape and a.dtype == np.uint8
+  assert np.abs(a.astype(int) - face).mean() > 5
+
+
+def test_occluder_covers_its_drawn_share():
+  # A flat grey face, no palette change: only the occluder (8-30% of the
+  # crop, less what falls outside it) differs from the input.
+  face = np.full((64, 64, 3), 128, np.uint8)
+  shares = []
+  for seed in range(40):
+    out = faces.perturb(face, np.random.default_rng(seed), 0.0, 1.0)
+    shares.append(np.mean(np.any(out != face, axis=-1)))
+  shares = np.array(shares)
+  assert shares.max() <= 0.31 and np.median(shares) > 0.05
+
+
 def test_faces_config_labels_and_crops_inside(faces_tiny_dir):
   import tensorflow_datasets as tfds
   from jaxtag.data import tag_metadata

@@ -167,18 +167,22 @@ def test_config_builds_the_head(variant):
   model = models.build_model(config.model, 10, tag_metadata=_tags())
   assert isinstance(model.head, mlgcn.MLGCNHead)
   assert model.head.pool == 'gmp' and model.head.p == 0.2
-  assert config.model.backbone == 'densenet121'
+  if variant != 'synthetic':
+    assert config.model.backbone == 'densenet121'
   if variant is None:
     assert model.head.tau == 0.002 and config.data.image_size == 512
     assert config.optim.name == 'adam' and config.num_epochs == 30
-  with pytest.raises(ValueError, match='valid: synthetic, synthetic_baseline'):
+  with pytest.raises(ValueError, match='valid: synthetic, synthetic_densenet, '):
     config_lib.load_config_file('configs/mlgcn_anime.py:huge')
 
 
-def test_baseline_variant_differs_only_in_the_head():
-  gcn = config_lib.load_config_file('configs/mlgcn_anime.py:synthetic')
-  base = config_lib.load_config_file(
-      'configs/mlgcn_anime.py:synthetic_baseline')
+@pytest.mark.parametrize('gcn_name,base_name', [
+    ('configs/mlgcn_anime.py:synthetic', 'configs/default.py'),
+    ('configs/mlgcn_anime.py:synthetic_densenet',
+     'configs/mlgcn_anime.py:synthetic_densenet_baseline')])
+def test_baseline_variant_differs_only_in_the_head(gcn_name, base_name):
+  gcn = config_lib.load_config_file(gcn_name)
+  base = config_lib.load_config_file(base_name)
   compare.check_equal_budgets({'a': gcn, 'b': base})
   gcn.model.head, gcn.model.pool = 'linear', 'gap'
   gcn.model.head_kwargs = {}

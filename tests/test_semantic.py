@@ -1,6 +1,7 @@
 """Caption semantic features: a frozen captioner inside the tagger's step,
 and the per-image cache that stands in for it."""
 import io
+import json
 
 import jax
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from jaxtag import checkpoint
 from jaxtag import config as config_lib
 from jaxtag import semantic_cache
+from jaxtag import sharding
 from jaxtag import train
 from jaxtag.models.heads import HEADS
 
@@ -100,3 +102,39 @@ def test_semantic_config_errors(tiny_data_dir, tmp_path, monkeypatch):
   config.model.semantic.cache = str(tmp_path / 'nocache')
   with pytest.raises(FileNotFoundError, match='semantic_cache'):
     train.Run(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.slow
+def test_tiny_addgcn_with_captions_trains(tiny_data_dir, tmp_path,
+                                          captioner_run, read_params):
+  """configs/addgcn_caption_danbooru.py:tiny: v_cap from the frozen tiny
+  captioner reaches the dynamic graph, which trains; the encoder stays."""
+  config = config_lib.load_config_file(
+      'configs/addgcn_caption_danbooru.py:tiny')
+  config.dataset.data_dir = tiny_data_dir
+  config.model.semantic.captioner = captioner_run
+  config.num_train_steps = 4
+  config.log_every_steps = 1
+  config.eval_every_steps = config.checkpoint_every_steps = 4
+  workdir = str(tmp_path / 'addgcn_caption')
+  result = train.train_and_evaluate(config, workdir)
+  assert 0.0 < result['mAP'] <= 1.0
+  losses = [json.loads(line).get('train/loss') for line in
+            open(f'{workdir}/metrics.jsonl')]
+  losses = [v for v in losses if v is not None]
+  assert len(losses) == 4 and np.all(np.isfinite(losses))
+
+  captioner, _ = read_params(captioner_run)
+  tagger, _ = read_params(workdir)
+  flat_c, flat_t = checkpoint.flatten(captioner), checkpoint.flatten(tagger)
+  np.testing.assert_array_equal(flat_t['semantic/annotate/kernel'],
+                                flat_c['head/annotate/kernel'])
+  # The adjacency kernel's v_cap rows (the context comes first, and with
+  # replace_global the context is v_cap, 16 wide) left their start.
+  fresh = train.Trainable(config, sharding.create_mesh(),
+                          num_classes=flat_t['head/classifier_bias'].shape[0],
+                          num_train_steps=1)
+  start = checkpoint.flatten(fresh.fresh_state().params)
+  kernel = 'head/adjacency_kernel'
+  assert flat_t[kernel].shape == start[kernel].shape
+  assert not np.allclose(flat_t[kernel][:16], start[kernel][:16])

@@ -11,6 +11,16 @@ selected_tags.csv this config writes (category 4), so
 Characters that share a hair colour (e.g. yuki/shiro, kuro/rin, aoi/sora)
 differ only in smaller cues (hair length, eyes, accessories), which is what
 separates the recognition methods.
+
+Flat synthetic colours alone make a colour histogram nearly decisive, so the
+`faces` config disturbs every crop as real collections are disturbed
+(`perturb`, strength `face_jitter`): another artist's palette (a hue shift
+of up to 25 degrees, saturation x0.55-1.25, brightness x0.7-1.2, so that
+white and silver hair, or blue and purple, overlap), a blur, sensor-like
+noise, and with probability `face_occlusion` an occluder (a hand, a speech
+bubble, another figure: a filled ellipse or rectangle of a random colour
+over 8-30% of the crop). Every draw comes from the face's own stream
+(seed, split, scene, face), so a build is reproducible.
 """
 from __future__ import annotations
 
@@ -21,10 +31,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
+from PIL import ImageDraw
+import scipy.sparse
+from scipy import ndimage
 
 from data_builders.synthetic_anime import annotate
 from data_builders.synthetic_anime import render
 from data_builders.synthetic_anime import vocab
+from jaxtag.data import tag_metadata
 
 # The character tags of the parent vocabulary, in vocabulary order; a face's
 # label is its index here.
@@ -73,6 +87,54 @@ def crop(image: np.ndarray, box, margin: float, size: int
   return np.asarray(face), (t / h, l / w, b / h, r / w)
 
 
+def _hsv_jitter(rgb: np.ndarray, hue: float, sat: float, val: float
+                ) -> np.ndarray:
+  """float [.., 3] RGB in [0, 1], hue shifted by `hue` (a fraction of the
+  circle), saturation and value scaled; back to RGB in [0, 1]."""
+  hsv = np.asarray(Image.fromarray(
+      np.round(rgb * 255).astype(np.uint8)).convert('HSV'), np.float32) / 255
+  hsv[..., 0] = (hsv[..., 0] + hue) % 1.0
+  hsv[..., 1] = np.clip(hsv[..., 1] * sat, 0, 1)
+  hsv[..., 2] = np.clip(hsv[..., 2] * val, 0, 1)
+  out = Image.fromarray(np.round(hsv * 255).astype(np.uint8), 'HSV')
+  return np.asarray(out.convert('RGB'), np.float32) / 255
+
+
+def perturb(face: np.ndarray, rng: np.random.Generator, strength: float,
+            occlusion: float) -> np.ndarray:
+  """uint8 [S, S, 3] crop -> the crop in another palette, blurred, noisy and
+  perhaps occluded (module docstring). strength 0 and occlusion 0 return it
+  unchanged."""
+  if strength <= 0 and occlusion <= 0:
+    return face
+  size = face.shape[0]
+  image = face.astype(np.float32) / 255
+  if strength > 0:
+    image = _hsv_jitter(
+        image, hue=strength * rng.uniform(-25, 25) / 360,
+        sat=1 + strength * rng.uniform(-0.45, 0.25),
+        val=1 + strength * rng.uniform(-0.3, 0.2))
+  if rng.uniform() < occlusion:
+    layer = Image.fromarray(np.round(image * 255).astype(np.uint8))
+    area = rng.uniform(0.08, 0.30) * size * size
+    aspect = rng.uniform(0.5, 2.0)
+    h, w = np.sqrt(area * aspect), np.sqrt(area / aspect)
+    cy, cx = rng.uniform(0, size, 2)
+    shape = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    draw = ImageDraw.Draw(layer)
+    if rng.uniform() < 0.5:
+      draw.ellipse(shape, fill=colour, outline=(20, 20, 20))
+    else:
+      draw.rectangle(shape, fill=colour, outline=(20, 20, 20))
+    image = np.asarray(layer, np.float32) / 255
+  if strength > 0:
+    sigma = strength * rng.uniform(0, 0.012) * size
+    image = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
+    image += rng.normal(0, strength * 0.03, image.shape).astype(np.float32)
+  return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+
+
 def face_examples(config, split: str, index: int) -> list[tuple[str, dict]]:
   """The face examples of the parent's scene `index` of `split`."""
   scene = annotate.sample_scene(config.seed, split, index, config.drop_prob)
@@ -87,6 +149,9 @@ def face_examples(config, split: str, index: int) -> list[tuple[str, dict]]:
     if not fig.character:
       continue
     face, cut = crop(image, box, config.face_margin, config.crop_size)
+    face = perturb(face, np.random.default_rng(
+        [config.seed, annotate.SPLIT_IDS[split], index, k, 3]),
+                   config.face_jitter, config.face_occlusion)
     buf = io.BytesIO()
     Image.fromarray(face).save(buf, format='PNG', optimize=False,
                                compress_level=6)
@@ -125,18 +190,16 @@ class FaceStatistics(tfds.core.Metadata):
       writer.writerow([i, name, 4, int(self.counts[i])])
     (epath.Path(data_dir) / 'selected_tags.csv').write_bytes(
         table.getvalue().encode())
-    stats = io.BytesIO()
-    # One character per face: co-occurrence is diagonal.
-    np.savez(stats, counts=self.counts, cooccurrence=np.diag(self.counts),
-             num_images=np.int64(self.num_images))
-    (epath.Path(data_dir) / 'label_stats.npz').write_bytes(stats.getvalue())
+    # One character per face: the co-occurrence is diagonal.
+    (epath.Path(data_dir) / tag_metadata.LABEL_STATS).write_bytes(
+        tag_metadata.label_stats_bytes(
+            self.counts, scipy.sparse.diags_array(self.counts),
+            self.num_images))
 
   def load_metadata(self, data_dir):
-    path = epath.Path(data_dir) / 'label_stats.npz'
+    path = epath.Path(data_dir) / tag_metadata.LABEL_STATS
     if path.exists():
-      with np.load(io.BytesIO(path.read_bytes())) as stats:
-        self.counts = stats['counts']
-        self.num_images = int(stats['num_images'])
+      self.counts, _, self.num_images = tag_metadata.load_label_stats(path)
 
   def record(self, config):
     self.counts = character_counts(config)

@@ -45,6 +45,8 @@ class SyntheticAnimeConfig(tfds.core.BuilderConfig):
   faces: bool = False       # one example per named character's face (faces.py)
   face_margin: float = 0.15  # faces: margin around the head box, per side
   crop_size: int = 64       # faces: side of the stored crop
+  face_jitter: float = 0.0   # faces: palette, blur and noise (faces.perturb)
+  face_occlusion: float = 0.0  # faces: chance of an occluder per crop
 
 
 class TagStatistics(tfds.core.Metadata):
@@ -135,14 +137,24 @@ class SyntheticAnime(tfds.core.GeneratorBasedBuilder):
                            num_test=64, style='photo'),
       # Face crops of the first 6000/500/1000 scenes of `default`, drawn at
       # 128 px (character recognition, seed 003; see faces.py).
+      # Each crop in another palette, blurred and noisy, and 40% occluded:
+      # hard enough that the methods separate (faces.py).
       SyntheticAnimeConfig(name='faces', description='64 px face crops of '
-                           'named characters from 6000/500/1000 scenes',
+                           'named characters from 6000/500/1000 scenes, '
+                           'colour-jittered and partly occluded',
                            image_size=128, num_train=6000, num_validation=500,
-                           num_test=1000, faces=True, crop_size=64),
+                           num_test=1000, faces=True, crop_size=64,
+                           face_jitter=1.0, face_occlusion=0.4,
+                           version='1.1.0',
+                           release_notes={'1.1.0': 'Palette jitter, blur, '
+                                          'noise and occluders.'}),
       SyntheticAnimeConfig(name='faces_tiny', description='32 px face crops '
-                           'from 400/80/120 scenes', image_size=64,
+                           'from 400/80/120 scenes, as faces', image_size=64,
                            num_train=400, num_validation=80, num_test=120,
-                           faces=True, crop_size=32),
+                           faces=True, crop_size=32, face_jitter=1.0,
+                           face_occlusion=0.4, version='1.1.0',
+                           release_notes={'1.1.0': 'Palette jitter, blur, '
+                                          'noise and occluders.'}),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
