@@ -1,6 +1,7 @@
 r"""Seed 004's first experiment: a captioner adapted from photos to anime.
 
-  python -m jaxtag.caption_adaptation --workdir runs/adaptation [--variant synthetic]
+  python -m jaxtag.caption_adaptation --workdir runs/adaptation [--variant synthetic] \
+      [--cartoonize_options edge_offset=255,levels=12]
 
 Trains the captioner of configs/captioner_flickr8k.py:<variant> three ways
 and judges each on anime-style test illustrations with reference captions
@@ -12,13 +13,16 @@ and judges each on anime-style test illustrations with reference captions
 3. `adapted_teacher`: on cartoonised photos with the photo captioner's own
    captions of the real photos (Sec. 2.1's reading), written by its eval on
    the train split.
-Every run has the same budget. Each step is skipped when its output
+`--cartoonize_options` sets fields of jaxtag/data/cartoonize.py's
+CartoonizeOptions for both adapted runs (say, no ink lines for a target
+style drawn without outlines). Every run has the same budget. Each step is skipped when its output
 exists, so the same command resumes. Writes `adaptation.md` and
 `adaptation.json` in --workdir: BLEU on the anime test split (and, for
 reference, on the photo test split) and each step's wall time.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -28,6 +32,7 @@ from etils import epath
 
 from jaxtag import config as config_lib
 from jaxtag import train
+from jaxtag.data import cartoonize
 
 
 
@@ -36,6 +41,9 @@ def _define_flags():
   flags.DEFINE_string('workdir', None, 'Folder of the three runs.')
   flags.DEFINE_string('variant', 'synthetic',
                       'Variant of configs/captioner_flickr8k.py.')
+  flags.DEFINE_list('cartoonize_options', [],
+                    'KEY=VALUE,... fields of CartoonizeOptions for the '
+                    'adapted runs (config.data.cartoonize_options).')
   flags.mark_flags_as_required(['workdir'])
 # --data_dir (TFDS data_dir) is jaxtag.data.build's flag.
 
@@ -59,7 +67,23 @@ def _timed(fn):
   return out, time.perf_counter() - start
 
 
-def run(workdir: str, variant: str, data_dir=None) -> dict:
+def parse_options(items) -> dict:
+  """['levels=12', 'edge_offset=255'] -> {'levels': 12, 'edge_offset': 255.0},
+  each value converted to its CartoonizeOptions field's type."""
+  fields = {f.name: f for f in dataclasses.fields(cartoonize.CartoonizeOptions)}
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep or key not in fields:
+      raise ValueError(f'--cartoonize_options: {item!r} is not KEY=VALUE '
+                       f'with KEY one of {", ".join(fields)}.')
+    kind = type(fields[key].default)
+    out[key] = value if kind is tuple else kind(value)
+  return out
+
+
+def run(workdir: str, variant: str, data_dir=None,
+        cartoonize_options: dict | None = None) -> dict:
   if variant not in PHOTO:
     raise ValueError(f'Unknown --variant {variant!r}; valid: '
                      f'{", ".join(PHOTO)}.')
@@ -74,6 +98,7 @@ def run(workdir: str, variant: str, data_dir=None) -> dict:
     config = _config(variant, PHOTO[variant], data_dir)
     if name != 'photo':
       config.data.cartoonize = 'opencv'
+      config.data.cartoonize_options = dict(cartoonize_options or {})
     if name == 'adapted_teacher':
       if not teacher_file.exists():
         _, seconds = _timed(lambda: train.evaluate_checkpoint(
@@ -118,7 +143,8 @@ def table(report: dict) -> str:
 def main(argv):
   del argv
   report = run(flags.FLAGS.workdir, flags.FLAGS.variant,
-               flags.FLAGS.data_dir)
+               flags.FLAGS.data_dir,
+               parse_options(flags.FLAGS.cartoonize_options))
   print(table(report))
 
 

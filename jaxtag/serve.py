@@ -95,8 +95,10 @@ class TagService:
   def tag(self, image, filename: str, with_scores: bool) -> dict[str, Any]:
     with self._lock:
       scores = self.tagger.scores([image])
-      thresholds = self.tagger.thresholds(scores)
       record = {'file': filename, **self.tagger.results(scores)[0]}
+      if self.tagger.task == 'captioning':   # {'file', 'caption'}
+        return record
+      thresholds = self.tagger.thresholds(scores)
     if with_scores:
       record['scores'], record['thresholds'] = self.page_extras(
           scores[0], thresholds[0])

@@ -19,6 +19,14 @@ a progress bar on stderr.
 
 Thresholds: the bundle's (`--policy`), overridden by `--threshold` (every
 tag), `--general-threshold` and `--character-threshold`.
+
+A captioner's bundle (converted from a `show_attend_tell` run) writes its
+sentence instead: the .txt holds it (after the existing text, on a line of
+its own, with `--append-existing`), json/jsonl records are {file, caption},
+csv has the columns file, caption. The options that shape tags
+(thresholds, `--policy`, `--all-scores`, `--exclude`, `--prepend`,
+`--replace-underscores`, `--escape-parentheses`, `--character-first`) do
+not apply; given, they are named in one warning and ignored.
 Unreadable files are reported on stderr with the reason and skipped. The
 exit status is non-zero only when no file could be tagged (none was found,
 or every one was unreadable); images skipped for their existing caption
@@ -157,6 +165,11 @@ def write_records(records: list[dict], fmt: str, stream) -> None:
   elif fmt == 'jsonl':
     for record in records:
       stream.write(json.dumps(record) + '\n')
+  elif records and 'caption' in records[0]:
+    writer = csv.writer(stream, lineterminator='\n')
+    writer.writerow(['file', 'caption'])
+    for r in records:
+      writer.writerow([r['file'], r['caption']])
   else:
     writer = csv.writer(stream, lineterminator='\n')
     writer.writerow(['file', 'rating', 'general', 'character'])
@@ -166,6 +179,13 @@ def write_records(records: list[dict], fmt: str, stream) -> None:
 
 
 # -------------------------------------------------------------------- main ---
+
+
+# Options that shape tags, with their defaults: a captioner ignores them.
+TAG_ONLY = {'policy': 'run', 'threshold': None, 'general_threshold': None,
+            'character_threshold': None, 'all_scores': False,
+            'replace_underscores': False, 'escape_parentheses': False,
+            'exclude': '', 'prepend': '', 'character_first': False}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -223,6 +243,12 @@ def run(args) -> int:
       threshold=args.threshold, general_threshold=args.general_threshold,
       character_threshold=args.character_threshold,
       all_scores=args.all_scores and args.format in ('json', 'jsonl'))
+  if tagger.task == 'captioning':
+    ignored = [f'--{k.replace("_", "-")}' for k, default in TAG_ONLY.items()
+               if getattr(args, k) != default]
+    if ignored:
+      print(f'{args.bundle} is a captioner: {", ".join(ignored)} apply to '
+            'tags only and are ignored.', file=sys.stderr)
   progress = Progress(len(files), enabled=not args.quiet)
   records = []
   for start in range(0, len(files), args.batch_size):
@@ -255,13 +281,21 @@ def run(args) -> int:
 
 
 def write_caption(path: str, result: dict, args) -> None:
+  """The .txt caption: the tags, or a captioner's sentence (after the
+  existing text, on its own line, with --append-existing)."""
   target = caption_path(path, args.caption_extension)
   existing = None
   if args.append_existing and os.path.exists(target):
     with open(target, encoding='utf-8') as f:
       existing = f.read()
+  if 'caption' in result:
+    text = result['caption']
+    if existing and existing.strip():
+      text = existing.rstrip('\n') + '\n' + text
+  else:
+    text = ', '.join(caption_tags(result, args, existing))
   with open(target, 'w', encoding='utf-8') as f:
-    f.write(', '.join(caption_tags(result, args, existing)))
+    f.write(text)
 
 
 def main(argv=None) -> int:

@@ -263,3 +263,16 @@ def test_adaptation_experiment_runs_the_three_captioners(tiny_data_dir,
   assert config['dataset']['caption_targets'].endswith(
       'eval_train_captions.csv')
   assert '| adapted_teacher |' in (tmp_path / 'adaptation.md').read_text()
+
+
+def test_adaptation_cartoonize_options_are_typed_and_checked():
+  from jaxtag import caption_adaptation
+  from jaxtag.data import cartoonize
+  options = caption_adaptation.parse_options(
+      ['levels=12', 'edge_offset=255', 'smooth_passes=3'])
+  assert options == {'levels': 12, 'edge_offset': 255.0, 'smooth_passes': 3}
+  assert isinstance(options['levels'], int)
+  # The options build a valid CartoonizeOptions.
+  assert cartoonize.CartoonizeOptions(**options).levels == 12
+  with pytest.raises(ValueError, match='levels'):   # lists the valid keys
+    caption_adaptation.parse_options(['colours=3'])

@@ -18,6 +18,10 @@ thresholds. Thresholds in `thresholds.json`:
   equals recall as nearly as the grid allows). Tags without positives on
   the validation split keep their category value.
 
+A captioner (objective task 'captioning', e.g. configs/captioner_*.py)
+becomes a caption bundle: its vocabulary (`caption_vocab.json`) is copied,
+its "tags" are the vocabulary's words, and it has no thresholds; ONNX
+refuses it (its beam search is a loop over words).
 `--format stablehlo` also writes `model.stablehlo` (jaxtag/serving/
 stablehlo.py); `--format onnx` writes `model.onnx` through
 jaxtag.serving.onnx_export.
@@ -40,6 +44,7 @@ from jaxtag import evaluate as evaluate_lib
 from jaxtag import metrics as metrics_lib
 from jaxtag import thresholds as thresholds_lib
 from jaxtag import train
+from jaxtag.data import captions as captions_lib
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import stablehlo
 
@@ -125,7 +130,14 @@ def convert(workdir: str, out: str, *, step: int | None = None,
                                 run.eval_batches(config.dataset.eval_split),
                                 run.mesh, workdir, 'convert')
     scores, labels = pred['scores'], pred['labels']
-  if (epath.Path(workdir) / thresholds_lib.FILENAME).exists():
+  captioning = run.objective.task == 'captioning'
+  if captioning:
+    names = list(run.vocabulary.words)
+    categories = np.zeros(len(names), np.int64)
+    counts = np.zeros(len(names), np.int64)
+    thresholds = {'run': {'policy': 'none'}, 'by_category': {},
+                  'per_tag': {}}
+  elif (epath.Path(workdir) / thresholds_lib.FILENAME).exists():
     run_record = thresholds_lib.load(workdir)
   elif scores is not None:
     logging.warning('%s has no thresholds.json (training did not finish); '
@@ -135,8 +147,11 @@ def convert(workdir: str, out: str, *, step: int | None = None,
   else:
     run_record = {'policy': 'global', 'tags': run.tags.names,
                   'per_tag': [float(config.eval.threshold)] * run.num_classes}
-  thresholds = tuned_thresholds(config.eval, scores, labels, run.tags,
-                                run_record)
+  if not captioning:
+    names, categories, counts = (run.tags.names, run.tags.categories,
+                                 run.tags.counts)
+    thresholds = tuned_thresholds(config.eval, scores, labels, run.tags,
+                                  run_record)
 
   variables = jax.device_get({'params': state.params,
                               'batch_stats': state.batch_stats,
@@ -149,11 +164,12 @@ def convert(workdir: str, out: str, *, step: int | None = None,
                    'cooccurrence': run.tags.cooccurrence,
                    'num_images': int(run.tags.num_images)}
   bundle_lib.write_bundle(
-      out, config=config, variables=variables, names=run.tags.names,
-      categories=run.tags.categories, counts=run.tags.counts,
-      thresholds=thresholds,
+      out, config=config, variables=variables, names=names,
+      categories=categories, counts=counts, thresholds=thresholds,
       preprocess=bundle_lib.Preprocess.from_config(config),
       info={'step': step, 'workdir': str(workdir)}, label_stats=label_stats)
+  if captioning:
+    run.vocabulary.save(os.path.join(out, captions_lib.VOCAB_FILE))
   logging.info('Wrote the bundle of %s step %d to %s', workdir, step, out)
   if fmt == 'stablehlo':
     stablehlo.export_bundle(bundle_lib.load_bundle(out), out)

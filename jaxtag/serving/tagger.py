@@ -12,6 +12,10 @@ bundle's (`policy`: 'run', the run's saved policy; 'category'; 'f1';
 'precision_recall'), which `threshold` (all tags), then
 `general_threshold` and `character_threshold` override, as the WD front
 ends do.
+
+A captioner's bundle (`task == 'captioning'`) gives one
+`{'caption': 'a girl with ...'}` per image instead; thresholds do not
+apply to it.
 """
 from __future__ import annotations
 
@@ -58,22 +62,34 @@ class Tagger:
   def names(self) -> list[str]:
     return self.bundle.names
 
+  @property
+  def task(self) -> str:
+    """'multi_label', 'single_label' or 'captioning' (the bundle's)."""
+    return self.bundle.task
+
   def scores(self, images: Sequence[Any],
              progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """[N, tags] bundle-order scores of paths, PIL images or uint8 arrays.
+    """[N, tags] bundle-order scores of paths, PIL images or uint8 arrays
+    (a captioner's token ids [N, T]).
 
     Batches have `batch_size` rows (the last one padded), so one program
     serves every batch; native geometry batches each shape bucket apart.
     """
     prepared = [self.geometry(images_lib.as_image(x)) for x in images]
-    out = np.zeros((len(prepared), len(self.names)), np.float32)
+    out = None
     for bucket in sorted({p[0] for p in prepared}):
       rows = [i for i, p in enumerate(prepared) if p[0] == bucket]
       for start in range(0, len(rows), self.batch_size):
         chunk = rows[start:start + self.batch_size]
-        out[chunk] = self._predict([prepared[i] for i in chunk])
+        result = self._predict([prepared[i] for i in chunk])
+        if out is None:
+          out = np.zeros((len(prepared), *result.shape[1:]), result.dtype)
+        out[chunk] = result
         if progress is not None:
           progress(len(chunk))
+    if out is None:
+      out = np.zeros((0, 0 if self.task == 'captioning' else len(self.names)),
+                     np.float32)
     return out
 
   def _predict(self, prepared) -> np.ndarray:
@@ -90,6 +106,9 @@ class Tagger:
 
   def thresholds(self, scores) -> np.ndarray:
     """[N, tags]: each score's threshold after the overrides."""
+    if self.task == 'captioning':
+      raise ValueError(f'{self.bundle.directory} is a captioner: its '
+                       'captions have no thresholds.')
     scores = np.asarray(scores, np.float32)
     out = np.array(np.broadcast_to(
         self.bundle.threshold_values(scores, self.policy), scores.shape))
@@ -100,9 +119,12 @@ class Tagger:
         out[:, self.groups[name]] = self.overrides[name]
     return out
 
-  def results(self, scores) -> list[dict[str, dict[str, float]]]:
+  def results(self, scores) -> list[dict[str, Any]]:
     """One dict per image: 'rating' (all four), 'general', 'character' (and
-    'other' for further categories) of tag -> score."""
+    'other' for further categories) of tag -> score; a captioner's
+    {'caption': sentence}."""
+    if self.task == 'captioning':
+      return [{'caption': c} for c in self.bundle.decode(scores)]
     scores = np.asarray(scores, np.float32)
     thresholds = self.thresholds(scores)
     names = self.names
@@ -121,6 +143,6 @@ class Tagger:
 
   def tag(self, images: Sequence[Any],
           progress: Callable[[int], None] | None = None
-          ) -> list[dict[str, dict[str, float]]]:
+          ) -> list[dict[str, Any]]:
     """Paths, PIL images or uint8 arrays -> one result dict per image."""
     return self.results(self.scores(images, progress))
