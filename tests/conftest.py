@@ -18,6 +18,21 @@ def tiny_data_dir(tmp_path_factory):
   return data_dir
 
 
+@pytest.fixture(scope='session')
+def tiny_captioner_run(tiny_data_dir, tmp_path_factory):
+  """(workdir, config) of configs/captioner_flickr8k.py:tiny trained 6
+  steps, once per test session (the semantic-feature and serving tests)."""
+  from jaxtag import config as config_lib
+  from jaxtag import train
+  config = config_lib.load_config_file('configs/captioner_flickr8k.py:tiny')
+  config.dataset.data_dir = tiny_data_dir
+  config.num_train_steps = 6
+  config.eval_every_steps = config.checkpoint_every_steps = 6
+  workdir = str(tmp_path_factory.mktemp('captioner'))
+  train.train_and_evaluate(config, workdir)
+  return workdir, config
+
+
 @pytest.fixture
 def tiny_config(tiny_data_dir):
   """configs/default.py:tiny pointed at the session's dataset."""

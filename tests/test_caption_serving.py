@@ -9,11 +9,9 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from jaxtag import config as config_lib
 from jaxtag import models
 from jaxtag import serve
 from jaxtag import tag
-from jaxtag import train
 from jaxtag.data import captions
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert
@@ -22,14 +20,9 @@ from jaxtag.serving import tagger as tagger_lib
 
 
 @pytest.fixture(scope='module')
-def caption_bundle(tiny_data_dir, tmp_path_factory):
-  config = config_lib.load_config_file('configs/captioner_flickr8k.py:tiny')
-  config.dataset.data_dir = tiny_data_dir
-  config.num_train_steps = 6
-  config.eval_every_steps = config.checkpoint_every_steps = 6
-  root = tmp_path_factory.mktemp('caption_bundle')
-  workdir, out = str(root / 'run'), str(root / 'bundle')
-  train.train_and_evaluate(config, workdir)
+def caption_bundle(tiny_captioner_run, tmp_path_factory):
+  workdir, config = tiny_captioner_run
+  out = str(tmp_path_factory.mktemp('caption_bundle') / 'bundle')
   convert.convert(workdir, out)
   return workdir, out, config
 
@@ -92,10 +85,6 @@ def test_caption_bundle_tagger_command_and_server(caption_bundle, tmp_path,
   assert '--threshold apply to tags only' in capsys.readouterr().err
   for i, caption in enumerate(want):
     assert (folder / f'{i}.txt').read_text() == caption
-  (folder / '0.txt').write_text('kept line\n')
-  assert tag.main([str(folder / '0.png'), '--bundle', out, '--quiet',
-                   '--append-existing']) == 0
-  assert (folder / '0.txt').read_text() == 'kept line\n' + want[0]
   assert tag.main([str(folder), '--bundle', out, '--quiet', '--format',
                    'csv', '--output', str(tmp_path / 'c.csv')]) == 0
   rows = (tmp_path / 'c.csv').read_text().splitlines()
@@ -113,3 +102,14 @@ def test_onnx_refuses_a_captioner_by_name(caption_bundle, tmp_path):
   with pytest.raises(onnx_export.NotExportableError,
                      match="'show_attend_tell'.*beam search.*stablehlo"):
     onnx_export.export_onnx(bundle_lib.load_bundle(out), str(tmp_path))
+
+
+def test_a_sentence_is_appended_on_its_own_line(tmp_path):
+  image = tmp_path / 'a.png'
+  (tmp_path / 'a.txt').write_text('kept line\n')
+  args = tag.parse_args([str(image), '--bundle', 'B', '--append-existing'])
+  tag.write_caption(str(image), {'caption': 'one girl'}, args)
+  assert (tmp_path / 'a.txt').read_text() == 'kept line\none girl'
+  args = tag.parse_args([str(image), '--bundle', 'B', '--overwrite'])
+  tag.write_caption(str(image), {'caption': 'two boys'}, args)
+  assert (tmp_path / 'a.txt').read_text() == 'two boys'

@@ -18,14 +18,8 @@ import fake_methods
 
 
 @pytest.fixture(scope='module')
-def captioner_run(tiny_data_dir, tmp_path_factory):
-  config = config_lib.load_config_file('configs/captioner_flickr8k.py:tiny')
-  config.dataset.data_dir = tiny_data_dir
-  config.num_train_steps = 2
-  config.eval_every_steps = config.checkpoint_every_steps = 2
-  workdir = str(tmp_path_factory.mktemp('captioner'))
-  train.train_and_evaluate(config, workdir)
-  return workdir
+def captioner_run(tiny_captioner_run):
+  return tiny_captioner_run[0]
 
 
 def _tagger_config(tiny_data_dir, captioner):
