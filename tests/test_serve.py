@@ -53,6 +53,7 @@ class FakeTagger:
   groups = {'rating': np.arange(4), 'general': np.array([4, 5, 6]),
             'character': np.array([7])}
   limits = np.array([0, 0, 0, 0, 0.3, 0.5, 0.7, 0.9], np.float32)
+  task = 'multi_label'
 
   def scores(self, images):
     red = np.array([np.asarray(x)[..., 0].mean() / 255 for x in images])
