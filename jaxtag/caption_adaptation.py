@@ -14,8 +14,14 @@ and judges each on anime-style test illustrations with reference captions
    captions of the real photos (Sec. 2.1's reading), written by its eval on
    the train split.
 `--cartoonize_options` sets fields of jaxtag/data/cartoonize.py's
-CartoonizeOptions for both adapted runs (say, no ink lines for a target
-style drawn without outlines). Every run has the same budget. Each step is skipped when its output
+CartoonizeOptions for both adapted runs. Unset, the embedded variants
+(`synthetic`, `tiny`) use `FLAT_STYLE`: synthetic_anime draws flat fills
+without ink outlines, and OpenCV's outlines at 96 px paint over hair and
+clothes, the colour words of the captions; measured on `synthetic`, the
+outlined default lowered the anime test BLEU-4 from 47.5 (photo
+captioner) to 34.6, the flat style raised it to 53.9 (README).
+`--cartoonize_options=method=opencv` gives the outlined default. Every run
+has the same budget. Each step is skipped when its output
 exists, so the same command resumes. Writes `adaptation.md` and
 `adaptation.json` in --workdir: BLEU on the anime test split (and, for
 reference, on the photo test split) and each step's wall time.
@@ -41,9 +47,10 @@ def _define_flags():
   flags.DEFINE_string('workdir', None, 'Folder of the three runs.')
   flags.DEFINE_string('variant', 'synthetic',
                       'Variant of configs/captioner_flickr8k.py.')
-  flags.DEFINE_list('cartoonize_options', [],
+  flags.DEFINE_list('cartoonize_options', None,
                     'KEY=VALUE,... fields of CartoonizeOptions for the '
-                    'adapted runs (config.data.cartoonize_options).')
+                    'adapted runs (config.data.cartoonize_options); unset: '
+                    'FLAT_STYLE for the embedded variants.')
   flags.mark_flags_as_required(['workdir'])
 # --data_dir (TFDS data_dir) is jaxtag.data.build's flag.
 
@@ -51,6 +58,11 @@ PHOTO = {'synthetic': 'synthetic_anime/photo',
          'tiny': 'synthetic_anime/photo_tiny'}
 ANIME = {'synthetic': 'synthetic_anime/default', 'tiny': 'synthetic_anime/tiny'}
 RUNS = ('photo', 'adapted_human', 'adapted_teacher')
+# The cartoonisation that matches synthetic_anime's style: smoothing and a
+# gentle quantisation, no ink outlines (edge_offset 255: no pixel is that
+# much darker than its neighbourhood).
+FLAT_STYLE = {'smooth_passes': 3, 'diameter': 5, 'sigma_color': 40.0,
+              'sigma_space': 5.0, 'levels': 12, 'edge_offset': 255.0}
 
 
 def _config(variant: str, dataset: str, data_dir):
@@ -142,9 +154,10 @@ def table(report: dict) -> str:
 
 def main(argv):
   del argv
+  options = flags.FLAGS.cartoonize_options
   report = run(flags.FLAGS.workdir, flags.FLAGS.variant,
                flags.FLAGS.data_dir,
-               parse_options(flags.FLAGS.cartoonize_options))
+               FLAT_STYLE if options is None else parse_options(options))
   print(table(report))
 
 

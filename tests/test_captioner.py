@@ -276,3 +276,21 @@ def test_adaptation_cartoonize_options_are_typed_and_checked():
   assert cartoonize.CartoonizeOptions(**options).levels == 12
   with pytest.raises(ValueError, match='levels'):   # lists the valid keys
     caption_adaptation.parse_options(['colours=3'])
+
+
+def test_flat_style_draws_no_ink_outlines():
+  """FLAT_STYLE (the embedded anime style: no outlines) keeps a red/blue
+  boundary free of dark line pixels; the outlined default draws them."""
+  from jaxtag import caption_adaptation
+  from jaxtag.data import cartoonize
+  image = np.zeros((32, 32, 3), np.uint8)
+  image[:, :16] = (200, 40, 40)
+  image[:, 16:] = (40, 60, 200)
+  brightness = lambda x: x.astype(int).sum(-1)  # noqa: E731
+  darkest_fill = brightness(image).min()
+  flat = cartoonize.opencv_cartoonize(
+      image, cartoonize.CartoonizeOptions(**caption_adaptation.FLAT_STYLE))
+  outlined = cartoonize.opencv_cartoonize(image,
+                                          cartoonize.CartoonizeOptions())
+  assert brightness(flat).min() >= darkest_fill - 30
+  assert brightness(outlined).min() < darkest_fill / 4
