@@ -90,7 +90,12 @@ def parse_options(items) -> dict:
       raise ValueError(f'--cartoonize_options: {item!r} is not KEY=VALUE '
                        f'with KEY one of {", ".join(fields)}.')
     kind = type(fields[key].default)
-    out[key] = value if kind is tuple else kind(value)
+    try:   # a tuple (value_range) is written low:high
+      out[key] = (tuple(float(v) for v in value.split(':')) if kind is tuple
+                  else kind(value))
+    except ValueError as e:
+      raise ValueError(f'--cartoonize_options: {key}={value!r} is not a '
+                       f'value of type {kind.__name__} ({e}).') from e
   return out
 
 

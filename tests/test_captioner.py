@@ -276,6 +276,10 @@ def test_adaptation_cartoonize_options_are_typed_and_checked():
   assert cartoonize.CartoonizeOptions(**options).levels == 12
   with pytest.raises(ValueError, match='levels'):   # lists the valid keys
     caption_adaptation.parse_options(['colours=3'])
+  with pytest.raises(ValueError, match="levels='many' is not a value of type int"):
+    caption_adaptation.parse_options(['levels=many'])
+  assert caption_adaptation.parse_options(['value_range=0:1']) == {
+      'value_range': (0.0, 1.0)}
 
 
 def test_flat_style_draws_no_ink_outlines():
