@@ -181,14 +181,17 @@ def write_records(records: list[dict], fmt: str, stream) -> None:
 # -------------------------------------------------------------------- main ---
 
 
-# Options that shape tags, with their defaults: a captioner ignores them.
-TAG_ONLY = {'policy': 'run', 'threshold': None, 'general_threshold': None,
-            'character_threshold': None, 'all_scores': False,
-            'replace_underscores': False, 'escape_parentheses': False,
-            'exclude': '', 'prepend': '', 'character_first': False}
+# Options that shape tags: a captioner ignores them.
+TAG_ONLY = ('policy', 'threshold', 'general_threshold', 'character_threshold',
+            'all_scores', 'replace_underscores', 'escape_parentheses',
+            'exclude', 'prepend', 'character_first')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+  return _parser().parse_args(argv)
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='python -m jaxtag.tag',
       description='Tags images with a jaxtag bundle.')
@@ -221,7 +224,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   caption.add_argument('--character-first', action='store_true')
   caption.add_argument('--overwrite', action='store_true')
   parser.add_argument('--quiet', action='store_true', help='No progress bar.')
-  return parser.parse_args(argv)
+  return parser
 
 
 def run(args) -> int:
@@ -244,8 +247,9 @@ def run(args) -> int:
       character_threshold=args.character_threshold,
       all_scores=args.all_scores and args.format in ('json', 'jsonl'))
   if tagger.task == 'captioning':
-    ignored = [f'--{k.replace("_", "-")}' for k, default in TAG_ONLY.items()
-               if getattr(args, k) != default]
+    defaults = _parser()
+    ignored = [f'--{k.replace("_", "-")}' for k in TAG_ONLY
+               if getattr(args, k) != defaults.get_default(k)]
     if ignored:
       print(f'{args.bundle} is a captioner: {", ".join(ignored)} apply to '
             'tags only and are ignored.', file=sys.stderr)
