@@ -6,6 +6,7 @@ worker instead of a local folder named `gs:`.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -81,6 +82,24 @@ def open_append(path: epath.PathLike):
   return _RewrittenFile(path, keep_existing=True)
 
 
+def replace_bytes(path: epath.PathLike, data: bytes) -> None:
+  """Writes `path` whole, so that a reader sees the old content or the new.
+
+  A local file is written beside it and renamed over it; an object in a
+  store is replaced whole by its upload anyway.
+  """
+  path = epath.Path(path)
+  if not is_local(path):
+    path.write_bytes(data)
+    return
+  partial = path.with_name(f'.{path.name}.partial')
+  partial.write_bytes(data)
+  os.replace(partial, path)
+
+
+_WRITERS = itertools.count()
+
+
 class _EpathRecordWriterFactory:
   """tensorboardX's hook for a URI scheme: event files opened through epath."""
 
@@ -92,14 +111,19 @@ class _EpathRecordWriterFactory:
     epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
-def tensorboard_writer(logdir: epath.PathLike):
+def tensorboard_writer(logdir: epath.PathLike, purge_step: int | None = None):
   """A tensorboardX SummaryWriter whose event files may live in a bucket.
 
   tensorboardX picks a file writer by the scheme before ':'. Its built-in
   gs:// and s3:// writers need google-cloud-storage or boto3 and their own
   credentials; registering epath for the logdir's scheme sends the events
   where the checkpoints go, with the same credentials. Local logdirs are
-  left to tensorboardX as before.
+  left to tensorboardX as before. `purge_step` starts the file with a
+  restart marker: TensorBoard then hides the earlier files' events from
+  that step on, which a resumed run writes again. tensorboardX names a
+  file by the second it was opened in, so each writer adds the process id
+  and a count, lest a second writer of the same second replace the first's
+  file (the run's writer and the plots', or a quick resume).
   """
   from tensorboardX import SummaryWriter  # only process 0 needs it
   from tensorboardX import record_writer
@@ -107,4 +131,5 @@ def tensorboard_writer(logdir: epath.PathLike):
   if not is_local(logdir):
     record_writer.register_writer_factory(logdir.split('://', 1)[0],
                                           _EpathRecordWriterFactory())
-  return SummaryWriter(logdir)
+  return SummaryWriter(logdir, purge_step=purge_step,
+                       filename_suffix=f'.{os.getpid()}.{next(_WRITERS)}')

@@ -251,6 +251,25 @@ def test_checkpointer_hands_orbax_the_uri(bucket, local_cwd):
   assert os.listdir(local_cwd) == []
 
 
+def test_resumed_metrics_in_the_bucket_hold_each_step_once(bucket,
+                                                            local_cwd):
+  from jaxtag import reporting
+  workdir = bucket / 'resumed'
+  writer = reporting.MetricWriter(str(workdir), resume_step=0)
+  for step in (2, 4, 6):
+    writer.write(step, {'loss': step / 10}, prefix='train/')
+  writer.close()
+  writer = reporting.MetricWriter(str(workdir), resume_step=4)
+  writer.write(6, {'loss': 0.0}, prefix='train/')
+  writer.close()
+  records = [json.loads(l) for l in
+             (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert records == [{'step': 2, 'train/loss': 0.2},
+                     {'step': 4, 'train/loss': 0.4},
+                     {'step': 6, 'train/loss': 0.0}]
+  assert os.listdir(local_cwd) == []
+
+
 @pytest.mark.slow
 def test_gs_workdir_gets_checkpoints_results_and_tensorboard(
     bucket, tiny_config, local_cwd):
