@@ -3,9 +3,16 @@
 A checkpoint holds two items: `state` (params, batch stats, optimiser state,
 step) and `data` (each process's grain iterator position), so that a resumed
 run sees exactly the batches an uninterrupted run would.
+
+A run resumes from the newest checkpoint that reads. A newer one whose files
+are damaged or missing (a truncated JSON or `_METADATA`, a short array file)
+is named in a warning and moved aside to `checkpoints/<step>.unreadable`,
+which Orbax does not take for a step; nothing is deleted.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import threading
@@ -13,6 +20,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -20,9 +28,80 @@ from jax.experimental import multihost_utils
 
 from jaxtag import storage
 
+# TensorStore's status codes for files that are damaged, short or missing.
+# Others (UNAVAILABLE, DEADLINE_EXCEEDED, PERMISSION_DENIED, ...) say that the
+# storage could not be reached or refused access, which is no reason to give
+# up a checkpoint: those errors propagate as they are.
+_DAMAGE_CODES = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION',
+                 'NOT_FOUND', 'INVALID_ARGUMENT')
+SET_ASIDE_SUFFIX = '.unreadable'
+
 
 class ShapeMismatchError(ValueError):
   """A checkpoint was written by another model or vocabulary."""
+
+
+class UnreadableCheckpointError(ValueError):
+  """A checkpoint's files are damaged or missing."""
+
+  def __init__(self, step: int, path: epath.PathLike, what: str):
+    self.step, self.path, self.what = step, str(path), what
+    super().__init__(f'Checkpoint step {step} cannot be read: {path}: {what}')
+
+
+class NoReadableCheckpointError(RuntimeError):
+  """The run has checkpoints, and none of them can be read."""
+
+
+def _chain(error: BaseException):
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def damage(error: BaseException) -> str | None:
+  """What `error` says when it means damaged or missing files, else None."""
+  for e in _chain(error):
+    if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError, EOFError,
+                      FileNotFoundError)):
+      return f'{type(e).__name__}: {e}'
+    message = str(e)
+    if message.split(':', 1)[0] in _DAMAGE_CODES:
+      return message.split(' [tensorstore_spec=', 1)[0]
+  return None
+
+
+@contextlib.contextmanager
+def _reading(step: int, path: epath.Path):
+  """Turns an error that means damaged files into UnreadableCheckpointError."""
+  try:
+    yield
+  except (ShapeMismatchError, UnreadableCheckpointError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (sorted by damage())
+    what = damage(e)
+    if what is None:
+      raise
+    raise UnreadableCheckpointError(step, path, what) from e
+
+
+def _read_json(step: int, path: epath.Path) -> None:
+  try:
+    json.loads(path.read_text())
+  except FileNotFoundError:
+    raise UnreadableCheckpointError(step, path, 'the file is missing') from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UnreadableCheckpointError(
+        step, path, f'not valid JSON, perhaps cut short ({e})') from None
+
+
+def _everywhere(ok: bool) -> bool:
+  """True on every process when `ok` is true on every process."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _key_name(key) -> str:
@@ -56,13 +135,15 @@ class Checkpointer:
     # Local workdirs become absolute for Orbax; gs:// and other URIs stay as
     # they are, so every worker writes to the same bucket.
     self.directory = storage.as_path(workdir) / 'checkpoints'
+    self._state_handler = ocp.StandardCheckpointHandler()
+    self._data_handler = grain.checkpoint.CheckpointHandler()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True,
             enable_async_checkpointing=async_save),
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler()})
+        item_handlers={'state': self._state_handler,
+                       'data': self._data_handler})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -74,9 +155,13 @@ class Checkpointer:
 
   def check_compatible(self, step: int, abstract_state: Any) -> None:
     """Compares stored shapes with the model's before any array is read."""
-    stored = _shapes(self._manager.item_metadata(step)['state'])
-    expected = _shapes(abstract_state)
     where = self.directory / str(step)
+    # Without its _METADATA, Orbax describes a step from its array store,
+    # which lacks some leaves: damage, not another model.
+    _read_json(step, where / 'state' / '_METADATA')
+    with _reading(step, where / 'state'):
+      stored = _shapes(self._manager.item_metadata(step)['state'])
+    expected = _shapes(abstract_state)
     problems = [f'{k}: checkpoint {stored[k]} vs model {v}'
                 for k, v in expected.items() if k in stored and stored[k] != v]
     missing = sorted(set(expected) ^ set(stored))
@@ -90,13 +175,106 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any,
               data_iterator: Any | None = None) -> Any:
-    """Loads the state into `abstract_state`'s shardings (and the iterator)."""
-    self.check_compatible(step, abstract_state)
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    """Loads the state into `abstract_state`'s shardings (and the iterator).
+
+    Raises ShapeMismatchError for another model's checkpoint and
+    UnreadableCheckpointError, naming the file or item folder, for damaged
+    or missing files. The items are read by their handlers rather than by
+    the manager, whose restore ends in a barrier between processes: a
+    process that fails would leave the others waiting there, where
+    restore_latest needs every process to reach its own vote.
+    """
+    where = self.directory / str(step)
     if data_iterator is not None:
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored['state']
+      self._check_data_files(step)
+    self.check_compatible(step, abstract_state)
+    with _reading(step, where / 'state'):
+      state = self._state_handler.restore(
+          where / 'state', args=ocp.args.StandardRestore(abstract_state))
+    if data_iterator is not None:
+      with _reading(step, where / 'data'):
+        self._data_handler.restore(
+            where / 'data',
+            args=grain.checkpoint.CheckpointRestore(data_iterator))
+    return state
+
+  def _check_data_files(self, step: int) -> None:
+    """This process's iterator position: present and valid JSON; one
+    written by another number of processes is a clear error, not damage."""
+    folder = self.directory / str(step) / 'data'
+    count = jax.process_count()
+    path = folder / f'process_{jax.process_index()}-of-{count}.json'
+    if not path.exists() and folder.exists():
+      written = sorted(p.name for p in folder.glob('process_*-of-*.json'))
+      if written and not any(n.endswith(f'-of-{count}.json') for n in written):
+        raise ValueError(
+            f'{folder} holds the data positions of a run with another number '
+            f'of processes ({", ".join(written[:4])}); this run has {count}. '
+            'Resume with the process count that wrote it, or start another '
+            f'--workdir with config.init.path={self.directory.parent} to '
+            'keep its weights.')
+    _read_json(step, path)
+
+  def restore_latest(self, abstract_state: Any,
+                     data_iterator: Any | None = None, *,
+                     set_aside: bool = True) -> tuple[Any, int] | None:
+    """(state, step) of the newest checkpoint that reads; None without any.
+
+    An unreadable newer step is named in a warning and, when an older one
+    reads and `set_aside`, moved to `<step>.unreadable`, so that the next
+    start does not trip on it again. When none reads, nothing is moved (a
+    fault common to every step, such as a changed layout, is not damage to
+    set aside) and NoReadableCheckpointError names the folder. Every
+    process tries each step and they vote, so all resume from the same one;
+    only process 0 moves folders.
+    """
+    unreadable = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, problem = self.restore(step, abstract_state, data_iterator), None
+      except UnreadableCheckpointError as e:
+        state, problem = None, e
+        logging.warning('%s', e)
+      if _everywhere(problem is None):
+        if unreadable:
+          logging.warning('Resuming from step %d, the newest checkpoint in %s '
+                          'that every process can read.', step, self.directory)
+          if set_aside:
+            self._set_aside([bad for bad, _ in unreadable])
+        return state, step
+      if problem is None:
+        logging.warning('Checkpoint step %d cannot be read by another process '
+                        '(its log names the file).', step)
+      unreadable.append((step, problem))
+    if not unreadable:
+      return None
+    detail = '; '.join(
+        f'step {s}: ' + (f'{p.path}: {p.what}' if p else
+                         'another process could not read it (see its log)')
+        for s, p in unreadable)
+    raise NoReadableCheckpointError(
+        f'No checkpoint in {self.directory} can be read ({detail}). Nothing '
+        f'was moved. To start afresh, move {self.directory.parent} away or '
+        'train with another --workdir; to resume, bring the damaged files '
+        'back from a copy.')
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable steps to <step>.unreadable (then .unreadable-2, ...),
+    on process 0, and lets every process's manager forget them."""
+    if jax.process_index() == 0:
+      for step in steps:
+        source = self.directory / str(step)
+        target = self.directory / f'{step}{SET_ASIDE_SUFFIX}'
+        n = 1
+        while target.exists():
+          n += 1
+          target = self.directory / f'{step}{SET_ASIDE_SUFFIX}-{n}'
+        source.rename(target)
+        logging.warning('Moved the unreadable step %d to %s; it is kept for '
+                        'inspection and can be deleted.', step, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('jaxtag_checkpoints_set_aside')
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -445,21 +445,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Data: global batches on the device, `config.data.device_prefetch` ahead.
   feed = run.train_batches()
 
-  # State: the latest checkpoint with the iterator's position, else fresh
-  # (from config.init's weights when set).
-  latest = run.checkpointer.latest_step()
-  if latest is None:
+  # State: the newest readable checkpoint with the iterator's position, else
+  # fresh (from config.init's weights when set). A newer step that cannot be
+  # read is moved aside to checkpoints/<step>.unreadable.
+  restored = run.checkpointer.restore_latest(run.abstract_state, feed)
+  if restored is None:
     state = starting_state(run, config)
     logging.info('Starting %s from scratch: %d steps, %d tags.', workdir,
                  run.num_train_steps, run.num_classes)
   else:
-    state = run.checkpointer.restore(latest, run.abstract_state, feed)
+    state, latest = restored
     logging.info('Resumed %s at step %d.', workdir, latest)
   start_step = int(jax.device_get(state.step))
 
   # Loop: steps are dispatched without reading back; the host syncs only
-  # on the steps that log, evaluate or checkpoint.
-  writer = reporting.MetricWriter(workdir)
+  # on the steps that log, evaluate or checkpoint. What an earlier attempt
+  # logged after start_step is dropped: this run logs those steps again.
+  writer = reporting.MetricWriter(workdir, resume_step=start_step)
   progress = reporting.Progress(run.num_train_steps, config.batch_size,
                                 start_step)
   watcher = checkpoint_lib.PreemptionWatcher()
@@ -533,18 +535,21 @@ def _skipped(feed) -> int | None:
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: str) -> dict[str, Any]:
-  """Eval-only: the latest checkpoint of `workdir` on `split`, with the
-  run's saved thresholds when it has them. Results go to eval_<split>.json,
+  """Eval-only: the newest readable checkpoint of `workdir` on `split`, with
+  the run's saved thresholds when it has them. Results go to eval_<split>.json,
   or eval_<dataset>_<split>.json when config.dataset.name is not the
   dataset the run trained on (a captioner trained on photos, judged on
   illustrations)."""
   run = Run(config, workdir)
-  latest = run.checkpointer.latest_step()
-  if latest is None:
+  # The newest readable step; an unreadable one is named but left in place,
+  # since the workdir belongs to the training run.
+  restored = run.checkpointer.restore_latest(run.abstract_state,
+                                             set_aside=False)
+  if restored is None:
     raise FileNotFoundError(
         f'No checkpoint in {run.checkpointer.directory}: train first with '
         f'the same --config and --workdir.')
-  state = run.checkpointer.restore(latest, run.abstract_state)
+  state, latest = restored
   saved = None
   if (epath.Path(workdir) / thresholds_lib.FILENAME).exists():
     saved = thresholds_lib.load(workdir)

@@ -251,6 +251,47 @@ def test_checkpointer_hands_orbax_the_uri(bucket, local_cwd):
   assert os.listdir(local_cwd) == []
 
 
+def test_unreadable_step_in_the_bucket_is_moved_aside(bucket, local_cwd):
+  import grain
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from jaxtag import checkpoint
+  sharding = NamedSharding(jax.make_mesh((8,), ('data',)), P())
+  workdir = bucket / 'damaged'
+
+  def iterator(position):
+    it = iter(grain.MapDataset.range(100).to_iter_dataset())
+    for _ in range(position):
+      next(it)
+    return it
+
+  checkpointer = checkpoint.Checkpointer(str(workdir), keep=3)
+  for step in (1, 2):
+    checkpointer.save(step, jax.device_put({'w': jnp.full((4,), step)},
+                                           sharding), iterator(10 * step))
+  checkpointer.close()
+  damaged = workdir / 'checkpoints' / '2' / 'data' / 'process_0-of-1.json'
+  cut = damaged.read_text()[:5]
+  damaged.write_text(cut)
+
+  checkpointer = checkpoint.Checkpointer(str(workdir), keep=3)
+  position = iterator(0)
+  abstract = {'w': jax.ShapeDtypeStruct((4,), jnp.int32, sharding=sharding)}
+  state, step = checkpointer.restore_latest(abstract, position)
+  assert checkpointer.latest_step() == 1
+  checkpointer.close()
+  assert step == 1 and list(jax.device_get(state['w'])) == [1] * 4
+  assert next(position) == 10
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [
+      '1', '2.unreadable']
+  moved = workdir / 'checkpoints' / '2.unreadable' / 'data'
+  assert (moved / 'process_0-of-1.json').read_text() == cut
+  assert os.listdir(local_cwd) == []
+
+
 def test_resumed_metrics_in_the_bucket_hold_each_step_once(bucket,
                                                             local_cwd):
   from jaxtag import reporting
