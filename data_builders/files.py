@@ -1,4 +1,4 @@
-"""Reading the files a user's folder holds: regular files only, text by one rule.
+"""Reading the files in a user's folder: regular files only, text by one rule.
 
 Every builder that reads captions, tag lists or metadata people write, and
 `jaxtag.tag` for existing tag files, reads them here:
@@ -62,7 +62,8 @@ class Text:
   encoding: str
 
 
-def _kind(mode: int) -> str:
+def kind(mode: int) -> str:
+  """What a non-regular file is, in words ('a FIFO')."""
   for test, name in ((stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'),
                      (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a device'),
                      (stat.S_ISBLK, 'a device')):
@@ -76,6 +77,22 @@ def _is_remote(path) -> bool:
       else False
 
 
+def check_regular(path) -> os.stat_result:
+  """The stat of a regular file (symlinks followed), without opening it;
+  FileSkipped when it is anything else or cannot be reached."""
+  try:
+    info = os.stat(path)
+  except FileNotFoundError as e:
+    detail = ('a dangling symlink' if os.path.islink(path)
+              else 'no such file')
+    raise FileSkipped(UNREADABLE, path, detail) from e
+  except OSError as e:
+    raise FileSkipped(UNREADABLE, path, e.strerror or str(e)) from e
+  if not stat.S_ISREG(info.st_mode):
+    raise FileSkipped(NOT_REGULAR, path, f'{kind(info.st_mode)}, not opened')
+  return info
+
+
 def open_binary(path):
   """A regular file opened for reading bytes; FileSkipped for anything
   else. The caller closes it (`with files.open_binary(p) as f:`)."""
@@ -85,21 +102,15 @@ def open_binary(path):
       return epath.Path(path).open('rb')
     except OSError as e:
       raise FileSkipped(UNREADABLE, path, e.strerror or str(e)) from e
+  check_regular(path)
   try:
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-      raise FileSkipped(NOT_REGULAR, path, f'{_kind(mode)}, not opened')
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-  except FileNotFoundError as e:
-    detail = ('a dangling symlink' if os.path.islink(path)
-              else 'no such file')
-    raise FileSkipped(UNREADABLE, path, detail) from e
   except OSError as e:
     raise FileSkipped(UNREADABLE, path, e.strerror or str(e)) from e
   mode = os.fstat(fd).st_mode
   if not stat.S_ISREG(mode):  # replaced since the stat above
     os.close(fd)
-    raise FileSkipped(NOT_REGULAR, path, f'{_kind(mode)}, not read')
+    raise FileSkipped(NOT_REGULAR, path, f'{kind(mode)}, not read')
   return os.fdopen(fd, 'rb')
 
 

@@ -47,7 +47,7 @@ def test_anything_else_is_bad_encoding_naming_the_file(data, says):
   assert 'save it as UTF-8' in str(info.value)
 
 
-# --- which files are opened ------------------------------------------------------
+# --- which files are opened ---------------------------------------------------
 
 
 def test_a_fifo_is_skipped_without_being_opened(tmp_path):
@@ -104,7 +104,7 @@ def test_an_image_fifo_or_loop_is_skipped_not_read(tmp_path):
   assert info.value.reason == 'missing_file'
 
 
-# --- the tagged_folder builder ----------------------------------------------------
+# --- the tagged_folder builder ------------------------------------------------
 
 FRACTIONS = 'train=1.0'   # one split: every record in it
 VOCABULARY = ('tag_id,name,category,count\n0,1girl,0,0\n1,solo,0,0\n'
@@ -188,7 +188,8 @@ def test_danbooru_metadata_lines_are_read_one_by_one(tmp_path):
   os.symlink('posts2.json', tmp_path / 'posts2.json')
   counter = images.SkipCounter('metadata')
   paths = [epath.Path(tmp_path / f'posts{i}.json') for i in range(3)]
-  rows = list(danbooru._read_rows(paths, counter))  # pylint: disable=protected-access
+  read_rows = danbooru._read_rows  # pylint: disable=protected-access
+  rows = list(read_rows(paths, counter))
   assert rows == [{'id': 1}, {'id': 3}]
   assert counter.as_dict() == {'bad_encoding': 1, 'bad_json': 1,
                                'not_regular_file': 1, 'unreadable': 1}
