@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_builders import files
 from data_builders import manual
 from data_builders import split_writer
 from data_builders import splits
@@ -73,7 +74,7 @@ def parse_aliases(value: str | Mapping[str, str] | None,
   if isinstance(value, Mapping):
     pairs = {str(k): str(v) for k, v in value.items()}
   elif '=' not in value and epath.Path(value).exists():
-    text = epath.Path(value).read_text(encoding='utf-8')
+    text = files.read_text(epath.Path(value))
     if text.lstrip().startswith('{'):
       try:
         pairs = {str(k): str(v) for k, v in json.loads(text).items()}

@@ -26,6 +26,8 @@ from PIL import ImageFile
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
+from data_builders import files
+
 Source = Union[str, os.PathLike, bytes]
 
 # Reasons a builder skips a record; SkipCounter accepts others too, these
@@ -60,13 +62,16 @@ class ImageSkipped(Exception):
 
 
 def _read(source: Source) -> bytes:
+  """The bytes of a source; a FIFO or device is never opened, and an OS
+  error (a symlink loop, a permission) skips the image as `unreadable`."""
   if isinstance(source, (bytes, bytearray, memoryview)):
     return bytes(source)
+  if not os.path.lexists(source):
+    raise ImageSkipped(MISSING, str(source))
   try:
-    with open(source, 'rb') as f:
-      return f.read()
-  except FileNotFoundError as e:
-    raise ImageSkipped(MISSING, str(source)) from e
+    return files.read_bytes(source)
+  except files.FileSkipped as e:
+    raise ImageSkipped(e.reason, e.detail) from e
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -267,10 +272,12 @@ class SkipCounter(collections.Counter):
     super().__init__()
     self.name = name
     self.log_first = log_first
+    self.first: dict[str, list[str]] = {}   # reason: the first `what`s
 
   def skip(self, reason: str, what: object = '', detail: str = '') -> None:
     self[reason] += 1
     if self[reason] <= self.log_first:
+      self.first.setdefault(reason, []).append(str(what))
       logging.warning('%sskipped %s (%s%s)', f'{self.name}: ' if self.name
                       else '', what, reason, f': {detail}' if detail else '')
 
@@ -288,6 +295,10 @@ class SkipCounter(collections.Counter):
 
   def as_dict(self) -> dict[str, int]:
     return {reason: int(n) for reason, n in sorted(self.items())}
+
+  def first_as_dict(self) -> dict[str, list[str]]:
+    """{reason: the first few files or rows skipped for it}."""
+    return {reason: list(self.first[reason]) for reason in sorted(self.first)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -157,6 +157,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     report.options = options_of(self.builder_config)
     if skipped is not None:
       report.skipped['metadata'] = skipped.as_dict()
+      report.first_skipped['metadata'] = skipped.first_as_dict()
       skipped.report()
     report.extra.update(extra)
 

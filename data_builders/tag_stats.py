@@ -24,6 +24,7 @@ import scipy.sparse
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_builders import files
 from jaxtag.data import tag_metadata
 
 BUILD_REPORT = 'build_report.json'
@@ -67,6 +68,10 @@ class BuildReport:
   """What a build did: the JSON stored as build_report.json."""
   options: dict[str, Any] = dataclasses.field(default_factory=dict)
   skipped: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+  # The first files or rows skipped before any image is read, per reason
+  # ({'metadata': {'bad_encoding': ['a.txt', ...]}}).
+  first_skipped: dict[str, dict[str, list[str]]] = dataclasses.field(
+      default_factory=dict)
   examples: dict[str, int] = dataclasses.field(default_factory=dict)
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -153,10 +158,11 @@ def read_vocabulary(path: epath.PathLike) -> list[TagRow]:
   path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f'Vocabulary file {path} does not exist.')
+  text = files.read_text(path)
   if path.suffix == '.txt':
-    names = [line.strip() for line in path.read_text().splitlines()]
+    names = [line.strip() for line in text.splitlines()]
     return [TagRow(i, n, GENERAL, 0) for i, n in enumerate(names) if n]
-  return read_selected_tags(path)
+  return tag_metadata.parse_selected_tags(text, path)
 
 
 def read_aliases(path: epath.PathLike) -> dict[str, str]:
@@ -164,7 +170,7 @@ def read_aliases(path: epath.PathLike) -> dict[str, str]:
   (`alias,canonical`, an optional header of those words); names are
   normalised with normalise_tag."""
   path = epath.Path(path)
-  text = path.read_text(encoding='utf-8')
+  text = files.read_text(path)
   if path.suffix == '.json':
     pairs = json.loads(text).items()
   else:

@@ -4,53 +4,122 @@ r"""Tags images with a bundle, the way the WD tagger front ends do.
       [--format txt|json|jsonl|csv] [--output FILE]
 
 PATH is an image, a folder (its images; `--recursive` for subfolders too)
-or a glob ('shots/**/*.png'). Images go through the model in batches, with
-a progress bar on stderr.
-- txt (default): writes `<image>.txt` beside each image, its general and
-  character tags joined by ", ". An existing caption is left alone unless
-  `--overwrite` (replace it) or `--append-existing` (keep it and add the new
-  tags it lacks). `--replace-underscores` (kaomoji such as ^_^ kept),
-  `--escape-parentheses`, `--exclude a,b`, `--prepend a,b` and
-  `--character-first` shape the caption.
+or a glob ('shots/**/*.png': the images among its matches, and those of
+the folders it matches). A file named directly is tried whatever its
+extension. Images go through the model in batches of `--batch_size`, with
+a progress bar on stderr. Flags are written with underscores, as in
+kohya's sd-scripts tagger.
+- txt (default): writes `<image stem><--caption_extension>` (default
+  `.txt`) beside each image, its general and character tags joined by
+  ", ". An existing tag file is left alone unless `--overwrite` (replace
+  it) or `--append_existing` (keep it and add the new tags it lacks).
+  `--replace_underscores` (kaomoji such as ^_^ kept),
+  `--escape_parentheses`, `--exclude a,b`, `--prepend a,b` and
+  `--character_first` shape the caption.
 - json (one list), jsonl (one object a line): per image, its file and the
   scores of its rating, general and character tags, kept apart.
 - csv: file, the top rating, the general and the character tags.
   json, jsonl and csv go to `--output` or stdout.
 
 Thresholds: the bundle's (`--policy`), overridden by `--threshold` (every
-tag), `--general-threshold` and `--character-threshold`.
+tag), `--general_threshold` and `--character_threshold`.
 
 A captioner's bundle (converted from a `show_attend_tell` run) writes its
-sentence instead: the .txt holds it (after the existing text, on a line of
-its own, with `--append-existing`), json/jsonl records are {file, caption},
-csv has the columns file, caption. The options that shape tags
-(thresholds, `--policy`, `--all-scores`, `--exclude`, `--prepend`,
-`--replace-underscores`, `--escape-parentheses`, `--character-first`) do
+sentence instead: the tag file holds it (after the existing text, on a
+line of its own, with `--append_existing`), json/jsonl records are {file,
+caption}, csv has the columns file, caption. The options that shape tags
+(thresholds, `--policy`, `--all_scores`, `--exclude`, `--prepend`,
+`--replace_underscores`, `--escape_parentheses`, `--character_first`) do
 not apply; given, they are named in one warning and ignored.
-Unreadable files are reported on stderr with the reason and skipped. The
-exit status is non-zero only when no file could be tagged (none was found,
-or every one was unreadable); images skipped for their existing caption
-are no failure.
+
+Tag files never touch anything but tag files:
+- `--caption_extension` must start with a dot and must not be, or end in,
+  an image extension (.png, .JPG, ...): refused before any work (exit 2).
+  `--output` must not be one of the images.
+- A tag file is written only as a regular file. When its path is a
+  symlink (dangling or not), a folder, a FIFO or another non-regular file,
+  or one of the images being tagged (an image named `photo.txt`), nothing
+  is written and the image is reported as failed.
+- Images with one stem in one folder (a.png, a.webp) would share a tag
+  file: the one whose file name sorts first by code point (a.jpg < a.png <
+  a.webp) gets it, the others are skipped as `same_stem`, on every run.
+- Inputs that are FIFOs, devices or sockets are skipped without being
+  opened (`not_regular_file`); a dangling symlink or a symlink loop is
+  skipped as `unreadable`; a file Pillow cannot read as `corrupt` (named
+  as an image) or `not_an_image` (named otherwise).
+- An existing tag file is read (`--append_existing`) as UTF-8, with or
+  without a BOM, or UTF-16 with its BOM (data_builders/files.py), and
+  written back in the same encoding. In any other encoding it is left
+  untouched and the image fails (`existing_bad_encoding`).
+- Writes are atomic: a temporary file in the same folder, fsync, then a
+  rename over the tag file, so a killed run leaves the old file or the new
+  one. A replaced file keeps its permission bits.
+
+Each skipped or failed file is reported on stderr with its reason, and the
+last line counts the tagged, skipped (by reason) and failed images. The
+exit status is 1 when a tag file could not be written, or when no image
+could be tagged at all (none was found, or every one was unusable);
+images skipped for their existing tag file or a shared stem are no
+failure. A bad flag value exits with 2.
 """
 from __future__ import annotations
 
-import argparse
+import collections
+import contextlib
 import csv
+import dataclasses
 import glob
+import io
 import json
 import os
 import re
+import secrets
+import stat
 import sys
 import time
 from typing import Sequence
 
+from absl import app
+from absl import flags
+from PIL import UnidentifiedImageError
+
+from data_builders import files as files_lib
 from jaxtag.serving import images as images_lib
 from jaxtag.serving import tagger as tagger_lib
 
+PROG = 'python -m jaxtag.tag'
 FORMATS = ('txt', 'json', 'jsonl', 'csv')
 # A tag with no two letters in a row is a face made of symbols (^_^, >_<,
 # o_o, 0_0, (o)_(o)); its underscores are part of it.
 _WORDS = re.compile(r'[A-Za-z]{2}')
+
+# Skips that are no failure even when nothing was tagged.
+_SKIPS_BY_CHOICE = frozenset({'caption_exists', 'same_stem'})
+
+
+@dataclasses.dataclass
+class Options:
+  """What the command's flags set; library callers fill it directly."""
+  paths: Sequence[str] = ()
+  bundle: str = ''
+  recursive: bool = False
+  format: str = 'txt'
+  output: str | None = None
+  batch_size: int = 32
+  policy: str = 'run'
+  threshold: float | None = None
+  general_threshold: float | None = None
+  character_threshold: float | None = None
+  all_scores: bool = False
+  caption_extension: str = '.txt'
+  replace_underscores: bool = False
+  escape_parentheses: bool = False
+  exclude: str = ''
+  prepend: str = ''
+  append_existing: bool = False
+  character_first: bool = False
+  overwrite: bool = False
+  quiet: bool = False
 
 
 # ----------------------------------------------------------------- inputs ---
@@ -62,10 +131,10 @@ def is_image(path: str) -> bool:
 
 def find_files(paths: Sequence[str], recursive: bool) -> tuple[list[str],
                                                                 list[tuple]]:
-  """(image files in order without repeats, [(path, reason)] not found).
+  """(files in order without repeats, [(path, reason)] not found).
 
-  Folders give their images (by extension); files named directly are
-  tried whatever their extension; globs expand to both."""
+  Folders and globs give their images (by extension); files named
+  directly are tried whatever their extension."""
   found, missing, seen = [], [], set()
 
   def add(path):
@@ -74,23 +143,67 @@ def find_files(paths: Sequence[str], recursive: bool) -> tuple[list[str],
       seen.add(key)
       found.append(path)
 
+  def add_folder(path):
+    walk = (os.walk(path) if recursive
+            else [next(os.walk(path), (path, [], []))])
+    for root, dirs, names in walk:
+      dirs.sort()
+      for name in sorted(names):
+        if is_image(name):
+          add(os.path.join(root, name))
+
   for spec in paths:
-    matches = ([spec] if os.path.exists(spec)
-               else sorted(glob.glob(spec, recursive=True)))
+    if os.path.lexists(spec):
+      if os.path.isdir(spec):
+        add_folder(spec)
+      else:
+        add(spec)   # named directly: tried whatever it is
+      continue
+    matches = sorted(glob.glob(spec, recursive=True))
     if not matches:
       missing.append((spec, 'no such file, folder or glob match'))
     for path in matches:
       if os.path.isdir(path):
-        walk = (os.walk(path) if recursive
-                else [next(os.walk(path), (path, [], []))])
-        for root, dirs, files in walk:
-          dirs.sort()
-          for name in sorted(files):
-            if is_image(name):
-              add(os.path.join(root, name))
-      else:
+        add_folder(path)
+      elif is_image(path):
         add(path)
   return found, missing
+
+
+def entry_key(path: str) -> str:
+  """One name for a folder entry however it is spelled: the real path of
+  its folder and its own name (a symlink itself, not its target)."""
+  folder, name = os.path.split(os.path.abspath(path))
+  return os.path.join(os.path.realpath(folder), name)
+
+
+def check_extension(extension: str) -> None:
+  """ValueError unless `extension` is a suffix that names no image."""
+  if not extension.startswith('.') or len(extension) < 2:
+    raise ValueError(f'--caption_extension {extension!r} must start with a '
+                     'dot, as in .txt.')
+  if '/' in extension or os.sep in extension or '\0' in extension:
+    raise ValueError(f'--caption_extension {extension!r} must be a file '
+                     'suffix such as .txt, not a path.')
+  if is_image(extension):
+    raise ValueError(f'--caption_extension {extension!r} is an image '
+                     'extension: tag files would be written over images. '
+                     'Use .txt, .caption or another suffix.')
+
+
+def check_options(options: Options) -> None:
+  """ValueError, before any work, for a value that cannot be used."""
+  if options.format not in FORMATS:
+    raise ValueError(f'--format {options.format!r}; valid: '
+                     f'{", ".join(FORMATS)}.')
+  if options.batch_size < 1:
+    raise ValueError(f'--batch_size {options.batch_size} must be at least 1.')
+  if options.format == 'txt':
+    check_extension(options.caption_extension)
+  if not options.bundle:
+    raise ValueError('Give the bundle folder as --bundle.')
+  if not options.paths:
+    raise ValueError('Give at least one image, folder or glob.')
 
 
 # ---------------------------------------------------------------- captions ---
@@ -128,6 +241,111 @@ def caption_tags(result: dict, args, existing: str | None = None) -> list[str]:
 
 def caption_path(image_path: str, extension: str) -> str:
   return os.path.splitext(image_path)[0] + extension
+
+
+def caption_text(result: dict, args, existing: str | None) -> str:
+  """The tag file's text: the tags, or a captioner's sentence (after the
+  existing text, on its own line)."""
+  if 'caption' in result:
+    text = result['caption']
+    if existing and existing.strip():
+      text = existing.rstrip('\r\n') + '\n' + text
+    return text
+  return ', '.join(caption_tags(result, args, existing))
+
+
+# -------------------------------------------------------------- tag files ---
+
+
+class NotWritten(Exception):
+  """A tag file that is not written; `reason` is a short key."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(reason, detail)
+    self.reason = reason
+    self.detail = detail
+
+
+def check_tag_file(target: str, inputs=frozenset()) -> os.stat_result | None:
+  """The stat of an existing tag file that may be replaced, None when there
+  is none; NotWritten when `target` is one of `inputs` (entry_key names),
+  a symlink or not a regular file."""
+  if entry_key(target) in inputs:
+    raise NotWritten('tag_file_is_input',
+                     'it is one of the images being tagged')
+  try:
+    info = os.lstat(target)
+  except FileNotFoundError:
+    return None
+  except OSError as e:
+    raise NotWritten('tag_file_unreadable', e.strerror or str(e)) from e
+  if stat.S_ISLNK(info.st_mode):
+    raise NotWritten('tag_file_is_symlink',
+                     f'a symlink to {os.readlink(target)}; never written '
+                     'through')
+  if not stat.S_ISREG(info.st_mode):
+    raise NotWritten('tag_file_not_regular', files_lib.kind(info.st_mode))
+  return info
+
+
+def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
+  """Writes `path` whole or not at all: a temporary file beside it, fsync,
+  then os.replace. `mode` sets the permission bits (default: the umask's).
+  On any error the temporary file is removed and `path` is unchanged."""
+  folder = os.path.dirname(path) or '.'
+  for _ in range(100):
+    temporary = os.path.join(
+        folder, f'.{os.path.basename(path)}.{secrets.token_hex(4)}.tmp')
+    try:
+      fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                   | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+      break
+    except FileExistsError:
+      continue
+  else:
+    raise FileExistsError(f'No free temporary name beside {path}.')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      if mode is not None:
+        os.fchmod(f.fileno(), stat.S_IMODE(mode))
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(temporary)
+    raise
+  # The rename itself is durable once the folder is synced.
+  with contextlib.suppress(OSError):
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+      os.fsync(folder_fd)
+    finally:
+      os.close(folder_fd)
+
+
+def write_caption(path: str, result: dict, args, target: str | None = None,
+                  inputs=frozenset()) -> bool:
+  """Writes the tag file of image `path` (default target: its stem plus
+  args.caption_extension); False when one exists and neither
+  args.overwrite nor args.append_existing. NotWritten when it may not be
+  written or read; OSError when writing fails."""
+  target = target or caption_path(path, args.caption_extension)
+  info = check_tag_file(target, inputs)
+  existing, encoding = None, 'utf-8'
+  if info is not None:
+    if args.append_existing:
+      try:
+        old = files_lib.read(target)
+      except files_lib.FileSkipped as e:
+        raise NotWritten(f'existing_{e.reason}', e.detail) from None
+      existing, encoding = old.text, old.encoding
+    elif not args.overwrite:
+      return False
+  data = files_lib.encode(caption_text(result, args, existing), encoding)
+  write_atomic(target, data, info.st_mode if info is not None else None)
+  return True
 
 
 # ------------------------------------------------------------------ output ---
@@ -178,6 +396,39 @@ def write_records(records: list[dict], fmt: str, stream) -> None:
                        ', '.join(r['character'])])
 
 
+class Summary:
+  """What happened to each image, reported on stderr as it happens."""
+
+  def __init__(self):
+    self.tagged = 0
+    self.skipped = collections.Counter()
+    self.failed = collections.Counter()
+
+  def skip(self, path: str, reason: str, detail: str) -> None:
+    self.skipped[reason] += 1
+    if reason != 'caption_exists':  # one line for all of them, at the end
+      print(f'skipped {path}: {reason} ({detail})', file=sys.stderr)
+
+  def fail(self, path: str, reason: str, detail: str) -> None:
+    self.failed[reason] += 1
+    print(f'failed {path}: {reason} ({detail})', file=sys.stderr)
+
+  def line(self) -> str:
+    def counts(counter):
+      n = sum(counter.values())
+      by_reason = ', '.join(f'{r} {k}' for r, k in sorted(counter.items()))
+      return f'{n} ({by_reason})' if n else '0'
+    return (f'tagged {self.tagged} image(s); skipped '
+            f'{counts(self.skipped)}; failed {counts(self.failed)}.')
+
+  def exit_status(self) -> int:
+    if self.failed:
+      return 1
+    if self.tagged:
+      return 0
+    return 0 if self.skipped and set(self.skipped) <= _SKIPS_BY_CHOICE else 1
+
+
 # -------------------------------------------------------------------- main ---
 
 
@@ -187,129 +438,243 @@ TAG_ONLY = ('policy', 'threshold', 'general_threshold', 'character_threshold',
             'exclude', 'prepend', 'character_first')
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  return _parser().parse_args(argv)
+def _usable(paths, summary: Summary) -> list[str]:
+  """The regular files among `paths`; the others skipped, never opened."""
+  usable = []
+  for path in paths:
+    try:
+      files_lib.check_regular(path)
+      usable.append(path)
+    except files_lib.FileSkipped as e:
+      summary.skip(path, e.reason, e.detail)
+  return usable
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog='python -m jaxtag.tag',
-      description='Tags images with a jaxtag bundle.')
-  parser.add_argument('paths', nargs='+', metavar='PATH',
-                      help='Images, folders or globs.')
-  parser.add_argument('--bundle', required=True,
-                      help='A bundle folder (from jaxtag.serving.convert).')
-  parser.add_argument('--recursive', action='store_true',
-                      help='Also tag images in subfolders of folders.')
-  parser.add_argument('--format', default='txt', choices=FORMATS)
-  parser.add_argument('--output', default=None,
-                      help='json/jsonl/csv file (default: stdout).')
-  parser.add_argument('--batch-size', type=int, default=32)
-  parser.add_argument('--policy', default='run', choices=tagger_lib.POLICIES,
-                      help="The bundle's thresholds to start from.")
-  parser.add_argument('--threshold', type=float, default=None,
-                      help='One threshold for every tag.')
-  parser.add_argument('--general-threshold', type=float, default=None)
-  parser.add_argument('--character-threshold', type=float, default=None)
-  parser.add_argument('--all-scores', action='store_true',
-                      help='json/jsonl: every tag\'s score, not only those '
-                      'at or above the threshold.')
-  caption = parser.add_argument_group('txt captions')
-  caption.add_argument('--caption-extension', default='.txt')
-  caption.add_argument('--replace-underscores', action='store_true')
-  caption.add_argument('--escape-parentheses', action='store_true')
-  caption.add_argument('--exclude', default='', help='TAG,TAG,...')
-  caption.add_argument('--prepend', default='', help='TAG,TAG,...')
-  caption.add_argument('--append-existing', action='store_true')
-  caption.add_argument('--character-first', action='store_true')
-  caption.add_argument('--overwrite', action='store_true')
-  parser.add_argument('--quiet', action='store_true', help='No progress bar.')
-  return parser
-
-
-def run(args) -> int:
-  """Tags every file; returns the exit status."""
-  files, failed = find_files(args.paths, args.recursive)
-  skipped = 0
-  if args.format == 'txt' and not (args.overwrite or args.append_existing):
-    # (A file that is its own caption path is no image: it fails below.)
-    todo = [f for f in files
-            if caption_path(f, args.caption_extension) == f
-            or not os.path.exists(caption_path(f, args.caption_extension))]
-    skipped = len(files) - len(todo)
-    if skipped:
-      print(f'{skipped} image(s) already have a caption; use --overwrite or '
-            '--append-existing to tag them again.', file=sys.stderr)
-    files = todo
-  tagger = tagger_lib.Tagger(
-      args.bundle, batch_size=args.batch_size, policy=args.policy,
-      threshold=args.threshold, general_threshold=args.general_threshold,
-      character_threshold=args.character_threshold,
-      all_scores=args.all_scores and args.format in ('json', 'jsonl'))
-  if tagger.task == 'captioning':
-    defaults = _parser()
-    ignored = [f'--{k.replace("_", "-")}' for k in TAG_ONLY
-               if getattr(args, k) != defaults.get_default(k)]
-    if ignored:
-      print(f'{args.bundle} is a captioner: {", ".join(ignored)} apply to '
-            'tags only and are ignored.', file=sys.stderr)
-  progress = Progress(len(files), enabled=not args.quiet)
-  records = []
-  for start in range(0, len(files), args.batch_size):
-    images, names = [], []
-    for path in files[start:start + args.batch_size]:
-      try:
-        images.append(images_lib.open_image(path))
-        names.append(path)
-      except Exception as e:  # pylint: disable=broad-except
-        # Pillow raises many types for unreadable or non-image files.
-        failed.append((path, f'{type(e).__name__}: {e}'))
-        progress(1)
-    if not images:
+def plan_tag_files(images, options: Options, inputs, summary: Summary
+                   ) -> list[tuple[str, str]]:
+  """(image, tag file) of each image whose tag file is to be written; the
+  others skipped (same_stem, caption_exists) or failed, before the model
+  runs."""
+  by_target = collections.defaultdict(list)
+  for path in images:
+    target = caption_path(path, options.caption_extension)
+    by_target[entry_key(target)].append((path, target))
+  first_of = {}
+  for group in by_target.values():
+    ordered = sorted(group, key=lambda g: (os.path.basename(g[0]), g[0]))
+    for path, target in ordered[1:]:
+      first_of[path] = (ordered[0][0], target)
+  plan = []
+  for path in images:
+    target = caption_path(path, options.caption_extension)
+    if path in first_of:
+      winner, _ = first_of[path]
+      summary.skip(path, 'same_stem',
+                   f'{target} is the tag file of {winner}, which sorts first')
       continue
-    for path, result in zip(names, tagger.tag(images, progress)):
-      if args.format == 'txt':
-        write_caption(path, result, args)
-      records.append({'file': path, **result})
-  if args.format != 'txt':
-    if args.output:
-      with open(args.output, 'w', encoding='utf-8', newline='') as f:
-        write_records(records, args.format, f)
-    else:
-      write_records(records, args.format, sys.stdout)
-  for path, reason in failed:
-    print(f'skipped {path}: {reason}', file=sys.stderr)
-  print(f'tagged {len(records)} image(s), {len(failed)} unreadable, '
-        f'{skipped} already captioned.', file=sys.stderr)
-  return 1 if not records and (failed or not skipped) else 0
+    try:
+      info = check_tag_file(target, inputs)
+    except NotWritten as e:
+      summary.fail(path, e.reason, f'{target}: {e.detail}')
+      continue
+    if info is not None and not (options.overwrite or
+                                 options.append_existing):
+      summary.skip(path, 'caption_exists', target)
+      continue
+    plan.append((path, target))
+  return plan
 
 
-def write_caption(path: str, result: dict, args) -> None:
-  """The .txt caption: the tags, or a captioner's sentence (after the
-  existing text, on its own line, with --append-existing)."""
-  target = caption_path(path, args.caption_extension)
-  existing = None
-  if args.append_existing and os.path.exists(target):
-    with open(target, encoding='utf-8') as f:
-      existing = f.read()
-  if 'caption' in result:
-    text = result['caption']
-    if existing and existing.strip():
-      text = existing.rstrip('\n') + '\n' + text
-  else:
-    text = ', '.join(caption_tags(result, args, existing))
-  with open(target, 'w', encoding='utf-8') as f:
-    f.write(text)
-
-
-def main(argv=None) -> int:
-  args = parse_args(argv)
+def _check_output(output: str, inputs) -> None:
+  if entry_key(output) in inputs:
+    raise ValueError(f'--output {output} is one of the images to tag.')
   try:
-    return run(args)
+    check_tag_file(output)
+  except NotWritten as e:
+    raise ValueError(f'--output {output}: {e.detail}; name a regular file, '
+                     'or leave --output out to write to stdout.') from None
+
+
+def _decode(path: str):
+  """A PIL image of a regular file; (reason, detail) when it cannot be."""
+  try:
+    data = files_lib.read_bytes(path)
+  except files_lib.FileSkipped as e:
+    return e.reason, e.detail
+  # A file named as an image that does not decode is a broken image.
+  reason = 'corrupt' if is_image(path) else 'not_an_image'
+  try:
+    return images_lib.open_image(io.BytesIO(data))
+  except UnidentifiedImageError:
+    return reason, 'Pillow cannot identify it'
+  except Exception as e:  # pylint: disable=broad-except
+    # Pillow raises many types for a truncated or broken file.
+    return reason, f'{type(e).__name__}: {e}'
+
+
+def run(options: Options) -> int:
+  """Tags every file; returns the exit status (ValueError for bad options,
+  before any work)."""
+  check_options(options)
+  found, missing = find_files(options.paths, options.recursive)
+  inputs = frozenset(entry_key(p) for p in found)
+  if options.format != 'txt' and options.output:
+    _check_output(options.output, inputs)
+  summary = Summary()
+  for spec, reason in missing:
+    summary.skip(spec, 'not_found', reason)
+  images = _usable(found, summary)
+  targets = {}
+  if options.format == 'txt':
+    plan = plan_tag_files(images, options, inputs, summary)
+    images, targets = [p for p, _ in plan], dict(plan)
+  records = []
+  if images:
+    records = _tag_all(images, targets, options, inputs, summary)
+  if options.format != 'txt':
+    text = io.StringIO(newline='')
+    write_records(records, options.format, text)
+    if options.output:
+      write_atomic(options.output, text.getvalue().encode('utf-8'))
+    else:
+      sys.stdout.write(text.getvalue())
+  if summary.skipped['caption_exists']:
+    print(f'{summary.skipped["caption_exists"]} image(s) already have a '
+          'tag file; use --overwrite or --append_existing to tag them '
+          'again.', file=sys.stderr)
+  print(summary.line(), file=sys.stderr)
+  return summary.exit_status()
+
+
+def _tag_all(images, targets, options: Options, inputs,
+             summary: Summary) -> list[dict]:
+  tagger = tagger_lib.Tagger(
+      options.bundle, batch_size=options.batch_size, policy=options.policy,
+      threshold=options.threshold,
+      general_threshold=options.general_threshold,
+      character_threshold=options.character_threshold,
+      all_scores=options.all_scores and options.format in ('json', 'jsonl'))
+  if tagger.task == 'captioning':
+    defaults = Options()
+    ignored = [f'--{k}' for k in TAG_ONLY
+               if getattr(options, k) != getattr(defaults, k)]
+    if ignored:
+      print(f'{options.bundle} is a captioner: {", ".join(ignored)} apply '
+            'to tags only and are ignored.', file=sys.stderr)
+  progress = Progress(len(images), enabled=not options.quiet)
+  records = []
+  for start in range(0, len(images), options.batch_size):
+    decoded, names = [], []
+    for path in images[start:start + options.batch_size]:
+      image = _decode(path)
+      if isinstance(image, tuple):
+        summary.skip(path, *image)
+        progress(1)
+      else:
+        decoded.append(image)
+        names.append(path)
+    if not decoded:
+      continue
+    for path, result in zip(names, tagger.tag(decoded, progress)):
+      if options.format == 'txt':
+        try:
+          if not write_caption(path, result, options, targets[path], inputs):
+            summary.skip(path, 'caption_exists', targets[path])
+            continue
+        except NotWritten as e:
+          summary.fail(path, e.reason, f'{targets[path]}: {e.detail}')
+          continue
+        except OSError as e:
+          summary.fail(path, 'write_error',
+                       f'{targets[path]}: {e.strerror or e}')
+          continue
+      summary.tagged += 1
+      records.append({'file': path, **result})
+  return records
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The command's flags, on `flag_values`; defined only when it runs."""
+  d = Options()
+  fv = {'flag_values': flag_values}
+  flags.DEFINE_string('bundle', None,
+                      'A bundle folder (from jaxtag.serving.convert).', **fv)
+  flags.DEFINE_boolean('recursive', d.recursive,
+                       'Also tag images in subfolders of folders.', **fv)
+  flags.DEFINE_enum('format', d.format, FORMATS, 'What to write.', **fv)
+  flags.DEFINE_string('output', d.output,
+                      'json/jsonl/csv file (default: stdout).', **fv)
+  flags.DEFINE_integer('batch_size', d.batch_size, 'Images per model call.',
+                       lower_bound=1, **fv)
+  flags.DEFINE_enum('policy', d.policy, tagger_lib.POLICIES,
+                    "The bundle's thresholds to start from.", **fv)
+  flags.DEFINE_float('threshold', d.threshold, 'One threshold for every tag.',
+                     **fv)
+  flags.DEFINE_float('general_threshold', d.general_threshold,
+                     'Threshold of general tags.', **fv)
+  flags.DEFINE_float('character_threshold', d.character_threshold,
+                     'Threshold of character tags.', **fv)
+  flags.DEFINE_boolean('all_scores', d.all_scores,
+                       "json/jsonl: every tag's score, not only those at or "
+                       'above the threshold.', **fv)
+  flags.DEFINE_string('caption_extension', d.caption_extension,
+                      'Suffix of the tag files (txt); never an image one.',
+                      **fv)
+  flags.DEFINE_boolean('replace_underscores', d.replace_underscores,
+                       'long_hair -> long hair (kaomoji kept).', **fv)
+  flags.DEFINE_boolean('escape_parentheses', d.escape_parentheses,
+                       r'( -> \( and ) -> \).', **fv)
+  flags.DEFINE_string('exclude', d.exclude, 'TAG,TAG,...: left out.', **fv)
+  flags.DEFINE_string('prepend', d.prepend, 'TAG,TAG,...: put first.', **fv)
+  flags.DEFINE_boolean('append_existing', d.append_existing,
+                       'Keep an existing tag file and add the new tags it '
+                       'lacks.', **fv)
+  flags.DEFINE_boolean('character_first', d.character_first,
+                       'Character tags before general tags.', **fv)
+  flags.DEFINE_boolean('overwrite', d.overwrite,
+                       'Replace existing tag files.', **fv)
+  flags.DEFINE_boolean('quiet', d.quiet, 'No progress bar.', **fv)
+
+
+def options_from_flags(flag_values: flags.FlagValues,
+                       paths: Sequence[str]) -> Options:
+  return Options(paths=list(paths), **{
+      f.name: flag_values[f.name].value for f in dataclasses.fields(Options)
+      if f.name != 'paths'})
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+  """Options of a command line (without the program name), parsed on
+  flags of their own; flags.Error for a bad flag."""
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  rest = flag_values([PROG, *argv])
+  return options_from_flags(flag_values, rest[1:])
+
+
+def run_checked(options: Options) -> int:
+  """run(), with a bad option or path reported as one line and exit 2."""
+  try:
+    return run(options)
   except (FileNotFoundError, ValueError) as e:
     print(f'Error: {e}', file=sys.stderr)
     return 2
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command on an argument list (default: sys.argv[1:])."""
+  try:
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+  except flags.Error as e:
+    print(f'Error: {e}', file=sys.stderr)
+    return 2
+  return run_checked(options)
+
+
+def _app_main(argv) -> int:
+  return run_checked(options_from_flags(flags.FLAGS, argv[1:]))
+
+
 if __name__ == '__main__':
-  sys.exit(main())
+  define_flags()
+  app.run(_app_main)

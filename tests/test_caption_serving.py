@@ -107,7 +107,7 @@ def test_onnx_refuses_a_captioner_by_name(caption_bundle, tmp_path):
 def test_a_sentence_is_appended_on_its_own_line(tmp_path):
   image = tmp_path / 'a.png'
   (tmp_path / 'a.txt').write_text('kept line\n')
-  args = tag.parse_args([str(image), '--bundle', 'B', '--append-existing'])
+  args = tag.parse_args([str(image), '--bundle', 'B', '--append_existing'])
   tag.write_caption(str(image), {'caption': 'one girl'}, args)
   assert (tmp_path / 'a.txt').read_text() == 'kept line\none girl'
   args = tag.parse_args([str(image), '--bundle', 'B', '--overwrite'])

@@ -280,6 +280,32 @@ def test_cascade_detector_runs_an_opencv_cascade():
     crop_faces.CascadeDetector('/nonexistent/cascade.xml')
 
 
+# --------------------------------------------------- datasets on first use ---
+
+def test_classical_builds_its_dataset_on_first_use(faces_tiny_dir, tmp_path):
+  fresh = str(tmp_path / 'fresh')
+  images, labels, names = classical.load_split('synthetic_anime/faces_tiny',
+                                               fresh, 'test')
+  assert os.path.exists(os.path.join(
+      fresh, 'synthetic_anime', 'faces_tiny', '1.1.0', 'dataset_info.json'))
+  # The same builder gives the same examples as the fixture's own build.
+  want_images, want_labels, want_names = classical.load_split(
+      'synthetic_anime/faces_tiny', faces_tiny_dir, 'test')
+  assert names == want_names and len(images) == len(want_images) > 0
+  np.testing.assert_array_equal(labels, want_labels)
+  np.testing.assert_array_equal(images[0], want_images[0])
+
+
+def test_classical_names_the_command_that_builds_a_raw_dataset(tmp_path):
+  with pytest.raises(FileNotFoundError, match=(
+      r'tagged_folder is not built in .* build it with `python -m '
+      r'jaxtag.data.build tagged_folder/default --manual_dir RAW_FOLDER '
+      r'--data_dir ')):
+    classical.load_split('tagged_folder', str(tmp_path), 'train')
+  assert not os.path.exists(tmp_path / 'tagged_folder' / 'default' / '1.0.0'
+                            / 'dataset_info.json')
+
+
 # --------------------------------------------------------------- slow ---
 
 @pytest.mark.slow
@@ -320,6 +346,23 @@ def test_classical_command_writes_seven_rows(faces_tiny_dir, tmp_path,
     assert r['test_accuracy'] > 1.5 / len(faces.CHARACTERS)   # above chance
   assert os.path.exists(os.path.join(out, 'per_class.csv'))
   assert os.path.exists(os.path.join(out, 'confused_pairs.csv'))
+
+
+@pytest.mark.slow  # a subprocess
+def test_classical_command_on_a_fresh_data_dir(tmp_path):
+  """As its module docstring shows it: the dataset is built on first use."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'out'
+  done = subprocess.run(
+      [sys.executable, '-m', 'jaxtag.characters.classical', '--dataset',
+       'synthetic_anime/faces_tiny', '--data_dir', str(tmp_path / 'data'),
+       '--classifiers', 'nb', '--out', str(out)],
+      cwd=root, capture_output=True, text=True, check=False,
+      env={**os.environ, 'PYTHONPATH': root, 'JAX_PLATFORMS': 'cpu'})
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert '| Gaussian Naive Bayes |' in (out / 'table.md').read_text()
 
 
 @pytest.mark.slow

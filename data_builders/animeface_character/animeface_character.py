@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_builders import class_folders
+from data_builders import files
 from data_builders import manual
 from data_builders import split_writer
 
@@ -64,8 +65,8 @@ def read_ignore(path: str) -> set[str]:
   """File names listed in an `ignore` file (one a line, paths allowed)."""
   if not os.path.exists(path):
     return set()
-  with open(path, encoding='utf-8', errors='replace') as f:
-    return {os.path.basename(line.strip()) for line in f if line.strip()}
+  return {os.path.basename(line.strip())
+          for line in files.read_text(path).splitlines() if line.strip()}
 
 
 def _rgb(values, path: str, line: int) -> tuple[int, int, int]:
@@ -84,8 +85,7 @@ def read_colors(path: str) -> dict[str, tuple[tuple[int, ...], ...]]:
   first row whose colours are not numbers) is skipped."""
   if not os.path.exists(path):
     return {}
-  with open(path, encoding='utf-8', errors='replace', newline='') as f:
-    rows = list(csv.reader(io.StringIO(f.read())))
+  rows = list(csv.reader(io.StringIO(files.read_text(path))))
   out = {}
   for line, row in enumerate(rows, start=1):
     row = [c.strip() for c in row]

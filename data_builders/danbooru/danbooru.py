@@ -11,6 +11,7 @@ and layout: README.md beside this file.
 """
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import hashlib
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_builders import files
 from data_builders import images
 from data_builders import manual
 from data_builders import splits
@@ -120,18 +122,33 @@ def bucket_path(root: epath.Path, tree: str, post: Post) -> epath.Path:
 def _metadata_files(folder: epath.Path) -> tuple[list, list]:
   """(post files, tag files): posts*.json of 2021+ dumps, else every
   *.json(l) but tags*.json."""
-  files = sorted(p for p in folder.glob('*.json*') if p.is_file())
-  tag_files = [p for p in files if p.name.startswith('tags')]
-  posts = [p for p in files if p.name.startswith('posts')] or [
-      p for p in files if p not in tag_files]
+  found = sorted(p for p in folder.glob('*.json*') if p.is_file())
+  tag_files = [p for p in found if p.name.startswith('tags')]
+  posts = [p for p in found if p.name.startswith('posts')] or [
+      p for p in found if p not in tag_files]
   return posts, tag_files
 
 
 def _read_rows(paths, counter: images.SkipCounter) -> Iterator[dict]:
+  """The JSON objects of JSON-lines files, a line at a time (a dump is
+  gigabytes): UTF-8, a BOM dropped; a line that is not UTF-8 is counted
+  as bad_encoding, a file that cannot be read by files.FileSkipped's
+  reasons."""
   for path in paths:
-    with path.open('r', encoding='utf-8') as f:
-      for number, line in enumerate(f, start=1):
-        line = line.strip()
+    try:
+      f = files.open_binary(path)
+    except files.FileSkipped as e:
+      counter.skip(e.reason, path.name, e.detail)
+      continue
+    with f:
+      for number, data in enumerate(f, start=1):
+        if number == 1:
+          data = data.removeprefix(codecs.BOM_UTF8)
+        try:
+          line = data.decode('utf-8').strip()
+        except UnicodeDecodeError:
+          counter.skip(files.BAD_ENCODING, f'{path.name}:{number}')
+          continue
         if not line:
           continue
         try:

@@ -22,6 +22,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from data_builders import files
 from data_builders import manual
 from data_builders import split_writer
 from data_builders import splits
@@ -40,17 +41,15 @@ class Flickr8kConfig(tfds.core.BuilderConfig):
 def read_tokens(path: str) -> dict[str, list[str]]:
   """{image: captions in #k order} of Flickr8k.token.txt."""
   numbered = collections.defaultdict(dict)
-  with open(path, encoding='utf-8') as f:
-    for line_no, line in enumerate(f, start=1):
-      line = line.rstrip('\r\n')
-      if not line.strip():
-        continue
-      name, tab, caption = line.partition('\t')
-      image, hash_sign, k = name.partition('#')
-      if not tab or not hash_sign or not k.strip().isdigit():
-        raise ValueError(f"{path}, line {line_no}: expected '<image>#<k>"
-                         f"<TAB><caption>', found {line[:80]!r}.")
-      numbered[image.strip()][int(k)] = caption.strip()
+  for line_no, line in enumerate(files.read_text(path).splitlines(), start=1):
+    if not line.strip():
+      continue
+    name, tab, caption = line.partition('\t')
+    image, hash_sign, k = name.partition('#')
+    if not tab or not hash_sign or not k.strip().isdigit():
+      raise ValueError(f"{path}, line {line_no}: expected '<image>#<k>"
+                       f"<TAB><caption>', found {line[:80]!r}.")
+    numbered[image.strip()][int(k)] = caption.strip()
   return {image: [caps[k] for k in sorted(caps)]
           for image, caps in numbered.items()}
 
@@ -62,8 +61,7 @@ def read_captions_csv(path: str) -> dict[str, list[str]]:
   (image names have none) unless the caption is CSV-quoted.
   """
   out = collections.defaultdict(list)
-  with open(path, encoding='utf-8') as f:
-    lines = f.read().splitlines()
+  lines = files.read_text(path).splitlines()
   if not lines or lines[0].strip().lower().replace(' ', '') != 'image,caption':
     raise ValueError(f"{path} must start with the header 'image,caption'.")
   for line_no, line in enumerate(lines[1:], start=2):
@@ -79,8 +77,8 @@ def read_captions_csv(path: str) -> dict[str, list[str]]:
 
 
 def read_image_list(path: str) -> list[str]:
-  with open(path, encoding='utf-8') as f:
-    return [line.strip() for line in f if line.strip()]
+  return [line.strip() for line in files.read_text(path).splitlines()
+          if line.strip()]
 
 
 def hash_splits(names, sizes: str) -> dict[str, list[str]]:

@@ -23,6 +23,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from data_builders import files
 from data_builders import images
 from data_builders import manual
 from data_builders import splits
@@ -80,9 +81,9 @@ def _tag_list(value, separator: str) -> list[str]:
 
 def read_posts(path, separator: str, counter: images.SkipCounter):
   """Posts of a .csv or .jsonl metadata file; bad rows counted."""
-  text = path.read_text(encoding='utf-8')
+  text = files.read_text(path)
   if path.suffix == '.csv':
-    rows = csv.DictReader(io.StringIO(text.lstrip('\ufeff')))
+    rows = csv.DictReader(io.StringIO(text))
   else:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -183,7 +184,7 @@ class PixivCharacters(manual.ManualBuilder):
     known = None
     if character_file:
       known = {tag_stats.normalise_tag(line) for line in
-               character_file.read_text(encoding='utf-8').splitlines()
+               files.read_text(character_file).splitlines()
                if line.strip()}
     aliases_file = self.option_path(c.aliases, root, 'aliases')
     aliases = tag_stats.read_aliases(aliases_file) if aliases_file else {}

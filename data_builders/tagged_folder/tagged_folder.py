@@ -19,6 +19,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from data_builders import files
 from data_builders import images
 from data_builders import manual
 from data_builders import splits
@@ -69,20 +70,32 @@ class TaggedFolder(manual.ManualBuilder):
     root = self.manual_root(dl_manager)
     skipped = images.SkipCounter('files')
     items = []   # (relative path, absolute path, tags)
-    for folder, dirs, files in os.walk(os.fspath(root)):
+
+    def relative_to_root(path):
+      return os.path.relpath(path, os.fspath(root)).replace(os.sep, '/')
+
+    def unreadable_folder(error: OSError):
+      skipped.skip(files.UNREADABLE, relative_to_root(error.filename),
+                   error.strerror or str(error))
+
+    for folder, dirs, names in os.walk(os.fspath(root),
+                                       onerror=unreadable_folder):
       dirs.sort()
-      for name in sorted(files):
+      for name in sorted(names):
         stem, ext = os.path.splitext(name)
         if ext.lower() not in IMAGE_EXTENSIONS:
           continue
         path = os.path.join(folder, name)
-        relative = os.path.relpath(path, os.fspath(root)).replace(os.sep, '/')
+        relative = relative_to_root(path)
         caption = os.path.join(folder, stem + '.txt')
-        if not os.path.exists(caption):
+        if not os.path.lexists(caption):
           skipped.skip('no_caption', relative)
           continue
-        with open(caption, encoding='utf-8', errors='replace') as f:
-          items.append((relative, path, parse_caption(f.read())))
+        # Captions are counted by their own path: bad_encoding, unreadable
+        # (a symlink loop, a permission), not_regular_file (a FIFO).
+        text = files.read_or_skip(caption, skipped, relative_to_root(caption))
+        if text is not None:
+          items.append((relative, path, parse_caption(text)))
     if not items:
       raise FileNotFoundError(f'tagged_folder: no image with a .txt caption '
                               f'under {root}.')

@@ -4,6 +4,10 @@ r"""Classical character recognition: features x classifiers, as in seed 003.
       --data_dir DIR --features handcrafted,cnn:RUN_DIR \
       --classifiers lr,lda,knn,cart,rf,nb,svm --out DIR [--grid small|paper]
 
+The dataset is built into --data_dir on first use (a synthetic one; one
+made from raw files is built first with `python -m jaxtag.data.build`, as
+the error says).
+
 For each feature set and classifier: a grid search with 5-fold stratified CV
 on the train split only (min-max scaling inside the pipeline, so each fold's
 scaler sees only its own training rows), a refit of the best setting on the
@@ -41,6 +45,7 @@ from absl import app
 from absl import flags
 
 from jaxtag.characters import features as features_lib
+from jaxtag.data import build  # defines --data_dir
 
 CLASSIFIERS = ('lr', 'lda', 'knn', 'cart', 'rf', 'nb', 'svm')
 NAMES = {'lr': 'Logistic Regression', 'lda': 'Linear Discriminant Analysis',
@@ -135,19 +140,21 @@ def confused_pairs(y_true, y_pred, names, top: int = 10) -> list[dict]:
           for (t, p), n in ranked]
 
 
-def load_split(dataset: str, data_dir: str, split: str):
-  """(images [N] of uint8 arrays, labels [N], character names)."""
-  # pylint: disable=import-outside-toplevel
-  import tensorflow_datasets as tfds
+def load_split(dataset: str, data_dir: str | None, split: str):
+  """(images [N] of uint8 arrays, labels [N], character names).
 
-  from jaxtag.data import tag_metadata
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  if not os.path.isdir(str(builder.data_dir)):
-    raise FileNotFoundError(
-        f'{dataset} is not built in {data_dir}; build it with `python -m '
-        f'jaxtag.data.build {dataset} --data_dir {data_dir}`.')
+  Builds the dataset on first use, as the trainer does; a dataset made
+  from raw files (a manual_dir) is built with jaxtag.data.build first, and
+  the error says so."""
+  from jaxtag.data import tag_metadata  # pylint: disable=import-outside-toplevel
+  build.ensure_built(build.get_builder(dataset, data_dir))
+  # Created again: a builder reads the splits when it is created.
+  builder = build.get_builder(dataset, data_dir)
+  if split not in builder.info.splits:
+    raise ValueError(f'{dataset} has no split {split!r} (it has '
+                     f'{", ".join(sorted(builder.info.splits))}).')
   names = tag_metadata.load_tag_metadata(builder.data_dir).names
-  source = tfds.data_source(dataset, data_dir=data_dir, split=split)
+  source = builder.as_data_source(split)
   images, labels = [], []
   for i in range(len(source)):
     ex = source[i]
@@ -286,7 +293,11 @@ def _define_flags():
   global _DATASET, _DATA_DIR, _FEATURES, _CLASSIFIERS, _OUT, _GRID, _N_JOBS
   _DATASET = flags.DEFINE_string('dataset', 'synthetic_anime/faces',
                                  'A faces dataset (one character per example).')
-  _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
+  # jaxtag.data.build's --data_dir, or this command's own when that one
+  # is no longer defined at import.
+  if 'data_dir' not in flags.FLAGS:
+    flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
+  _DATA_DIR = flags.FLAGS['data_dir']
   _FEATURES = flags.DEFINE_list('features', ['handcrafted'],
                                 'handcrafted, handcrafted_bgr, cnn:RUN_DIR, '
                                 'cnnscores:RUN_DIR.')

@@ -157,10 +157,42 @@ def get_builder(name: str, data_dir: str | None = None,
              file_format='array_record')
 
 
+def build_arguments(builder) -> str:
+  """'name/config [--set key=value ...]': what jaxtag.data.build needs to
+  make the dataset of `builder` (its options undone from the config name
+  apply_options gave it)."""
+  config = builder.builder_config
+  if config is None:
+    return builder.name
+  configs = {c.name: c for c in type(builder).BUILDER_CONFIGS}
+  if config.name in configs:
+    return f'{builder.name}/{config.name}'
+  base = configs.get(config.name.rsplit('_', 1)[0])
+  if base is None:
+    return f'{builder.name}/{config.name}'
+  sets = []
+  for key, value in manual.options_of(config).items():
+    if value != getattr(base, key):
+      if isinstance(value, tuple):
+        value = ','.join(str(v) for v in value)
+      sets.append(f'--set {key}={value}')
+  return ' '.join([f'{builder.name}/{base.name}', *sets])
+
+
 def ensure_built(builder, manual_dir: str | None = None) -> None:
-  """Builds the dataset when its files are not there yet."""
+  """Builds the dataset when its files are not there yet; a dataset made
+  from raw files needs `manual_dir`, and without it the error names the
+  command that builds it."""
   if (epath.Path(builder.data_dir) / 'dataset_info.json').exists():
     return
+  if manual_dir is None and getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS',
+                                    None):
+    raise FileNotFoundError(
+        f'{builder.name} is not built in {builder.data_dir_root} and is made '
+        'from raw files: build it with `python -m jaxtag.data.build '
+        f'{build_arguments(builder)} --manual_dir RAW_FOLDER --data_dir '
+        f'{builder.data_dir_root}` (or set config.dataset.manual_dir when '
+        f'training); the layout is in data_builders/{builder.name}/README.md.')
   start = time.perf_counter()
   logging.info('Building %s into %s ...', builder.info.full_name,
                builder.data_dir)
