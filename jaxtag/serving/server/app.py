@@ -150,7 +150,8 @@ class Server:
   async def not_found(self, request: Request, exc=None) -> Response:
     path = request.url.path
     if request.method == 'POST':
-      message = f'POST {path} is not an API; use POST /tag with the image bytes.'
+      message = (f'POST {path} is not an API; use POST /tag with the image '
+                 'bytes.')
     else:
       message = f'No page at {path}; the page is / and the API is POST /tag.'
     # A body is not read here: a client waiting for 100 Continue is let go.

@@ -88,6 +88,7 @@ class TaggerModel:
 
 class Ticket:
   """A request's place in the queue, from admission to its answer."""
+  # pylint: disable=protected-access  (a Ticket is its Batcher's own part)
 
   def __init__(self, batcher: 'Batcher'):
     self._batcher = batcher
@@ -97,12 +98,12 @@ class Ticket:
     """Its body is read: a model input is on its way."""
     if self._state == 'admitted':
       self._state = 'decoding'
-      self._batcher._expect(+1)  # pylint: disable=protected-access
+      self._batcher._expect(+1)
 
   def submit(self, prepared, options) -> futures.Future:
     """Queues a model input; the future gives (result, batch size)."""
     self.decoding()
-    future = self._batcher._submit(prepared, options)  # pylint: disable=protected-access
+    future = self._batcher._submit(prepared, options)
     self._state = 'submitted'
     return future
 
@@ -110,9 +111,9 @@ class Ticket:
     if self._state == 'released':
       return
     if self._state == 'decoding':   # it failed: the loop need not wait
-      self._batcher._expect(-1)  # pylint: disable=protected-access
+      self._batcher._expect(-1)
     self._state = 'released'
-    self._batcher._release()  # pylint: disable=protected-access
+    self._batcher._release()
 
   def __enter__(self) -> 'Ticket':
     return self

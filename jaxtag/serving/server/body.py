@@ -46,8 +46,9 @@ def expects_continue(headers: Mapping[str, str]) -> bool:
 
 
 def too_large(size: float, max_bytes: int, *, close: bool) -> RequestError:
-  return RequestError(413, f'The image is {megabytes(size)}; this server takes at '
-                      f'most {megabytes(max_bytes)} (--max_mb).', close=close)
+  return RequestError(413, f'The image is {megabytes(size)}; this server '
+                      f'takes at most {megabytes(max_bytes)} (--max_mb).',
+                      close=close)
 
 
 async def read_body(receive: Callable[[], Awaitable[dict]],
@@ -65,8 +66,9 @@ async def read_body(receive: Callable[[], Awaitable[dict]],
     try:
       message = await asyncio.wait_for(receive(), timeout_s)
     except asyncio.TimeoutError:
-      raise RequestError(408, f'The body stopped arriving: nothing came for '
-                         f'{timeout_s:g} s (--timeout_s).', close=True) from None
+      raise RequestError(
+          408, f'The body stopped arriving: nothing came for {timeout_s:g} '
+          's (--timeout_s).', close=True) from None
     if message['type'] == 'http.disconnect':
       raise ClientGone()
     chunk = message.get('body', b'')
