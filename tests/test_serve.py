@@ -93,6 +93,42 @@ def test_api_errors_keep_the_server_serving(fake_server):
   assert _post(fake_server + '/tag', _png())[0] == 200
 
 
+def test_api_key_guards_the_api_but_not_the_page():
+  key = 'a-key-of-some-length'
+  with thread_server(api_key=key) as (url, _):
+    status, headers, record = post(url + '/tag', _png())
+    assert (status, record) == (401, {
+        'error': 'This server needs its API key: send "Authorization: Bearer '
+                 'KEY" (or "X-API-Key: KEY").'})
+    assert headers['www-authenticate'] == 'Bearer'
+    assert post(url + '/tag', _png(), {'Authorization': 'Bearer nope'}
+                )[0] == 401
+    assert post(url + '/tag', _png(), {'Authorization': f'Bearer {key}'}
+                )[0] == 200
+    assert post(url + '/tag', _png(), {'X-API-Key': key})[0] == 200
+    assert get(url + '/metrics')[0] == 401
+    assert get(url + '/metrics', {'X-API-Key': key})[0] == 200
+    assert get(url + '/health')[0] == 200
+    assert get(url + '/')[0] == 200
+
+
+def test_cors_is_off_unless_an_origin_is_named():
+  preflight = {'Origin': 'http://example.test',
+               'Access-Control-Request-Method': 'POST'}
+  from serve_fixtures import request
+  with thread_server() as (url, _):
+    status, headers, _ = request('OPTIONS', url + '/tag', headers=preflight)
+    assert status == 404 and 'access-control-allow-origin' not in headers
+    _, headers, _ = post(url + '/tag', _png(), {'Origin': 'http://example.test'})
+    assert 'access-control-allow-origin' not in headers
+  with thread_server(cors_origins=('http://example.test',)) as (url, _):
+    status, headers, _ = request('OPTIONS', url + '/tag', headers=preflight)
+    assert status == 200
+    assert headers['access-control-allow-origin'] == 'http://example.test'
+    _, headers, _ = post(url + '/tag', _png(), {'Origin': 'http://example.test'})
+    assert headers['access-control-allow-origin'] == 'http://example.test'
+
+
 def test_flags_bind_to_localhost_by_default():
   values = flags.FlagValues()
   serve.define_flags(values)
@@ -100,6 +136,20 @@ def test_flags_bind_to_localhost_by_default():
   assert values.host == '127.0.0.1'
   assert not values.no_auth and values.api_key is None
   assert values.cors_origin == []
+
+
+@pytest.mark.slow
+def test_a_public_address_without_a_key_is_refused_before_binding(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'jaxtag.serve', '--bundle', str(tmp_path),
+       '--host', '0.0.0.0', '--port', '0'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().endswith(
+      '--host 0.0.0.0 can be reached from other machines, so the API needs a '
+      'key: pass --api_key=KEY (clients send "Authorization: Bearer KEY"; put '
+      'the flag in a --flagfile to keep it out of the process list), or '
+      '--no_auth to serve anyone who can connect.')
 
 
 # ------------------------------------------------ a real bundle (slow) ---
