@@ -119,13 +119,15 @@ def test_cors_is_off_unless_an_origin_is_named():
   with thread_server() as (url, _):
     status, headers, _ = request('OPTIONS', url + '/tag', headers=preflight)
     assert status == 404 and 'access-control-allow-origin' not in headers
-    _, headers, _ = post(url + '/tag', _png(), {'Origin': 'http://example.test'})
+    _, headers, _ = post(url + '/tag', _png(),
+                         {'Origin': 'http://example.test'})
     assert 'access-control-allow-origin' not in headers
   with thread_server(cors_origins=('http://example.test',)) as (url, _):
     status, headers, _ = request('OPTIONS', url + '/tag', headers=preflight)
     assert status == 200
     assert headers['access-control-allow-origin'] == 'http://example.test'
-    _, headers, _ = post(url + '/tag', _png(), {'Origin': 'http://example.test'})
+    _, headers, _ = post(url + '/tag', _png(),
+                         {'Origin': 'http://example.test'})
     assert headers['access-control-allow-origin'] == 'http://example.test'
 
 
