@@ -17,6 +17,7 @@ from serve_fixtures import FakeTagger
 from serve_fixtures import get
 from serve_fixtures import png as _png
 from serve_fixtures import post
+from serve_fixtures import request
 from serve_fixtures import thread_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +116,6 @@ def test_api_key_guards_the_api_but_not_the_page():
 def test_cors_is_off_unless_an_origin_is_named():
   preflight = {'Origin': 'http://example.test',
                'Access-Control-Request-Method': 'POST'}
-  from serve_fixtures import request
   with thread_server() as (url, _):
     status, headers, _ = request('OPTIONS', url + '/tag', headers=preflight)
     assert status == 404 and 'access-control-allow-origin' not in headers
@@ -152,6 +152,27 @@ def test_a_public_address_without_a_key_is_refused_before_binding(tmp_path):
       'key: pass --api_key=KEY (clients send "Authorization: Bearer KEY"; put '
       'the flag in a --flagfile to keep it out of the process list), or '
       '--no_auth to serve anyone who can connect.')
+
+
+@pytest.mark.slow
+def test_a_captioner_is_served_through_the_batcher(tiny_captioner_run,
+                                                   tmp_path):
+  from concurrent import futures
+  from jaxtag.serving import convert
+  from jaxtag.serving import tagger as tagger_lib
+  workdir, _ = tiny_captioner_run
+  out = str(tmp_path / 'bundle')
+  convert.convert(workdir, out)
+  tagger = tagger_lib.Tagger(out, batch_size=1)
+  bodies = [_png(48 + 8 * i, 40, (60 * i, 200 - 50 * i, 90)) for i in range(3)]
+  want = tagger.tag([Image.open(io.BytesIO(b)) for b in bodies])
+  with thread_server(tagger, max_batch=4) as (url, _):
+    with futures.ThreadPoolExecutor(3) as pool:
+      answers = list(pool.map(
+          lambda i: post(url + '/tag?all=1', bodies[i],
+                         {'X-Filename': f'{i}.png'}), range(3)))
+  assert [a[2] for a in answers] == [
+      {'file': f'{i}.png', 'caption': w['caption']} for i, w in enumerate(want)]
 
 
 # ------------------------------------------------ a real bundle (slow) ---
