@@ -10,6 +10,7 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --what=addgcn --config configs/addgcn_danbooru.py \
       --config.model.dtype=float32 --classes=80,1000,5000 --steps 1
   python -m jaxtag.bench --what=serve [--bundle BUNDLE] [--concurrency 1,8,64]
+  python -m jaxtag.bench --what=serve --serve_args=--max_batch=1  # no batching
 """
 import json
 
@@ -65,6 +66,9 @@ _REQUESTS = flags.DEFINE_integer(
 _LARGE_IMAGES = flags.DEFINE_integer(
     'large_images', 30, '--what=serve: clients sending a 49-megapixel PNG '
     'at once for the memory figures (0: skip).')
+_SERVE_ARGS = flags.DEFINE_list(
+    'serve_args', [], '--what=serve: more flags for python -m jaxtag.serve, '
+    'e.g. --serve_args=--max_batch=1,--decode_workers=4.')
 _OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
                            'JSON file that the figures are appended to.')
 
@@ -105,7 +109,8 @@ def main(argv):
         bundle=_BUNDLE.value, config=config,
         num_classes=_NUM_CLASSES.value or 1000,
         concurrency=[int(c) for c in _CONCURRENCY.value],
-        requests=_REQUESTS.value, large_images=_LARGE_IMAGES.value)}
+        requests=_REQUESTS.value, large_images=_LARGE_IMAGES.value,
+        server_args=_SERVE_ARGS.value)}
   elif _WHAT.value == 'mlgcn':
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=mlgcn.')

@@ -2,11 +2,13 @@
 batch sizes, and memory under large images.
 
   python -m jaxtag.bench --what=serve [--bundle BUNDLE] [--concurrency 1,8,64]
+  python -m jaxtag.bench --what=serve --serve_args=--max_batch=1  # no batching
 
 The server runs in a subprocess on 127.0.0.1 with its default flags
-(--max_batch 16, --max_wait_ms 5, --decode_workers 2) and the clients are
+(--max_batch 16, --max_wait_ms 5, --decode_workers 2; --serve_args adds
+others) and the clients are
 threads of this process, each on its own keep-alive connection, sending
-the same 768 x 768 JPEG (about 100 KB) one request after another. For each
+the same 768 x 768 JPEG (about 50 KB) one request after another. For each
 number of clients: p50 and p95 latency, images per second, and the mean
 batch size (from the server's /metrics). Then 30 clients send a
 49-megapixel PNG at once: the server's RSS before, its peak, and after.
@@ -69,7 +71,7 @@ def random_bundle(directory: str, config, num_classes: int) -> str:
 
 
 def test_image() -> bytes:
-  """A 768 x 768 JPEG with gradients and shapes (about 100 KB)."""
+  """A 768 x 768 JPEG with gradients and shapes (about 50 KB)."""
   y, x = np.mgrid[0:768, 0:768]
   pixels = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
   image = Image.fromarray(pixels)
@@ -171,8 +173,8 @@ def load(server: ServerProcess, body: bytes, clients: int,
 
 
 def run(*, bundle: str | None, config, num_classes: int,
-        concurrency: list[int], requests: int,
-        large_images: int) -> dict[str, Any]:
+        concurrency: list[int], requests: int, large_images: int,
+        server_args: list[str] = ()) -> dict[str, Any]:
   with tempfile.TemporaryDirectory(prefix='jaxtag_bench_serve_') as tmp:
     served = bundle
     if bundle is None:
@@ -181,7 +183,7 @@ def run(*, bundle: str | None, config, num_classes: int,
       served = (f'{config.model.backbone} {dict(config.model.backbone_kwargs)}'
                 f' at {config.data.image_size} px, random weights, '
                 f'{num_classes} tags')
-    server = ServerProcess(bundle)
+    server = ServerProcess(bundle, *server_args)
     try:
       body = test_image()
       load(server, body, 8, 64)   # warm: every padded batch size
@@ -203,5 +205,6 @@ def run(*, bundle: str | None, config, num_classes: int,
                   'rss_after_mb': round(after['VmRSS'])}
     finally:
       server.close()
-  return {'bundle': served, 'jpeg_kb': len(body) // 1024,
+  return {'bundle': served, 'server_args': ' '.join(server_args),
+          'jpeg_kb': len(body) // 1024,
           'levels': levels, **memory}
