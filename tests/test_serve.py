@@ -1,88 +1,43 @@
 """The tagging page and its API: in-process on a fake tagger (fast), then
-`python -m jaxtag.serve` on a real bundle and in headless Chromium (slow)."""
+`python -m jaxtag.serve` on a real bundle and in headless Chromium (slow).
+The server's limits under bad input and load: tests/test_serve_probes.py."""
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
 
-import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
-from PIL import ImageDraw
 
 from jaxtag import serve
+from serve_fixtures import FakeTagger
+from serve_fixtures import get
+from serve_fixtures import png as _png
+from serve_fixtures import post
+from serve_fixtures import request
+from serve_fixtures import thread_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _png(width=64, height=48, colour=(200, 120, 60)) -> bytes:
-  image = Image.new('RGB', (width, height), colour)
-  ImageDraw.Draw(image).ellipse((8, 8, width // 2, height // 2),
-                                fill=(30, 30, 200))
-  buffer = io.BytesIO()
-  image.save(buffer, format='PNG')
-  return buffer.getvalue()
-
-
 def _post(url, body, headers=None):
   """(status, JSON body) of a POST, error statuses included."""
-  request = urllib.request.Request(url, data=body, method='POST',
-                                   headers=headers or {})
-  try:
-    with urllib.request.urlopen(request, timeout=120) as response:
-      return response.status, json.loads(response.read())
-  except urllib.error.HTTPError as e:
-    return e.code, json.loads(e.read())
+  status, _, record = post(url, body, headers)
+  return status, record
 
 
 def _get(url):
-  with urllib.request.urlopen(url, timeout=60) as response:
-    return response.status, response.read()
-
-
-class FakeTagger:
-  """The Tagger's interface on numpy: tag i scores (mean red / 255) ** i."""
-
-  names = ['general', 'sensitive', 'questionable', 'explicit', 'hat',
-           'smile', 'blush', 'aoi_(synthetic)']
-  groups = {'rating': np.arange(4), 'general': np.array([4, 5, 6]),
-            'character': np.array([7])}
-  limits = np.array([0, 0, 0, 0, 0.3, 0.5, 0.7, 0.9], np.float32)
-  task = 'multi_label'
-
-  def scores(self, images):
-    red = np.array([np.asarray(x)[..., 0].mean() / 255 for x in images])
-    return (red[:, None] ** np.arange(len(self.names))).astype(np.float32)
-
-  def thresholds(self, scores):
-    return np.broadcast_to(self.limits, scores.shape)
-
-  def results(self, scores):
-    out = []
-    for row in scores:
-      result = {'rating': {self.names[i]: float(row[i]) for i in range(4)}}
-      for group in ('general', 'character'):
-        keep = [i for i in self.groups[group] if row[i] >= self.limits[i]]
-        result[group] = {self.names[i]: float(row[i]) for i in keep}
-      out.append(result)
-    return out
+  status, _, body = get(url)
+  return status, body
 
 
 @pytest.fixture
 def fake_server():
-  httpd = serve.make_server(FakeTagger(), port=0, max_mb=0.01,
-                            max_megapixels=0.01)
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  host, port = httpd.server_address[:2]
-  yield f'http://{host}:{port}'
-  httpd.shutdown()
-  httpd.server_close()
+  with thread_server(max_mb=0.01, max_megapixels=0.01) as (url, _):
+    yield url
 
 
 def test_decode_image_refuses_with_statuses():
@@ -90,7 +45,7 @@ def test_decode_image_refuses_with_statuses():
   assert ok.mode == 'RGB' and ok.size == (64, 48)
   cases = [(b'', 10**6, 400, 'no image'),
            (b'not an image', 10**6, 415, 'not an image'),
-           (_png(), 100, 413, r'at most 0\.0 MB'),
+           (_png(), 100, 413, 'at most 100 bytes'),
            (_png(200, 100), 10**6, 413, 'megapixels')]  # 20,000 pixels
   for body, max_bytes, status, words in cases:
     with pytest.raises(serve.RequestError, match=words) as error:
@@ -131,14 +86,93 @@ def test_api_errors_keep_the_server_serving(fake_server):
   status, record = _post(fake_server + '/tag', _png(200, 100))
   assert status == 413 and 'megapixels' in record['error']
   assert _post(fake_server + '/other', _png())[0] == 404
+  status, record = _get(fake_server + '/tag')
+  assert status == 404 and 'POST /tag' in record['error']
   status, page = _get(fake_server + '/')
   assert status == 200 and b'<input type="file" id="file"' in page
   assert b'http://' not in page and b'https://' not in page  # no CDN
   assert _post(fake_server + '/tag', _png())[0] == 200
 
 
-def test_binds_to_localhost_by_default():
-  assert serve.parse_args(['--bundle', 'b']).host == '127.0.0.1'
+def test_api_key_guards_the_api_but_not_the_page():
+  key = 'a-key-of-some-length'
+  with thread_server(api_key=key) as (url, _):
+    status, headers, record = post(url + '/tag', _png())
+    assert (status, record) == (401, {
+        'error': 'This server needs its API key: send "Authorization: Bearer '
+                 'KEY" (or "X-API-Key: KEY").'})
+    assert headers['www-authenticate'] == 'Bearer'
+    assert post(url + '/tag', _png(), {'Authorization': 'Bearer nope'}
+                )[0] == 401
+    assert post(url + '/tag', _png(), {'Authorization': f'Bearer {key}'}
+                )[0] == 200
+    assert post(url + '/tag', _png(), {'X-API-Key': key})[0] == 200
+    assert get(url + '/metrics')[0] == 401
+    assert get(url + '/metrics', {'X-API-Key': key})[0] == 200
+    assert get(url + '/health')[0] == 200
+    assert get(url + '/')[0] == 200
+
+
+def test_cors_is_off_unless_an_origin_is_named():
+  preflight = {'Origin': 'http://example.test',
+               'Access-Control-Request-Method': 'POST'}
+  with thread_server() as (url, _):
+    status, headers, _ = request('OPTIONS', url + '/tag', headers=preflight)
+    assert status == 404 and 'access-control-allow-origin' not in headers
+    _, headers, _ = post(url + '/tag', _png(),
+                         {'Origin': 'http://example.test'})
+    assert 'access-control-allow-origin' not in headers
+  with thread_server(cors_origins=('http://example.test',)) as (url, _):
+    status, headers, _ = request('OPTIONS', url + '/tag', headers=preflight)
+    assert status == 200
+    assert headers['access-control-allow-origin'] == 'http://example.test'
+    _, headers, _ = post(url + '/tag', _png(),
+                         {'Origin': 'http://example.test'})
+    assert headers['access-control-allow-origin'] == 'http://example.test'
+
+
+def test_flags_bind_to_localhost_by_default():
+  values = flags.FlagValues()
+  serve.define_flags(values)
+  values(['serve', '--bundle', 'b'])
+  assert values.host == '127.0.0.1'
+  assert not values.no_auth and values.api_key is None
+  assert values.cors_origin == []
+
+
+@pytest.mark.slow
+def test_a_public_address_without_a_key_is_refused_before_binding(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'jaxtag.serve', '--bundle', str(tmp_path),
+       '--host', '0.0.0.0', '--port', '0'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().endswith(
+      '--host 0.0.0.0 can be reached from other machines, so the API needs a '
+      'key: pass --api_key=KEY (clients send "Authorization: Bearer KEY"; put '
+      'the flag in a --flagfile to keep it out of the process list), or '
+      '--no_auth to serve anyone who can connect.')
+
+
+@pytest.mark.slow
+def test_a_captioner_is_served_through_the_batcher(tiny_captioner_run,
+                                                   tmp_path):
+  from concurrent import futures
+  from jaxtag.serving import convert
+  from jaxtag.serving import tagger as tagger_lib
+  workdir, _ = tiny_captioner_run
+  out = str(tmp_path / 'bundle')
+  convert.convert(workdir, out)
+  tagger = tagger_lib.Tagger(out, batch_size=1)
+  bodies = [_png(48 + 8 * i, 40, (60 * i, 200 - 50 * i, 90)) for i in range(3)]
+  want = tagger.tag([Image.open(io.BytesIO(b)) for b in bodies])
+  with thread_server(tagger, max_batch=4) as (url, _):
+    with futures.ThreadPoolExecutor(3) as pool:
+      answers = list(pool.map(
+          lambda i: post(url + '/tag?all=1', bodies[i],
+                         {'X-Filename': f'{i}.png'}), range(3)))
+  assert [a[2] for a in answers] == [
+      {'file': f'{i}.png', 'caption': w['caption']} for i, w in enumerate(want)]
 
 
 # ------------------------------------------------ a real bundle (slow) ---
@@ -164,21 +198,11 @@ def bundle_dir(tiny_data_dir, tmp_path_factory):
 @pytest.fixture(scope='module')
 def server(bundle_dir, tmp_path_factory):
   """`python -m jaxtag.serve` on a free port; yields its address."""
+  from serve_fixtures import process_server
   log = tmp_path_factory.mktemp('serve_log') / 'stderr.txt'
-  with open(log, 'w') as stderr:
-    process = subprocess.Popen(
-        [sys.executable, '-m', 'jaxtag.serve', '--bundle', bundle_dir,
-         '--port', '0', '--max_mb', '0.05', '--max_megapixels', '0.5'],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
-  try:
-    line = process.stdout.readline()
-    if 'Serving' not in line:
-      process.wait(timeout=30)
-      pytest.fail(f'jaxtag.serve did not start: {line!r}\n{log.read_text()}')
-    yield line.split(' on ')[1].strip().rstrip('/')
-  finally:
-    process.terminate()
-    process.wait(timeout=30)
+  with process_server(bundle_dir, log, '--max_mb', '0.05',
+                      '--max_megapixels', '0.5') as (url, _):
+    yield url
 
 
 @pytest.mark.slow
@@ -203,7 +227,7 @@ def test_api_rejects_bad_requests_and_keeps_serving(server):
   status, record = _post(server + '/tag', _png(1000, 800))
   assert status == 413 and 'megapixels' in record['error']
   status, health = _get(server + '/health')
-  assert status == 200 and json.loads(health)['ok']
+  assert status == 200 and health['ok']
   assert _post(server + '/tag', _png())[0] == 200
 
 

@@ -9,6 +9,8 @@ r"""Benchmarks: print figures and write them as JSON.
       --config.model.dtype=float32 --steps 2 --time_batch 4
   python -m jaxtag.bench --what=addgcn --config configs/addgcn_danbooru.py \
       --config.model.dtype=float32 --classes=80,1000,5000 --steps 1
+  python -m jaxtag.bench --what=serve [--bundle BUNDLE] [--concurrency 1,8,64]
+  python -m jaxtag.bench --what=serve --serve_args=--max_batch=1  # no batching
 """
 import json
 
@@ -23,14 +25,17 @@ from jaxtag import storage
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
 _WHAT = flags.DEFINE_enum('what', 'train',
-                          ['train', 'metrics', 'predict', 'mlgcn', 'addgcn'],
+                          ['train', 'metrics', 'predict', 'mlgcn', 'addgcn',
+                           'serve'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
                           ' predict: FLOPs and time of the prediction path; '
                           'mlgcn: the ML-GCN head\'s share of the train step '
                           '(--classes) and BCOO vs dense graph products; '
                           'addgcn: the ADD-GCN head\'s share of the train '
-                          'step, exact vs low-rank graphs (--classes).')
+                          'step, exact vs low-rank graphs (--classes); '
+                          'serve: python -m jaxtag.serve under 1, 8 and 64 '
+                          'concurrent clients.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -49,6 +54,21 @@ _TIME_BATCH = flags.DEFINE_integer(
 _FLOP_BATCH = flags.DEFINE_integer(
     'flop_batch', 2, '--what=addgcn: batch of the compiled steps whose FLOPs '
     'are counted.')
+_BUNDLE = flags.DEFINE_string(
+    'bundle', None, '--what=serve: the bundle to serve (default: --config, '
+    'else configs/default.py, with random weights and --num_classes tags).')
+_CONCURRENCY = flags.DEFINE_list(
+    'concurrency', ['1', '8', '64'], '--what=serve: numbers of concurrent '
+    'clients.')
+_REQUESTS = flags.DEFINE_integer(
+    'requests', 256, '--what=serve: requests per number of clients (at '
+    'least 4 per client).')
+_LARGE_IMAGES = flags.DEFINE_integer(
+    'large_images', 30, '--what=serve: clients sending a 49-megapixel PNG '
+    'at once for the memory figures (0: skip).')
+_SERVE_ARGS = flags.DEFINE_list(
+    'serve_args', [], '--what=serve: more flags for python -m jaxtag.serve, '
+    'e.g. --serve_args=--max_batch=1,--decode_workers=4.')
 _OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
                            'JSON file that the figures are appended to.')
 
@@ -79,6 +99,18 @@ def main(argv):
     result = {'benchmark': 'predict', **predict_bench.run(
         _CONFIG.value, num_classes=_NUM_CLASSES.value or 1000,
         steps=_STEPS.value, warmup=_WARMUP.value)}
+  elif _WHAT.value == 'serve':
+    from jaxtag.bench import serve as serve_bench
+    config = _CONFIG.value
+    if config is None and _BUNDLE.value is None:
+      from jaxtag import config as config_lib
+      config = config_lib.load_config_file('configs/default.py')
+    result = {'benchmark': 'serve', **serve_bench.run(
+        bundle=_BUNDLE.value, config=config,
+        num_classes=_NUM_CLASSES.value or 1000,
+        concurrency=[int(c) for c in _CONCURRENCY.value],
+        requests=_REQUESTS.value, large_images=_LARGE_IMAGES.value,
+        server_args=_SERVE_ARGS.value)}
   elif _WHAT.value == 'mlgcn':
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=mlgcn.')
