@@ -167,6 +167,13 @@ def test_timm_names_and_layouts():
   assert out['head/Dense_0/kernel'].shape == (4, 7)
 
 
+def test_eva02_drops_the_buffers_timm_recomputes():
+  state = {'rope.pos_embed': np.zeros((4, 32)), 'blocks.0.attn.k_bias':
+           np.zeros(8), 'blocks.0.attn.q_bias': np.ones(8)}
+  assert list(eva02.timm_to_jaxtag(state)) == [
+      'backbone/blocks_0/attn/q_bias']
+
+
 def test_position_embedding_resampling_matches_timm():
   arrays = np.load(os.path.join(FIXTURES, 'vit', 'resample.npz'))
   cases = [k[len('in_'):] for k in arrays if k.startswith('in_')]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -156,9 +157,15 @@ Eva02LargePatch14 = functools.partial(Eva02, embed_dim=1024, depth=24,
                                       scale_mlp=True)
 
 
+# Buffers that timm recomputes (non-persistent in timm 1.0; a state dict
+# saved with them still imports): the rotary tables and the zero key bias.
+_BUFFERS = re.compile(r'(^|\.)rope\.|\.k_bias$')
+
+
 def timm_to_jaxtag(state_dict):
   """A timm Eva state dict -> {Tagger parameter path: array}
-  ('backbone/...' and the linear head's 'head/Dense_0/...'). timm keeps
-  the rotary embedding and the zero key bias as buffers outside the
-  state dict; jaxtag computes them."""
-  return tfm.timm_to_jaxtag(state_dict)
+  ('backbone/...' and the linear head's 'head/Dense_0/...'). The rotary
+  embedding and the zero key bias are not parameters: jaxtag computes
+  them, and drops them where a state dict holds them."""
+  return tfm.timm_to_jaxtag({k: v for k, v in state_dict.items()
+                             if not _BUFFERS.search(k)})
