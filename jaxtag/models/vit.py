@@ -1,9 +1,12 @@
 """Vision Transformer (ViT) in timm's layout.
 
   config.model.backbone = 'vit_base_patch16'
+  config.model.backbone_kwargs = {'img_size': 448}
+  # SmilingWolf/JAX-CV's layout (no class token, the final norm then the
+  # mean, flax's tanh GELU):
   config.model.backbone_kwargs = {'img_size': 448, 'class_token': False,
                                   'global_pool': 'avg', 'fc_norm': False,
-                                  'act_layer': 'gelu_tanh'}   # WD v3's ViT
+                                  'act_layer': 'gelu_tanh'}
 
 The options are timm's VisionTransformer's, with the same defaults:
 `img_size` is the size the position embedding is learned at (its grid is
@@ -23,7 +26,8 @@ themselves. `fc_norm` (default: with 'avg') normalises after pooling
 instead of before.
 
 The WD v3 ViT (SmilingWolf/wd-vit-tagger-v3) is timm's
-vit_base_patch16_224 at img_size 448 with 10,861 classes.
+vit_base_patch16_224 at img_size 448 with 10,861 classes; the model_args
+of its config.json say which of these options it sets.
 """
 from __future__ import annotations
 
