@@ -11,6 +11,8 @@ r"""Benchmarks: print figures and write them as JSON.
       --config.model.dtype=float32 --classes=80,1000,5000 --steps 1
   python -m jaxtag.bench --what=serve [--bundle BUNDLE] [--concurrency 1,8,64]
   python -m jaxtag.bench --what=serve --serve_args=--max_batch=1  # no batching
+  python -m jaxtag.bench --what=flops --families=vit_base_patch16 \
+      --image_sizes=224,384,448
 """
 import json
 
@@ -26,7 +28,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
 _WHAT = flags.DEFINE_enum('what', 'train',
                           ['train', 'metrics', 'predict', 'mlgcn', 'addgcn',
-                           'serve'],
+                           'serve', 'flops'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
                           ' predict: FLOPs and time of the prediction path; '
@@ -35,12 +37,15 @@ _WHAT = flags.DEFINE_enum('what', 'train',
                           'addgcn: the ADD-GCN head\'s share of the train '
                           'step, exact vs low-rank graphs (--classes); '
                           'serve: python -m jaxtag.serve under 1, 8 and 64 '
-                          'concurrent clients.')
+                          'concurrent clients; '
+                          'flops: forward and forward+backward FLOPs per '
+                          'image of the timm-layout backbones '
+                          '(jaxtag/bench/flops.py).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
     'num_classes', None, 'Tags in the head (default: the dataset\'s tag list '
-    'when --pipeline, else 1000).')
+    'when --pipeline, 10,861 for --what=flops, else 1000).')
 _PIPELINE = flags.DEFINE_bool('pipeline', False,
                               'Also time the whole input pipeline + step '
                               '(builds the config\'s dataset if missing).')
@@ -52,8 +57,8 @@ _TIME_BATCH = flags.DEFINE_integer(
     '(default 4 for mlgcn, 1 for addgcn; mlgcn counts FLOPs at '
     'config.batch_size).')
 _FLOP_BATCH = flags.DEFINE_integer(
-    'flop_batch', 2, '--what=addgcn: batch of the compiled steps whose FLOPs '
-    'are counted.')
+    'flop_batch', 2, '--what=addgcn|flops: batch of the compiled steps whose '
+    'FLOPs are counted.')
 _BUNDLE = flags.DEFINE_string(
     'bundle', None, '--what=serve: the bundle to serve (default: --config, '
     'else configs/default.py, with random weights and --num_classes tags).')
@@ -69,6 +74,14 @@ _LARGE_IMAGES = flags.DEFINE_integer(
 _SERVE_ARGS = flags.DEFINE_list(
     'serve_args', [], '--what=serve: more flags for python -m jaxtag.serve, '
     'e.g. --serve_args=--max_batch=1,--decode_workers=4.')
+_FAMILIES = flags.DEFINE_list(
+    'families', None, '--what=flops: backbone families (default: all of '
+    'jaxtag/bench/flops.py FAMILIES).')
+_IMAGE_SIZES = flags.DEFINE_list('image_sizes', ['448'],
+                                 '--what=flops: square image sizes.')
+_FLOPS_FROM = flags.DEFINE_enum(
+    'flops_from', 'lowered', ['lowered', 'compiled'], '--what=flops: cost '
+    'analysis of the HLO as lowered (quick) or as compiled.')
 _OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
                            'JSON file that the figures are appended to.')
 
@@ -128,6 +141,13 @@ def main(argv):
               'products': mlgcn_bench.product_times(
                   (256, 1000, 2000, 4000), (0.001, 0.003, 0.01, 0.05),
                   width=512)}
+  elif _WHAT.value == 'flops':
+    from jaxtag.bench import flops as flops_bench
+    result = {'benchmark': 'flops', **flops_bench.run(
+        families=_FAMILIES.value or list(flops_bench.FAMILIES),
+        image_sizes=[int(s) for s in _IMAGE_SIZES.value],
+        num_classes=_NUM_CLASSES.value or 10861, batch=_FLOP_BATCH.value,
+        flops_from=_FLOPS_FROM.value)}
   elif _WHAT.value == 'addgcn':
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=addgcn.')

@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxtag.models import densenet
+from jaxtag.models import eva02
 from jaxtag.models import resnet
 from jaxtag.models import vallet
+from jaxtag.models import vit
 from jaxtag.models.heads import HEADS
 from jaxtag.models.tagger import Tagger
 
@@ -21,6 +23,14 @@ BACKBONES = {
     'densenet121': densenet.DenseNet121,
     'densenet169': densenet.DenseNet169,
     'vallet': vallet.Vallet,
+    # Vision transformers in timm's layout (jaxtag/models/vit.py, eva02.py).
+    'vit_small_patch16': vit.VitSmallPatch16,
+    'vit_base_patch16': vit.VitBasePatch16,
+    'vit_large_patch16': vit.VitLargePatch16,
+    'vit_large_patch14': vit.VitLargePatch14,
+    'eva02_small_patch14': eva02.Eva02SmallPatch14,
+    'eva02_base_patch14': eva02.Eva02BasePatch14,
+    'eva02_large_patch14': eva02.Eva02LargePatch14,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
