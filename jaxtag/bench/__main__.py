@@ -9,6 +9,7 @@ r"""Benchmarks: print figures and write them as JSON.
       --config.model.dtype=float32 --steps 2 --time_batch 4
   python -m jaxtag.bench --what=addgcn --config configs/addgcn_danbooru.py \
       --config.model.dtype=float32 --classes=80,1000,5000 --steps 1
+  python -m jaxtag.bench --what=decode [--steps 5]
 """
 import json
 
@@ -23,14 +24,18 @@ from jaxtag import storage
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
 _WHAT = flags.DEFINE_enum('what', 'train',
-                          ['train', 'metrics', 'predict', 'mlgcn', 'addgcn'],
+                          ['train', 'metrics', 'predict', 'mlgcn', 'addgcn',
+                           'decode'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
                           ' predict: FLOPs and time of the prediction path; '
                           'mlgcn: the ML-GCN head\'s share of the train step '
                           '(--classes) and BCOO vs dense graph products; '
                           'addgcn: the ADD-GCN head\'s share of the train '
-                          'step, exact vs low-rank graphs (--classes).')
+                          'step, exact vs low-rank graphs (--classes); '
+                          'decode: the pipeline on 2-4 MP JPEG/WebP '
+                          'originals, full vs reduced decode (--steps '
+                          'rounds).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -69,7 +74,10 @@ def main(argv):
   del argv
   from jaxtag import distributed
   distributed.maybe_initialize()
-  if _WHAT.value == 'metrics':
+  if _WHAT.value == 'decode':
+    from jaxtag.bench import decode as decode_bench
+    result = {'benchmark': 'decode', **decode_bench.run(rounds=_STEPS.value)}
+  elif _WHAT.value == 'metrics':
     from jaxtag.bench import metrics as metrics_bench
     result = {'benchmark': 'metrics', **metrics_bench.run()}
   elif _WHAT.value == 'predict':
