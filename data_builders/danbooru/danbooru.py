@@ -23,6 +23,7 @@ import os
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_builders import beam_build
 from data_builders import images
 from data_builders import manual
 from data_builders import splits
@@ -229,7 +230,7 @@ def tar_members(shards, counter: images.SkipCounter
   return found
 
 
-class Danbooru(manual.ManualBuilder):
+class Danbooru(beam_build.BeamBuilder, manual.ManualBuilder):
   """Danbooru posts with their general, character and rating tags."""
 
   VERSION = tfds.core.Version('1.0.0')
