@@ -5,7 +5,7 @@ r"""Builds a manual builder's splits on Apache Beam, through TFDS's Beam support
   python -m jaxtag.data.build danbooru --manual_dir gs://B/danbooru2023 \
       --data_dir gs://B/tfds --beam --beam_options="--runner=DataflowRunner \
       --project=P --region=R --temp_location=gs://B/tmp \
-      --setup_file=./setup.py --experiments=use_runner_v2"
+      --setup_file=./pyproject.toml --experiments=use_runner_v2"
 
 `--beam --workers N` runs on Beam's DirectRunner with N local worker
 processes; `--beam_options` is passed to Beam as it is (a `--runner` in it

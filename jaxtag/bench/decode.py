@@ -13,6 +13,10 @@ what WebP sources gain from. Each round times every variant once, in turn;
 img/s per core is the reciprocal of the median CPU seconds per image of one
 thread, and the ratio is the median over rounds of after / before.
 `--steps` is the number of rounds.
+
+It also times what a build spends per original (data_builders/images.py
+`_store_one`, CPU seconds of one thread): checking and keeping the file as
+it is, and shrinking it to `max_side=768` stored as JPEG q95 or WebP q95.
 """
 from __future__ import annotations
 
@@ -109,9 +113,33 @@ def run(rounds: int = 5, per_size: int = 2) -> dict:
   for (name, mode, decode), values in times.items():
     result[f'{name}/{mode}/{decode}_img_per_s_per_core'] = round(
         1 / statistics.median(values), 1)
+  result.update(store_costs({'jpeg': sets['jpeg_original'],
+                             'webp': sets['webp_original']}, rounds))
   for name in sets:
     for mode in ('train', 'eval'):
       ratios = [f / r for f, r in zip(times[(name, mode, 'full')],
                                       times[(name, mode, 'reduced')])]
       result[f'{name}/{mode}/speedup'] = round(statistics.median(ratios), 2)
   return result
+
+
+def store_costs(originals: dict[str, list[bytes]], rounds: int) -> dict:
+  """Build-time CPU ms per original ({source format: files}), per way of
+  storing it: kept as it is (checked by a full decode), or shrunk to 768
+  and stored as JPEG q95 or WebP q95."""
+  from data_builders import images  # pylint: disable=g-import-not-at-top
+  shrink = images.Geometry(max_side=768)
+  times = {}
+  for _ in range(rounds):
+    for source, files in originals.items():
+      for way, geometry, fmt in (('keep', images.Geometry(), source),
+                                 ('max_side_768_jpeg', shrink, 'jpeg'),
+                                 ('max_side_768_webp', shrink, 'webp')):
+        start = time.process_time()
+        for data in files:
+          images._store_one((data, geometry, fmt))  # pylint: disable=protected-access
+        times.setdefault((source, way), []).append(
+            (time.process_time() - start) / len(files))
+  return {f'build/{source}_original/{way}_cpu_ms_per_image': round(
+      1000 * statistics.median(values), 1)
+          for (source, way), values in times.items()}

@@ -213,7 +213,7 @@ _WORKERS = flags.DEFINE_integer(
 _BEAM_OPTIONS = flags.DEFINE_string(
     'beam_options', '', '--beam: Beam pipeline options passed through, e.g. '
     '"--runner=DataflowRunner --project=P --region=R '
-    '--temp_location=gs://B/tmp --setup_file=./setup.py".')
+    '--temp_location=gs://B/tmp --setup_file=./pyproject.toml".')
 
 
 def main(argv):
