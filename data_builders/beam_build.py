@@ -15,8 +15,9 @@ Flink (data_builders/danbooru/README.md lists the options of each).
 What runs where:
 - the launching process reads the metadata and the layout (tar indexes,
   TFRecord indexes) and works out every split's records (image source,
-  labels) exactly as a one-process build does; it writes them in chunks of
-  CHUNK_RECORDS into `_beam_records/` of the dataset's temporary folder;
+  labels) exactly as a one-process build does; it writes them in chunks
+  (64 records, more for splits over 262,144 records) into `_beam_records/`
+  of the dataset's temporary folder;
 - the workers read a chunk each, decode and store every image with the
   same code as a one-process build (data_builders/images.py), and hand the
   (key, example) pairs to TFDS's BeamWriter, which sorts them by the hashed
@@ -44,7 +45,10 @@ from etils import epath
 from data_builders import images
 from data_builders import manual
 
+# Records per chunk file: at least CHUNK_RECORDS, and no more than
+# MAX_CHUNKS files per split (each is one write from the launching process).
 CHUNK_RECORDS = 64
+MAX_CHUNKS = 4096
 _RECORDS_FOLDER = '_beam_records'
 
 
@@ -107,10 +111,10 @@ class BeamBuilder:
     folder.mkdir(parents=True, exist_ok=True)
     chunks = []
     numbered = list(enumerate(records))
-    for i in range(math.ceil(len(numbered) / CHUNK_RECORDS)):
+    size = max(CHUNK_RECORDS, math.ceil(len(numbered) / MAX_CHUNKS))
+    for i in range(math.ceil(len(numbered) / size)):
       path = folder / f'chunk-{i:06d}.pkl'
-      path.write_bytes(pickle.dumps(
-          numbered[i * CHUNK_RECORDS:(i + 1) * CHUNK_RECORDS]))
+      path.write_bytes(pickle.dumps(numbered[i * size:(i + 1) * size]))
       chunks.append(str(path))
     self._beam_splits[split] = (records, folder)
     return _split_transform(chunks, self.geometry(), self.image_format(),

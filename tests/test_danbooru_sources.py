@@ -150,6 +150,25 @@ def test_tfrecord_reader_checks_both_crcs(tmp_path):
   assert index.image(0).read_bytes() == fx.jpeg(record['color'], (16, 12))
 
 
+def test_tfrecord_index_is_cached_until_the_file_changes(tmp_path,
+                                                        monkeypatch):
+  dfx.write_wd_records(tmp_path, dfx.wd_records())
+  path = tmp_path / 'record_shards_train' / 'part-0.tfrecord'
+  first = tfrecord.load(path)
+
+  def no_scan(p):
+    raise AssertionError(f'{p} scanned again')
+  with monkeypatch.context() as patch:
+    patch.setattr(tfrecord, 'scan', no_scan)
+    cached = tfrecord.load(path)
+  for field in ('offsets', 'lengths', 'ids', 'label_starts', 'labels'):
+    np.testing.assert_array_equal(getattr(cached, field),
+                                  getattr(first, field))
+  assert cached.faults == first.faults == {'corrupt': 2, 'truncated': 1}
+  path.write_bytes(path.read_bytes()[:100])   # a shorter file: scanned again
+  assert len(tfrecord.load(path)) == 0
+
+
 def test_sqlite_reader_finds_the_posts_table_or_names_the_tables(tmp_path):
   rows = dfx.metadata_rows(fx.danbooru_posts()[:3])
   dfx.write_sqlite(tmp_path / 'm.db', rows, table='zz_posts')
