@@ -1,4 +1,4 @@
-r"""Builds a manual builder's splits on Apache Beam, through TFDS's Beam support.
+r"""Builds a manual builder's splits on Apache Beam (TFDS's Beam support).
 
   python -m jaxtag.data.build danbooru --manual_dir DIR --data_dir DIR \
       --beam --workers 8

@@ -17,7 +17,7 @@ import tarfile
 import builder_fixtures as fx
 import numpy as np
 
-# --- tar shards ----------------------------------------------------------------
+# --- tar shards ---------------------------------------------------------------
 
 # Two plain posts whose members a fault takes away: one behind a header with
 # a broken checksum, one cut off by the end of a truncated shard.
@@ -92,7 +92,7 @@ def write_tar_shards(root, posts) -> None:
   (root / 'original' / 'data-0002.tar').write_bytes(tar2[:end])
 
 
-# --- metadata ------------------------------------------------------------------
+# --- metadata -----------------------------------------------------------------
 
 def metadata_rows(posts) -> list[dict]:
   """2021+ rows with Danbooru's columns; the first post's row is repeated
@@ -151,7 +151,7 @@ def write_tar_dump(root, posts, metadata: str = 'parquet') -> None:
         ''.join(json.dumps(r) + '\n' for r in rows))
 
 
-# --- TFRecord, WD layout -----------------------------------------------------
+# --- TFRecord, WD layout ------------------------------------------------------
 
 def crc32c_bitwise(data: bytes) -> int:
   """CRC-32C, one bit at a time (reflected polynomial 0x82F63B78): an

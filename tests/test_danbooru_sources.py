@@ -76,7 +76,7 @@ def _expected_labels(posts, train_ids):
           for p in posts}
 
 
-# --- the readers ---------------------------------------------------------------
+# --- the readers --------------------------------------------------------------
 
 def test_crc32c_matches_the_standard_check_value():
   # The CRC-32C check value (RFC 3720, B.4) of the ASCII digits 1..9.
@@ -181,7 +181,7 @@ def test_sqlite_reader_finds_the_posts_table_or_names_the_tables(tmp_path):
                             table='post'))
 
 
-# --- builds ----------------------------------------------------------------------
+# --- builds -------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
 def tar_dump(tmp_path_factory):
@@ -265,7 +265,8 @@ def test_wd_tfrecords_without_ratings_and_by_id_ranges(tmp_path):
   assert set(examples) == {r['id'] for r in kept}
   for r in kept:
     assert examples[r['id']][0] == {
-        dfx.WD_VOCABULARY[i][1] for i in r['labels']} - set(RATING_NAMES.values())
+        dfx.WD_VOCABULARY[i][1] for i in r['labels']} - set(
+            RATING_NAMES.values())
     assert examples[r['id']][2] == ('train' if r['id'] % 1000 < 150
                                     else 'validation')
   # and record 8888 (a corrupt JPEG) has one general tag.
@@ -281,7 +282,9 @@ def test_wd_v3_selection_options(tar_dump, tmp_path):
   posts = {p['id']: p for p in fx.danbooru_posts()}
   examples = _examples(builder)
   report = _report(builder)['skipped']['metadata']
-  general = lambda p: sum(1 for c, _ in p['tags'] if c == 0)  # pylint: disable=unnecessary-lambda-assignment
+
+  def general(post):
+    return sum(1 for c, _ in post['tags'] if c == 0)
   located = [p for p in posts.values() if p['kind'] in (
       'jpg', 'rgba_png', 'cmyk_jpg', 'png16', 'corrupt', 'truncated') and
              p['id'] not in (dfx.BAD_HEADER_POST, dfx.CUT_OFF_POST)]
