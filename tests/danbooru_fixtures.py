@@ -1,9 +1,10 @@
 """Danbooru as people hold it, made at test time: tar shards, parquet and
 SQLite metadata, and TFRecord files in the WD tagger layout.
 
-The posts are builder_fixtures.danbooru_posts() (40 plain JPEGs and one post
-of each awkward kind); what each writer adds on top is listed in its
-docstring, with the counts a build must report.
+The posts are tar_posts(): builder_fixtures.danbooru_posts() (40 plain
+JPEGs and one post of each awkward kind) and a WebP and an animated GIF
+post; what each writer adds on top is listed in its docstring, with the
+counts a build must report.
 """
 from __future__ import annotations
 
@@ -25,15 +26,26 @@ BAD_HEADER_POST = 1000 + 7 * 48
 CUT_OFF_POST = 1000 + 7 * 49
 NOT_IN_METADATA = 99_991
 
-# What a build of write_tar_dump(...) reports.
+
+def tar_posts() -> list[dict]:
+  """builder_fixtures.danbooru_posts() and a WebP and a GIF post."""
+  posts = fx.danbooru_posts()
+  for i, (kind, ext) in enumerate((('webp', 'webp'), ('gif', 'gif'))):
+    posts.append({'id': 2000 + 7 * i, 'rating': 'gs'[i],
+                  'tags': [(0, '1girl'), (0, 'smile'), (4, 'hatsune_miku')],
+                  'kind': kind, 'ext': ext, 'color': (40, 90 + 60 * i, 200)})
+  return posts
+
+
+# What a build of write_tar_dump(tar_posts()) reports.
 TAR_SKIPS = {'not_image': 2, 'bad_member_name': 1, 'not_in_metadata': 2,
              'duplicate_member': 1, 'bad_header': 1, 'truncated': 1}
 METADATA_SKIPS = {'no_id': 1, 'deleted': 1, 'banned': 1, 'duplicate_id': 1,
                   'not_image': 1, 'missing_file': 3}
 DECODE_SKIPS = {'corrupt': 1, 'truncated': 1}
-# 50 posts less no_id, deleted, banned, mp4, missing, the two posts whose
+# 52 posts less no_id, deleted, banned, mp4, missing, the two posts whose
 # members are lost, and the corrupt and truncated images.
-TAR_EXAMPLES = 50 - 9
+TAR_EXAMPLES = 52 - 9
 
 
 def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
@@ -56,7 +68,13 @@ def post_member(post) -> tuple[str, bytes] | None:
   """<id>.<ext> and the bytes of a post's file; None when it has none."""
   if post['kind'] in ('missing', 'no_id'):
     return None
-  return f'{post["id"]}.{post["ext"]}', fx._danbooru_image(post)  # pylint: disable=protected-access
+  if post['kind'] == 'webp':
+    data = fx.encoded(fx.solid(post['color'], (18, 10)), 'WEBP', quality=90)
+  elif post['kind'] == 'gif':
+    data = fx.animated_gif((post['color'], (0, 0, 0)), size=(9, 9))
+  else:
+    data = fx._danbooru_image(post)  # pylint: disable=protected-access
+  return f'{post["id"]}.{post["ext"]}', data
 
 
 def write_tar_shards(root, posts) -> None:

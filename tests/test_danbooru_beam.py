@@ -4,7 +4,6 @@ import hashlib
 import os
 
 import apache_beam  # noqa: F401  (the beam extra; the builds below need it)
-import builder_fixtures as fx
 import danbooru_fixtures as dfx
 import pytest
 
@@ -37,7 +36,7 @@ def index_cache(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_tar_shards_on_beam_equal_the_one_process_build(tmp_path):
-  dfx.write_tar_dump(tmp_path / 'dump', fx.danbooru_posts(), 'parquet')
+  dfx.write_tar_dump(tmp_path / 'dump', dfx.tar_posts(), 'parquet')
   one, beam = _both(tmp_path / 'dump', tmp_path,
                     split_fractions='train=0.6,validation=0.2,test=0.2',
                     max_side='12')

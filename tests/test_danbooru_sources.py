@@ -90,7 +90,7 @@ def test_crc32c_matches_the_standard_check_value():
 
 
 def test_tar_index_finds_members_in_place_and_counts_faults(tmp_path):
-  posts = fx.danbooru_posts()
+  posts = dfx.tar_posts()
   dfx.write_tar_shards(tmp_path, posts)
   files = {name: data for name, data in filter(None, map(dfx.post_member,
                                                           posts))}
@@ -170,7 +170,7 @@ def test_tfrecord_index_is_cached_until_the_file_changes(tmp_path,
 
 
 def test_sqlite_reader_finds_the_posts_table_or_names_the_tables(tmp_path):
-  rows = dfx.metadata_rows(fx.danbooru_posts()[:3])
+  rows = dfx.metadata_rows(dfx.tar_posts()[:3])
   dfx.write_sqlite(tmp_path / 'm.db', rows, table='zz_posts')
   got = list(metadata.read_rows([tmp_path / 'm.db'],
                                 images.SkipCounter()))
@@ -187,7 +187,7 @@ def test_sqlite_reader_finds_the_posts_table_or_names_the_tables(tmp_path):
 def tar_dump(tmp_path_factory):
   """The downloaded layout (parquet metadata), built with no option."""
   root = tmp_path_factory.mktemp('danbooru2023')
-  dfx.write_tar_dump(root, fx.danbooru_posts(), 'parquet')
+  dfx.write_tar_dump(root, dfx.tar_posts(), 'parquet')
   before = _files(root)
   builder = _build(root, tmp_path_factory.mktemp('tfds'))
   assert _files(root) == before   # read in place: nothing written beside
@@ -206,15 +206,21 @@ def test_tar_shards_with_parquet_build_with_exact_counts(tar_dump):
   assert decode == dfx.DECODE_SKIPS
   examples = _examples(builder)
   assert len(examples) == dfx.TAR_EXAMPLES == sum(report['examples'].values())
-  posts = fx.danbooru_posts()
+  posts = dfx.tar_posts()
   train = {i for i, (_, _, s) in examples.items() if s == 'train'}
   expected = _expected_labels(posts, train)
   by_id = {p['id']: p for p in posts}
   for post_id, (names, image, split) in examples.items():
     assert names == expected[post_id], post_id
     assert split == splits.assign_split(post_id, splits.DEFAULT_FRACTIONS)
+    member = dfx.post_member(by_id[post_id])[1]
     if by_id[post_id]['kind'] == 'jpg':   # plain JPEGs are stored as they are
-      assert image == dfx.post_member(by_id[post_id])[1]
+      assert image == member
+    else:   # the rest re-encoded: the same pixels within JPEG's loss
+      stored = np.asarray(Image.open(io.BytesIO(image)), np.float64)
+      assert np.abs(stored - images.load_image(member)).mean() < 3
+  kinds = {by_id[i]['kind'] for i in examples}
+  assert {'webp', 'gif', 'rgba_png', 'png16', 'cmyk_jpg', 'jpg'} <= kinds
 
 
 @pytest.mark.parametrize('kind', ['sqlite', 'jsonl'])
@@ -222,7 +228,7 @@ def test_sqlite_and_json_lines_metadata_give_the_same_dataset(
     tar_dump, kind, tmp_path):
   _, parquet = tar_dump
   root = tmp_path / 'dump'
-  dfx.write_tar_dump(root, fx.danbooru_posts(), kind)
+  dfx.write_tar_dump(root, dfx.tar_posts(), kind)
   builder = _build(root, tmp_path / 'tfds')
   assert _report(builder)['skipped'] == _report(parquet)['skipped']
   assert _examples(builder) == _examples(parquet)
@@ -279,14 +285,15 @@ def test_wd_v3_selection_options(tar_dump, tmp_path):
   builder = _build(root, tmp_path / 'tfds', min_general_tags='2',
                    split_ranges='train=0-199,validation=200-299',
                    min_count='3', min_count_character='2', num_general='4')
-  posts = {p['id']: p for p in fx.danbooru_posts()}
+  posts = {p['id']: p for p in dfx.tar_posts()}
   examples = _examples(builder)
   report = _report(builder)['skipped']['metadata']
 
   def general(post):
     return sum(1 for c, _ in post['tags'] if c == 0)
   located = [p for p in posts.values() if p['kind'] in (
-      'jpg', 'rgba_png', 'cmyk_jpg', 'png16', 'corrupt', 'truncated') and
+      'jpg', 'rgba_png', 'cmyk_jpg', 'png16', 'corrupt', 'truncated', 'webp',
+      'gif') and
              p['id'] not in (dfx.BAD_HEADER_POST, dfx.CUT_OFF_POST)]
   few = [p for p in located if general(p) < 2]
   outside = [p for p in located if general(p) >= 2 and p['id'] % 1000 >= 300]
@@ -314,7 +321,7 @@ def test_max_side_shrinks_and_stores_webp(tar_dump, tmp_path):
                    image_format='webp')
   examples = _examples(builder)
   assert set(examples) == set(_examples(default))
-  posts = {p['id']: p for p in fx.danbooru_posts()}
+  posts = {p['id']: p for p in dfx.tar_posts()}
   for post_id, (_, data, _) in examples.items():
     image = Image.open(io.BytesIO(data))
     assert image.format == 'WEBP'
@@ -336,7 +343,7 @@ def test_max_side_shrinks_and_stores_webp(tar_dump, tmp_path):
 def test_tar_layout_errors_name_the_option(tmp_path):
   (tmp_path / 'metadata').mkdir()
   dfx.write_parquet(tmp_path / 'metadata' / 'p.parquet',
-                    dfx.metadata_rows(fx.danbooru_posts()[:2]))
+                    dfx.metadata_rows(dfx.tar_posts()[:2]))
   with pytest.raises(FileNotFoundError, match='tar_glob'):
     _build(tmp_path, tmp_path / 'tfds', images='tar')
   with pytest.raises(ValueError, match='split_ranges'):
