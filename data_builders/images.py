@@ -7,7 +7,8 @@ on a pad colour, scales 16-bit samples to 8 bits and optionally resizes.
 A file that cannot be used raises `ImageSkipped(reason)`; builders count the
 reasons with a `SkipCounter`. `stored_image` gives the bytes a builder
 writes: the original file when it is already a plain RGB JPEG or PNG that
-needs no change, else the decoded pixels encoded again.
+needs no change, else the decoded pixels encoded again. A source is a path,
+bytes, or an object with `read_bytes()` (a tar member, a TFRecord record).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import io
 import os
 import struct
 import warnings
-from typing import Sequence, Union
+from typing import Protocol, Sequence, Union
 
 import numpy as np
 from absl import logging
@@ -28,7 +29,15 @@ from PIL import UnidentifiedImageError
 
 from data_builders import files
 
-Source = Union[str, os.PathLike, bytes]
+
+class Readable(Protocol):
+  """An image inside a bigger file (a tar member, a TFRecord record)."""
+
+  def read_bytes(self) -> bytes:
+    ...
+
+
+Source = Union[str, os.PathLike, bytes, Readable]
 
 # Reasons a builder skips a record; SkipCounter accepts others too, these
 # are the ones load_image raises.
@@ -69,6 +78,8 @@ def _read(source: Source) -> bytes:
   if not os.path.lexists(source):
     raise ImageSkipped(MISSING, str(source))
   try:
+    if not isinstance(source, (str, os.PathLike)):
+      return source.read_bytes()  # a member of a tar shard, a record
     return files.read_bytes(source)
   except files.FileSkipped as e:
     raise ImageSkipped(e.reason, e.detail) from e
@@ -173,6 +184,7 @@ class Geometry:
   square: bool = False
   interpolation: str = 'area'
   max_pixels: int = DEFAULT_MAX_PIXELS
+  max_side: int | None = None       # shrink (never enlarge) the longest side
 
   def __post_init__(self):
     if self.resize_longest and self.resize_shortest:
@@ -189,11 +201,18 @@ class Geometry:
   def changes_pixels(self) -> bool:
     return bool(self.resize_longest or self.resize_shortest or self.square)
 
+  def changes(self, height: int, width: int) -> bool:
+    """Whether apply() changes an image of this size."""
+    return self.changes_pixels or bool(
+        self.max_side and max(height, width) > self.max_side)
+
   def apply(self, array: np.ndarray) -> np.ndarray:
     h, w = array.shape[:2]
     target = self.resize_longest or self.resize_shortest
+    ref = max(h, w) if self.resize_longest else min(h, w)
+    if not target and self.max_side and max(h, w) > self.max_side:
+      target, ref = self.max_side, max(h, w)
     if target:
-      ref = max(h, w) if self.resize_longest else min(h, w)
       scale = target / ref
       array = _resized(array, max(1, round(h * scale)),
                        max(1, round(w * scale)), self.interpolation)
@@ -228,8 +247,8 @@ def decode(data: bytes, geometry: Geometry) -> np.ndarray:
 
 def encode_image(array: np.ndarray, fmt: str = 'png',
                  quality: int = 95) -> bytes:
-  """PNG or JPEG bytes of uint8 [H, W, 3]; the same array gives the same
-  bytes (no timestamps or metadata are written)."""
+  """PNG, JPEG or (lossy) WebP bytes of uint8 [H, W, 3]; the same array
+  gives the same bytes (no timestamps or metadata are written)."""
   fmt = fmt.lower()
   buffer = io.BytesIO()
   image = Image.fromarray(np.asarray(array, np.uint8))
@@ -237,8 +256,11 @@ def encode_image(array: np.ndarray, fmt: str = 'png',
     image.save(buffer, format='PNG', compress_level=6)
   elif fmt in ('jpeg', 'jpg'):
     image.save(buffer, format='JPEG', quality=quality)
+  elif fmt == 'webp':
+    image.save(buffer, format='WEBP', quality=quality)
   else:
-    raise ValueError(f'Unknown image format {fmt!r}; valid: png, jpeg.')
+    raise ValueError(f'Unknown image format {fmt!r}; valid: png, jpeg, '
+                     'webp.')
   return buffer.getvalue()
 
 
@@ -246,17 +268,19 @@ def stored_image(source: Source, geometry: Geometry,
                  fmt: str = 'png') -> tuple[bytes, np.ndarray]:
   """(bytes to store, decoded uint8 pixels) of one image.
 
-  The original bytes are kept when the file is a plain RGB JPEG or PNG with
-  no EXIF rotation and no resize is asked: decoding them gives exactly the
-  returned pixels. Anything else is re-encoded in `fmt`.
+  The original bytes are kept when the file is a plain RGB JPEG or PNG (or
+  WebP, when `fmt` is webp) with no EXIF rotation that the geometry leaves
+  as it is: decoding them gives exactly the returned pixels. Anything else
+  is re-encoded in `fmt`.
   """
   data = _read(source)
   image = _open(data, geometry.max_pixels)
-  plain = (image.format in ('JPEG', 'PNG') and image.mode == 'RGB' and
+  kept_formats = ('JPEG', 'PNG', 'WEBP') if fmt == 'webp' else ('JPEG', 'PNG')
+  plain = (image.format in kept_formats and image.mode == 'RGB' and
            'transparency' not in image.info and _orientation(image) == 1 and
-           not geometry.changes_pixels)
-  if image.format == 'PNG' and getattr(image, 'is_animated', False):
-    plain = False  # an APNG decodes to its first frame only in Pillow
+           not geometry.changes(image.height, image.width))
+  if getattr(image, 'is_animated', False) and image.format != 'JPEG':
+    plain = False  # an APNG or WebP animation decodes to its first frame
   if plain:
     return data, np.asarray(image)
   if _orientation(image) != 1:

@@ -226,22 +226,38 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                   self.geometry(), self.image_format())
     for record, stored in zip(records, stored_all):
       if isinstance(stored, images.ImageSkipped):
-        counter.skip(stored.reason, record.source if isinstance(
-            record.source, str) else record.key, stored.detail)
+        counter.skip(stored.reason, skipped_what(record), stored.detail)
         continue
       if split == 'train':
         train_labels.append(record.labels)
         sums += stored.channel_sums
         pixels += stored.height * stored.width
-      yield record.key, {'image': stored.data,
-                         'tags': np.asarray(record.labels, np.int64),
-                         **record.features}
+      yield record.key, example_of(record, stored)
+    self.finish_split(split, len(records), counter, train_labels, sums,
+                      pixels)
+
+  def finish_split(self, split: str, num_records: int,
+                   counter: images.SkipCounter, train_labels, sums,
+                   pixels: int) -> None:
+    """The split's skip counts and examples in the report; for train, the
+    label statistics and the mean pixel (`sums` / `pixels`)."""
     report = self.metadata.report
     report.skipped[split] = counter.as_dict()
-    report.examples[split] = len(records) - sum(counter.values())
+    report.examples[split] = num_records - sum(counter.values())
     counter.report()
     if split == 'train':
       self.metadata.set_statistics(train_labels)
       if self.MEAN_PIXEL:
         report.extra['mean_pixel'] = [round(float(v), 4)
-                                      for v in sums / max(pixels, 1)]
+                                      for v in np.asarray(sums) /
+                                      max(pixels, 1)]
+
+
+def skipped_what(record: Record) -> object:
+  """What a skipped record's log line names: its file, else its key."""
+  return record.source if isinstance(record.source, str) else record.key
+
+
+def example_of(record: Record, stored: images.StoredImage) -> dict[str, Any]:
+  return {'image': stored.data, 'tags': np.asarray(record.labels, np.int64),
+          **record.features}

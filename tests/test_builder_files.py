@@ -180,7 +180,7 @@ def test_tagged_folder_reads_bom_and_utf16_captions_as_text(odd_folder):
 
 def test_danbooru_metadata_lines_are_read_one_by_one(tmp_path):
   from etils import epath
-  from data_builders.danbooru import danbooru
+  from data_builders.danbooru import metadata
   (tmp_path / 'posts0.json').write_bytes(
       codecs.BOM_UTF8 + b'{"id": 1}\n' + '{"id": 2, "t": "café"}\n'.encode(
           'latin-1') + b'not json\n\n{"id": 3}\n')
@@ -188,8 +188,7 @@ def test_danbooru_metadata_lines_are_read_one_by_one(tmp_path):
   os.symlink('posts2.json', tmp_path / 'posts2.json')
   counter = images.SkipCounter('metadata')
   paths = [epath.Path(tmp_path / f'posts{i}.json') for i in range(3)]
-  read_rows = danbooru._read_rows  # pylint: disable=protected-access
-  rows = list(read_rows(paths, counter))
+  rows = list(metadata.read_rows(paths, counter))
   assert rows == [{'id': 1}, {'id': 3}]
   assert counter.as_dict() == {'bad_encoding': 1, 'bad_json': 1,
                                'not_regular_file': 1, 'unreadable': 1}

@@ -1,32 +1,36 @@
-"""danbooru: a gwern Danbooru20xx dump (or a slice of one) as a tagger dataset.
+"""danbooru: Danbooru posts as a tagger dataset, from the layouts people hold.
 
   python -m jaxtag.data.build danbooru --manual_dir DUMP --data_dir DIR \
       [--set resize=512] [--set num_general=5000] ...
 
-Reads both metadata schemas (2017-2020: a `tags` list, every value a
-string; 2021+: `tag_string_*`), images from `original/` or `512px/`, and
-writes `tags` (the rating as one of four `rating:*` tags, then the top
-general and character tags by train count), `id`, and the image. Options
-and layout: README.md beside this file.
+Reads, in place and never extracted:
+- images from tar shards (`original/*.tar`, members `<id>.<ext>`), from a
+  gwern folder tree (`original/` or `512px/`), or from TFRecord files in the
+  WD tagger layout (`record_shards_train/`, with its selected_tags.csv);
+- post metadata from parquet, SQLite or JSON Lines files with Danbooru's
+  column names (both gwern schemas: a `tags` list, or `tag_string_*`).
+Writes `tags` (the rating as one of four `rating:*` tags, then the top tags
+of each chosen category by train count), `id` and the image. Options and
+layouts: README.md beside this file.
 """
 from __future__ import annotations
 
-import codecs
 import collections
 import dataclasses
 import hashlib
-import json
 import os
-from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_builders import files
+from data_builders import beam_build
 from data_builders import images
 from data_builders import manual
 from data_builders import splits
 from data_builders import tag_stats
+from data_builders.danbooru import metadata
+from data_builders.danbooru import tar_index
+from data_builders.danbooru import tfrecord
 
 # Danbooru category ids of the tag_string_* fields.
 _TAG_STRINGS = {'tag_string_general': tag_stats.GENERAL,
@@ -39,24 +43,36 @@ _SELECTABLE = ('general', 'character', 'copyright', 'artist', 'meta')
 # s/q/e, where s ("safe") covered what is now g and s.
 RATINGS = ('general', 'sensitive', 'questionable', 'explicit')
 IMAGE_EXTENSIONS = frozenset({'jpg', 'jpeg', 'png', 'gif', 'webp', 'bmp'})
+IMAGE_SOURCES = ('auto', 'tar', 'original', '512px', 'tfrecord')
+# The WD layout's record folders and the splits they hold.
+TFRECORD_FOLDERS = {'train': 'record_shards_train',
+                    'validation': 'record_shards_val',
+                    'test': 'record_shards_test'}
+STORED_FORMATS = ('jpeg', 'png', 'webp')
 
 
 @dataclasses.dataclass
 class DanbooruConfig(tfds.core.BuilderConfig):
-  images: str = 'auto'              # 'original' | '512px' | 'auto'
-  metadata_dir: str = 'metadata'
+  images: str = 'auto'              # auto | tar | original | 512px | tfrecord
+  tar_glob: str = 'original/*.tar,recent/*.tar,updates/*/*.tar,images/*.tar'
+  metadata_dir: str = 'metadata'    # a folder, or one parquet/SQLite file
+  metadata_table: str = ''          # SQLite: the posts table (default: found)
   categories: tuple[str, ...] = ('general', 'character')
   num_general: int = 5000           # top-K by train count, per category
   num_character: int = 2000
   num_other: int = 1000             # artist, copyright and meta, each
-  min_count: int = 1
+  min_count: int = 1                # train images a tag needs
+  min_count_character: int = 0      # the same for characters; 0: min_count
+  min_general_tags: int = 0         # posts with fewer general tags are left out
   ratings: bool = True              # the rating as four rating:* tags
   vocabulary: str = ''              # a selected_tags.csv fixing the labels
   resize: int = 0                   # longest side, padded to a square; 0: off
+  max_side: int = 0                 # longest side shrunk to at most N; 0: off
   pad_color: tuple[int, ...] = (255, 255, 255)
   interpolation: str = 'area'       # 'area' | 'bilinear'
-  image_format: str = 'jpeg'        # re-encoded images: 'jpeg' | 'png'
+  image_format: str = 'jpeg'        # re-encoded images: jpeg | png | webp
   split_fractions: str = 'train=0.9,validation=0.05,test=0.05'
+  split_ranges: str = ''            # e.g. train=0-899,validation=950-999
 
 
 class SkipRow(Exception):
@@ -77,15 +93,20 @@ def _flag(value) -> bool:
   return bool(value)
 
 
-def parse_post(row: dict) -> Post:
-  """A Post of either schema; SkipRow(reason) for rows to leave out."""
+def post_id(row: dict) -> int:
+  """The row's id; SkipRow('no_id' or 'bad_id') when it has none."""
   raw_id = row.get('id')
   if raw_id is None or str(raw_id).strip() == '':
     raise SkipRow('no_id')
   try:
-    post_id = int(str(raw_id).strip())
+    return int(str(raw_id).strip())
   except ValueError:
     raise SkipRow('bad_id') from None
+
+
+def parse_post(row: dict) -> Post:
+  """A Post of either schema; SkipRow(reason) for rows to leave out."""
+  number = post_id(row)
   if _flag(row.get('is_deleted', False)):
     raise SkipRow('deleted')
   if _flag(row.get('is_banned', False)):
@@ -103,7 +124,46 @@ def parse_post(row: dict) -> Post:
       tags.extend((category, name) for name in
                   str(row.get(field) or '').split())
   ext = str(row.get('file_ext') or '').strip().lower().lstrip('.')
-  return Post(post_id, rating, ext, tags)
+  return Post(number, rating, ext, tags)
+
+
+def parse_split_ranges(text: str) -> dict[str, list[tuple[int, int]]]:
+  """'train=0-899,validation=950-999' -> {split: [(low, high), ...]}: the
+  ranges of id % 1000 (inclusive) of each split; '+' joins ranges."""
+  out = {}
+  taken = set()
+  for part in text.split(','):
+    name, sep, ranges = part.partition('=')
+    name = name.strip()
+    try:
+      if not sep or not name:
+        raise ValueError
+      spans = []
+      for span in ranges.split('+'):
+        low, dash, high = span.strip().partition('-')
+        low, high = int(low), int(high) if dash else int(low)
+        if not 0 <= low <= high <= 999:
+          raise ValueError
+        spans.append((low, high))
+    except ValueError:
+      raise ValueError(f'split_ranges = {text!r}: write ranges of id % 1000 '
+                       'as train=0-899,validation=950-999 (inclusive, '
+                       'within 0-999, joined by + for several).') from None
+    values = {v for low, high in spans for v in range(low, high + 1)}
+    if values & taken or name in out:
+      raise ValueError(f'split_ranges = {text!r}: the ranges overlap.')
+    taken |= values
+    out[name] = spans
+  return out
+
+
+def split_of_id(number: int, ranges: dict[str, list[tuple[int, int]]]):
+  """The split whose ranges hold number % 1000, or None."""
+  rest = number % 1000
+  for name, spans in ranges.items():
+    if any(low <= rest <= high for low, high in spans):
+      return name
+  return None
 
 
 def _rating_names(posts: list[Post]) -> dict[str, str]:
@@ -119,60 +179,6 @@ def bucket_path(root: epath.Path, tree: str, post: Post) -> epath.Path:
   return root / tree / f'{post.id % 1000:04d}' / f'{post.id}.{ext}'
 
 
-def _metadata_files(folder: epath.Path) -> tuple[list, list]:
-  """(post files, tag files): posts*.json of 2021+ dumps, else every
-  *.json(l) but tags*.json."""
-  found = sorted(p for p in folder.glob('*.json*') if p.is_file())
-  tag_files = [p for p in found if p.name.startswith('tags')]
-  posts = [p for p in found if p.name.startswith('posts')] or [
-      p for p in found if p not in tag_files]
-  return posts, tag_files
-
-
-def _read_rows(paths, counter: images.SkipCounter) -> Iterator[dict]:
-  """The JSON objects of JSON-lines files, a line at a time (a dump is
-  gigabytes): UTF-8, a BOM dropped; a line that is not UTF-8 is counted
-  as bad_encoding, a file that cannot be read by files.FileSkipped's
-  reasons."""
-  for path in paths:
-    try:
-      f = files.open_binary(path)
-    except files.FileSkipped as e:
-      counter.skip(e.reason, path.name, e.detail)
-      continue
-    with f:
-      for number, data in enumerate(f, start=1):
-        if number == 1:
-          data = data.removeprefix(codecs.BOM_UTF8)
-        try:
-          line = data.decode('utf-8').strip()
-        except UnicodeDecodeError:
-          counter.skip(files.BAD_ENCODING, f'{path.name}:{number}')
-          continue
-        if not line:
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          counter.skip('bad_json', f'{path.name}:{number}')
-          continue
-        if isinstance(row, dict):
-          yield row
-        else:
-          counter.skip('bad_json', f'{path.name}:{number}')
-
-
-def _tag_ids(tag_files) -> dict[str, int]:
-  """Danbooru tag ids by name, from tags*.json (2021+ dumps)."""
-  ids = {}
-  for row in _read_rows(tag_files, images.SkipCounter('tags')):
-    try:
-      ids[str(row['name'])] = int(str(row['id']))
-    except (KeyError, ValueError):
-      continue
-  return ids
-
-
 def _row_tag_ids(row: dict, ids: dict[str, int]) -> None:
   """Adds the ids a 2017-2020 row's `tags` list carries."""
   for tag in row.get('tags') or ():
@@ -182,7 +188,49 @@ def _row_tag_ids(row: dict, ids: dict[str, int]) -> None:
       continue
 
 
-class Danbooru(manual.ManualBuilder):
+def tar_shards(root: epath.Path, patterns: str) -> list[epath.Path]:
+  """The shards the comma-separated glob patterns find, pattern by pattern
+  and by name within one."""
+  shards = []
+  for pattern in (p.strip() for p in patterns.split(',')):
+    if pattern:
+      shards += [p for p in sorted(root.glob(pattern))
+                 if p.is_file() and p not in shards]
+  return shards
+
+
+def tar_members(shards, counter: images.SkipCounter
+                ) -> dict[int, tar_index.Member]:
+  """{post id: member} of the shards' image members named <id>.<ext>.
+
+  Counts `not_image` (another extension), `bad_member_name`, and
+  `duplicate_member` (an id met again: the first shard keeps it), and the
+  faults of indexing (`bad_header`, `truncated`).
+  """
+  found = {}
+  for shard in shards:
+    index = tar_index.load(shard)
+    for reason, n in index.faults.items():
+      counter[reason] += n
+    for name, offset, size in index.members:
+      stem, _, ext = name.rsplit('/', 1)[-1].rpartition('.')
+      where = f'{shard.name}:{name}'
+      if ext.lower() not in IMAGE_EXTENSIONS:
+        counter.skip('not_image', where)
+        continue
+      try:
+        number = int(stem)
+      except ValueError:
+        counter.skip('bad_member_name', where)
+        continue
+      if number in found:
+        counter.skip('duplicate_member', where)
+        continue
+      found[number] = index.member(offset, size)
+  return found
+
+
+class Danbooru(beam_build.BeamBuilder, manual.ManualBuilder):
   """Danbooru posts with their general, character and rating tags."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -195,33 +243,134 @@ class Danbooru(manual.ManualBuilder):
   def _info(self):
     return self.dataset_info(__doc__)
 
+  # --- options ----------------------------------------------------------------
+
   def _check_options(self):
     c = self.builder_config
-    if c.images not in ('auto', 'original', '512px'):
-      raise ValueError(f'danbooru: images={c.images!r}; valid: auto, '
-                       'original, 512px.')
+    if c.images not in IMAGE_SOURCES:
+      raise ValueError(f'danbooru: images={c.images!r}; valid: '
+                       f'{", ".join(IMAGE_SOURCES)}.')
     unknown = sorted(set(c.categories) - set(_SELECTABLE))
     if unknown:
       raise ValueError(f'danbooru: categories {unknown} unknown; valid: '
                        f'{", ".join(_SELECTABLE)}.')
+    if c.resize and c.max_side:
+      raise ValueError('danbooru: give resize (padded square) or max_side '
+                       '(aspect kept), not both.')
+    if c.split_ranges:
+      parse_split_ranges(c.split_ranges)
+
+  def image_format(self) -> str:
+    fmt = self.builder_config.image_format
+    if fmt not in STORED_FORMATS:
+      raise ValueError(f'danbooru: image_format={fmt!r}; valid: '
+                       f'{", ".join(STORED_FORMATS)}.')
+    return fmt
+
+  def geometry(self) -> images.Geometry:
+    geometry = super().geometry()
+    if self.builder_config.max_side:
+      geometry = dataclasses.replace(geometry,
+                                     max_side=self.builder_config.max_side)
+    return geometry
+
+  def split_fractions(self) -> dict[str, float]:
+    """The splits in order; by id ranges their share of ids is shown."""
+    c = self.builder_config
+    if c.split_ranges:
+      return {name: sum(h - l + 1 for l, h in spans) / 1000
+              for name, spans in parse_split_ranges(c.split_ranges).items()}
+    if getattr(self, '_folder_splits', None):
+      return dict.fromkeys(self._folder_splits, 0.0)
+    return super().split_fractions()
+
+  def _image_source(self, root: epath.Path) -> str:
+    c = self.builder_config
+    source = c.images
+    if source == 'auto':
+      if any((root / f).is_dir() for f in TFRECORD_FOLDERS.values()):
+        source = 'tfrecord'
+      elif tar_shards(root, c.tar_glob):
+        source = 'tar'
+      else:
+        source = 'original' if (root / 'original').exists() else '512px'
+    if source == 'tar':
+      if not tar_shards(root, c.tar_glob):
+        raise FileNotFoundError(f'danbooru: no tar shard in {root} matches '
+                                f'tar_glob={c.tar_glob!r}.')
+    elif source == 'tfrecord':
+      if not any((root / f).is_dir() for f in TFRECORD_FOLDERS.values()):
+        raise FileNotFoundError(
+            f'danbooru: {root} has none of '
+            f'{", ".join(TFRECORD_FOLDERS.values())} (images=tfrecord).')
+    elif not (root / source).exists():
+      raise FileNotFoundError(
+          f'danbooru: {root} holds no images: give tar shards '
+          f'(tar_glob={c.tar_glob!r}), original/ or 512px/ folders, or '
+          'record_shards_train/ (option `images`).')
+    return source
+
+  # --- the build --------------------------------------------------------------
 
   def _split_generators(self, dl_manager):
     self._check_options()
-    c = self.builder_config
     root = self.manual_root(dl_manager)
-    tree = c.images
-    if tree == 'auto':
-      tree = 'original' if (root / 'original').exists() else '512px'
-    if not (root / tree).exists():
-      raise FileNotFoundError(f'danbooru: {root / tree} does not exist; the '
-                              'dump needs original/ or 512px/ (option '
-                              '`images`).')
-    posts, skipped, tag_ids = self._read_posts(root, tree)
+    source = self._image_source(root)
+    if source == 'tfrecord':
+      records = self._tfrecord_records(root)
+    else:
+      records = self._post_records(root, source)
+    return self.split_generators(records)
+
+  def _assign(self, number: int, ranges, fractions, folder_split=None):
+    if ranges:
+      return split_of_id(number, ranges)
+    return folder_split or splits.assign_split(number, fractions)
+
+  def _post_records(self, root, source):
+    """{split: [Record]} of metadata posts with images in tars or folders."""
+    c = self.builder_config
+    skipped = images.SkipCounter('metadata')
+    posts, all_ids, tag_ids = self._read_posts(root, skipped,
+                                               need_ext=source != 'tar')
+    extra = {'images_tree': source}
+    if source == 'tar':
+      shards = tar_shards(root, c.tar_glob)
+      tar_skipped = images.SkipCounter('tar')
+      members = tar_members(shards, tar_skipped)
+      for number in sorted(members.keys() - all_ids):
+        tar_skipped.skip('not_in_metadata', number)
+      extra.update(tar_shards=len(shards))
+      self.metadata.report.skipped['tar'] = tar_skipped.as_dict()
+      tar_skipped.report()
+      located = []
+      for post in posts:
+        if post.id in members:
+          located.append((post, members[post.id]))
+        else:
+          skipped.skip('missing_file', post.id)
+    else:
+      located = []
+      for post in posts:
+        path = bucket_path(root, source, post)
+        if path.exists():
+          located.append((post, os.fspath(path)))
+        else:
+          skipped.skip('missing_file', path)
+    ranges = parse_split_ranges(c.split_ranges) if c.split_ranges else None
     fractions = self.split_fractions()
     by_split = collections.defaultdict(list)
-    for post, path in posts:
-      by_split[splits.assign_split(post.id, fractions)].append((post, path))
-    ratings = _rating_names([p for p, _ in posts])
+    for post, image in located:
+      general = sum(1 for cat, _ in post.tags if cat == tag_stats.GENERAL)
+      if general < c.min_general_tags:
+        skipped.skip('few_general_tags', post.id)
+        continue
+      split = self._assign(post.id, ranges, fractions)
+      if split is None:
+        skipped.skip('outside_split_ranges', post.id)
+        continue
+      by_split[split].append((post, image))
+    ratings = _rating_names([p for p, _ in located])
     vocabulary_path = self.option_path(c.vocabulary, root, 'vocabulary')
     if vocabulary_path:
       label_of = self._fixed_vocabulary(vocabulary_path)
@@ -231,50 +380,120 @@ class Danbooru(manual.ManualBuilder):
     dropped = collections.Counter()
     records = collections.defaultdict(list)
     for split in fractions:
-      for post, path in by_split[split]:
+      for post, image in by_split[split]:
         labels = self._labels(post, ratings, label_of, dropped)
-        records[split].append(manual.Record(post.id, path, labels,
+        records[split].append(manual.Record(post.id, image, labels,
                                             {'id': post.id}))
     self.start_report(
-        skipped, images_tree=tree,
-        rating_letters=ratings,
+        skipped, **extra, rating_letters=ratings,
         vocabulary_sha256=hashlib.sha256(vocabulary_path.read_bytes())
         .hexdigest() if vocabulary_path else None,
         tags_outside_vocabulary=sum(dropped.values()),
         posts_per_split={s: len(by_split[s]) for s in fractions})
-    return self.split_generators(records)
+    return records
 
-  def _read_posts(self, root, tree):
-    """([(Post, image path)], metadata skip counts, Danbooru tag ids)."""
+  def _read_posts(self, root, skipped, need_ext: bool):
+    """([Post] in metadata order, every id the metadata names, tag ids).
+
+    Rows are streamed and only what a Post keeps stays in memory.
+    """
     c = self.builder_config
-    post_files, tag_files = _metadata_files(root / c.metadata_dir)
+    folder = root / c.metadata_dir
+    if not folder.exists():
+      raise FileNotFoundError(f'danbooru: {folder} does not exist (option '
+                              '`metadata_dir`: a folder of parquet, SQLite '
+                              'or JSON Lines files, or one such file).')
+    post_files, tag_files = metadata.metadata_sources(folder)
     if not post_files:
-      raise FileNotFoundError(f'danbooru: no metadata/*.json in '
-                              f'{root / c.metadata_dir} (option '
-                              '`metadata_dir`).')
-    skipped = images.SkipCounter('metadata')
-    # Rows are streamed and only what a Post keeps stays in memory.
-    posts, seen, tag_ids = [], set(), _tag_ids(tag_files)
-    for row in _read_rows(post_files, skipped):
+      raise FileNotFoundError(f'danbooru: no metadata in {folder}: '
+                              '*.parquet, *.db/*.sqlite or *.json(l) '
+                              '(option `metadata_dir`).')
+    posts, all_ids, tag_ids = [], set(), metadata.tag_ids(tag_files)
+    for row in metadata.read_rows(post_files, skipped, c.metadata_table):
       _row_tag_ids(row, tag_ids)
       try:
-        post = parse_post(row)
+        number = post_id(row)
       except SkipRow as e:
         skipped.skip(str(e), row.get('id'))
         continue
-      if post.id in seen:
-        skipped.skip('duplicate_id', post.id)
+      if number in all_ids:  # the first row of an id is the one kept
+        skipped.skip('duplicate_id', number)
         continue
-      seen.add(post.id)
-      if post.file_ext not in IMAGE_EXTENSIONS:
+      all_ids.add(number)
+      try:
+        post = parse_post(row)
+      except SkipRow as e:
+        skipped.skip(str(e), number)
+        continue
+      if (need_ext or post.file_ext) and post.file_ext not in IMAGE_EXTENSIONS:
         skipped.skip('not_image', post.id, post.file_ext)
         continue
-      path = bucket_path(root, tree, post)
-      if not path.exists():
-        skipped.skip('missing_file', path)
-        continue
-      posts.append((post, os.fspath(path)))
-    return posts, skipped, tag_ids
+      posts.append(post)
+    return posts, all_ids, tag_ids
+
+  def _tfrecord_records(self, root):
+    """{split: [Record]} of TFRecord files in the WD layout; the labels are
+    their label_indexes, rows of the selected_tags.csv beside them."""
+    c = self.builder_config
+    vocabulary_path = self.option_path(c.vocabulary or 'selected_tags.csv',
+                                       root, 'vocabulary')
+    rows = tag_stats.read_vocabulary(vocabulary_path)
+    # ratings=false drops the rating rows; the other labels move up.
+    kept = [i for i, r in enumerate(rows)
+            if c.ratings or r.category != tag_stats.RATING]
+    new_label = {old: new for new, old in enumerate(kept)}
+    self.metadata.tags = [dataclasses.replace(rows[i], count=0) for i in kept]
+    general_rows = {i for i, r in enumerate(rows)
+                    if r.category == tag_stats.GENERAL}
+    ranges = parse_split_ranges(c.split_ranges) if c.split_ranges else None
+    folders = {s: root / f for s, f in TFRECORD_FOLDERS.items()
+               if (root / f).is_dir()}
+    if not ranges:
+      self._folder_splits = list(folders)
+    skipped = images.SkipCounter('tfrecord')
+    records = collections.defaultdict(list)
+    seen = set()
+    files = 0
+    for folder_split, folder in folders.items():
+      for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        files += 1
+        index = tfrecord.load(path)
+        for reason, n in index.faults.items():
+          skipped[reason] += n
+        for i in range(len(index)):
+          number = int(index.ids[i])
+          labels = index.labels_of(i)
+          if any(not 0 <= label < len(rows) for label in labels):
+            raise ValueError(
+                f'danbooru: {path}, image_id {number}: label_indexes '
+                f'{labels} go past the {len(rows)} rows of '
+                f'{vocabulary_path}; give the selected_tags.csv these '
+                'records were written with (option `vocabulary`).')
+          if number in seen:
+            skipped.skip('duplicate_id', number)
+            continue
+          seen.add(number)
+          if sum(1 for v in labels if v in general_rows) < c.min_general_tags:
+            skipped.skip('few_general_tags', number)
+            continue
+          split = self._assign(number, ranges, {}, folder_split)
+          if split is None:
+            skipped.skip('outside_split_ranges', number)
+            continue
+          records[split].append(manual.Record(
+              number, index.image(i),
+              sorted({new_label[v] for v in labels if v in new_label}),
+              {'id': number}))
+    self.metadata.report.skipped['tfrecord'] = skipped.as_dict()
+    skipped.report()
+    self.start_report(
+        None, images_tree='tfrecord', tfrecord_files=files,
+        vocabulary_sha256=hashlib.sha256(vocabulary_path.read_bytes())
+        .hexdigest(),
+        posts_per_split={s: len(r) for s, r in records.items()})
+    return records
+
+  # --- labels -----------------------------------------------------------------
 
   def _top_k_vocabulary(self, train_posts, ratings, tag_ids):
     """{(category, name): label} and the metadata's tag rows: the four
@@ -286,10 +505,12 @@ class Danbooru(manual.ManualBuilder):
                for r in RATINGS]
     counts = collections.Counter(t for p in train_posts for t in set(p.tags))
     limits = {'general': c.num_general, 'character': c.num_character}
+    minimum = {'character': c.min_count_character or c.min_count}
     for name in c.categories:
       category = tag_stats.CATEGORY_NAMES[name]
+      least = minimum.get(name, c.min_count)
       ranked = sorted(((n, tag) for (cat, tag), n in counts.items()
-                       if cat == category and n >= c.min_count),
+                       if cat == category and n >= least),
                       key=lambda x: (-x[0], x[1]))
       rows += [tag_stats.TagRow(tag_ids.get(tag, -1), tag, category, 0)
                for _, tag in ranked[:limits.get(name, c.num_other)]]

@@ -13,6 +13,7 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --what=serve --serve_args=--max_batch=1  # no batching
   python -m jaxtag.bench --what=flops --families=vit_base_patch16 \
       --image_sizes=224,384,448
+  python -m jaxtag.bench --what=decode [--steps 5]
 """
 import json
 
@@ -28,7 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
 _WHAT = flags.DEFINE_enum('what', 'train',
                           ['train', 'metrics', 'predict', 'mlgcn', 'addgcn',
-                           'serve', 'flops'],
+                           'serve', 'flops', 'decode'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
                           ' predict: FLOPs and time of the prediction path; '
@@ -40,7 +41,10 @@ _WHAT = flags.DEFINE_enum('what', 'train',
                           'concurrent clients; '
                           'flops: forward and forward+backward FLOPs per '
                           'image of the timm-layout backbones '
-                          '(jaxtag/bench/flops.py).')
+                          '(jaxtag/bench/flops.py); '
+                          'decode: the pipeline on 2-4 MP JPEG/WebP '
+                          'originals, full vs reduced decode (--steps '
+                          'rounds).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -102,7 +106,10 @@ def main(argv):
   del argv
   from jaxtag import distributed
   distributed.maybe_initialize()
-  if _WHAT.value == 'metrics':
+  if _WHAT.value == 'decode':
+    from jaxtag.bench import decode as decode_bench
+    result = {'benchmark': 'decode', **decode_bench.run(rounds=_STEPS.value)}
+  elif _WHAT.value == 'metrics':
     from jaxtag.bench import metrics as metrics_bench
     result = {'benchmark': 'metrics', **metrics_bench.run()}
   elif _WHAT.value == 'predict':

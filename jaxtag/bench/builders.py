@@ -1,12 +1,19 @@
 r"""Build speed of the real-dataset builders.
 
   python -m jaxtag.bench.builders --work DIR [--posts 20000] [--resize 448]
+  python -m jaxtag.bench.builders --work DIR --posts 2000 \
+      --beam_workers 1,2 [--rounds 2]
 
 Writes a Danbooru dump of `--posts` posts (2021+ metadata, 512x512 JPEGs in
 512px/, tags drawn from a Zipf vocabulary) and builds it with the resize
 off and on; then builds each builder's test fixture (tests/
 builder_fixtures.py). Prints build time and images/s per core, and appends
 the figures to --out as JSON.
+
+With --beam_workers, writes the same posts as the downloaded layout
+(original/*.tar shards of 1000 members, metadata/posts.parquet) and builds
+it in one process and on Beam with each number of local workers, in turn,
+--rounds times (needs the beam extra).
 """
 from __future__ import annotations
 
@@ -32,6 +39,11 @@ _DISTINCT = flags.DEFINE_integer(
     'turn; decoding time does not depend on which).')
 _OUT = flags.DEFINE_string('out', 'runs/bench/builders.json',
                            'JSON file the figures are appended to.')
+_BEAM_WORKERS = flags.DEFINE_list(
+    'beam_workers', None, 'Build the tar layout on Beam with these numbers '
+    'of local workers (and in one process), instead of the default runs.')
+_ROUNDS = flags.DEFINE_integer('rounds', 2, '--beam_workers: rounds of '
+                               'builds, the variants in turn.')
 
 
 def _jpeg(rng: np.random.Generator, side: int = 512) -> bytes:
@@ -76,6 +88,51 @@ def write_danbooru_dump(root: str, posts: int, distinct: int,
         image.write(pictures[i % distinct])
 
 
+def write_tar_dump(root: str, posts: int, distinct: int, seed: int = 0,
+                   per_shard: int = 1000) -> None:
+  """The downloaded layout of the same posts as write_danbooru_dump:
+  original/data-NNNN.tar with members <id>.jpg, metadata/posts.parquet."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  import pyarrow  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(root, 'folder')
+  write_danbooru_dump(folder, posts, distinct, seed)
+  with open(os.path.join(folder, 'metadata', 'posts000000000000.json')) as f:
+    rows = [json.loads(line) for line in f]
+  os.makedirs(os.path.join(root, 'metadata'), exist_ok=True)
+  os.makedirs(os.path.join(root, 'original'), exist_ok=True)
+  pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), os.path.join(
+      root, 'metadata', 'posts.parquet'))
+  for start in range(0, len(rows), per_shard):
+    path = os.path.join(root, 'original', f'data-{start // per_shard:04d}.tar')
+    with tarfile.open(path, 'w') as tar:
+      for row in rows[start:start + per_shard]:
+        post_id = row['id']
+        tar.add(os.path.join(folder, '512px', f'{post_id % 1000:04d}',
+                             f'{post_id}.jpg'), arcname=f'{post_id}.jpg')
+  shutil.rmtree(folder)
+
+
+def beam_builds(work: str, posts: int, workers: list[int],
+                rounds: int) -> list[dict]:
+  """One-process and Beam builds of the tar layout, in turn."""
+  from data_builders import beam_build  # pylint: disable=g-import-not-at-top
+  dump = os.path.join(work, f'danbooru_tar_{posts}')
+  if not os.path.exists(os.path.join(dump, 'metadata')):
+    write_tar_dump(dump, posts, _DISTINCT.value)
+  results = []
+  for _ in range(rounds):
+    for n in [None] + workers:
+      options = beam_build.pipeline_options(n) if n else None
+      result = timed_build('danbooru', dump, os.path.join(work, 'tar_data'),
+                           {}, beam_options=options)
+      result['beam_workers'] = n
+      result['load_average'] = [round(v, 2) for v in os.getloadavg()]
+      print(json.dumps(result), flush=True)
+      results.append(result)
+  return results
+
+
 def _cpu_seconds() -> float:
   own = resource.getrusage(resource.RUSAGE_SELF)
   children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -84,7 +141,7 @@ def _cpu_seconds() -> float:
 
 
 def timed_build(name: str, manual_dir: str, data_dir: str,
-                options: dict) -> dict:
+                options: dict, beam_options=None) -> dict:
   """Builds once into a fresh data_dir; wall time and images/s."""
   from data_builders import images  # pylint: disable=g-import-not-at-top
   from jaxtag.data import build  # pylint: disable=g-import-not-at-top
@@ -92,13 +149,16 @@ def timed_build(name: str, manual_dir: str, data_dir: str,
   builder = build.get_builder(name, data_dir, options)
   cpu_before = _cpu_seconds()
   start = time.perf_counter()
-  build.ensure_built(builder, manual_dir)
+  build.ensure_built(builder, manual_dir, beam_options)
   seconds = time.perf_counter() - start
   cpu = _cpu_seconds() - cpu_before
   with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
     examples = sum(json.load(f)['examples'].values())
   workers = (os.cpu_count() or 1) if examples >= images.PARALLEL_MIN_IMAGES \
       else 1
+  if beam_options is not None:
+    workers = beam_options.get_all_options()['direct_num_workers'] or (
+        os.cpu_count() or 1)
   size = sum(os.path.getsize(os.path.join(d, n))
              for d, _, files in os.walk(builder.data_dir) for n in files)
   return {'builder': name, 'options': options, 'examples': examples,
@@ -151,6 +211,11 @@ def main(argv):
   if not _WORK.value:
     raise app.UsageError('--work DIR is required (scratch space).')
   work = _WORK.value
+  if _BEAM_WORKERS.value:
+    results = beam_builds(work, _POSTS.value,
+                          [int(n) for n in _BEAM_WORKERS.value], _ROUNDS.value)
+    _append(_OUT.value, results)
+    return
   results = fixture_builds(work)
   dump = os.path.join(work, f'danbooru_{_POSTS.value}')
   if not os.path.exists(os.path.join(dump, 'metadata')):
@@ -163,12 +228,16 @@ def main(argv):
     shutil.rmtree(os.path.join(work, 'dump_data'), ignore_errors=True)
   for r in results:
     print(json.dumps(r))
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
+  _append(_OUT.value, results)
+
+
+def _append(path: str, results: list[dict]) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   records = []
-  if os.path.exists(_OUT.value):
-    with open(_OUT.value) as f:
+  if os.path.exists(path):
+    with open(path) as f:
       records = json.load(f)
-  with open(_OUT.value, 'w') as f:
+  with open(path, 'w') as f:
     json.dump(records + results, f, indent=1)
 
 

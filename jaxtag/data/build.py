@@ -3,6 +3,14 @@ r"""Builds a TFDS dataset of data_builders/ by its 'name/config'.
   python -m jaxtag.data.build synthetic_anime/tiny --data_dir DIR
   python -m jaxtag.data.build danbooru --manual_dir /data/danbooru2021 \
       --data_dir DIR --set resize=512 --set num_general=5000
+  python -m jaxtag.data.build danbooru --manual_dir /data/danbooru2023 \
+      --data_dir DIR --beam --workers 8 [--beam_options "--runner=..."]
+
+`--beam` generates the examples on Apache Beam (pip install
+"jaxtag[beam]"; builders that support it: danbooru): on the DirectRunner
+with `--workers` local processes, or on the runner `--beam_options` names
+(Dataflow, Spark, Flink; data_builders/beam_build.py and the builder's
+README.md). The dataset is the same as a one-process build's.
 
 `--set key=value` changes a field of the builder's config (its options,
 listed in each builder's README.md), parsed by the field's type. Options
@@ -32,6 +40,7 @@ from absl import logging
 from etils import epath
 
 import data_builders
+from data_builders import beam_build
 from data_builders import manual
 
 def _register_builders() -> list[str]:
@@ -179,10 +188,12 @@ def build_arguments(builder) -> str:
   return ' '.join([f'{builder.name}/{base.name}', *sets])
 
 
-def ensure_built(builder, manual_dir: str | None = None) -> None:
-  """Builds the dataset when its files are not there yet; a dataset made
-  from raw files needs `manual_dir`, and without it the error names the
-  command that builds it."""
+def ensure_built(builder, manual_dir: str | None = None,
+                 beam_options=None) -> None:
+  """Builds the dataset when its files are not there yet, on Apache Beam
+  with `beam_options` (data_builders/beam_build.pipeline_options); a dataset
+  made from raw files needs `manual_dir`, and without it the error names
+  the command that builds it."""
   if (epath.Path(builder.data_dir) / 'dataset_info.json').exists():
     return
   if manual_dir is None and getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS',
@@ -193,11 +204,16 @@ def ensure_built(builder, manual_dir: str | None = None) -> None:
         f'{build_arguments(builder)} --manual_dir RAW_FOLDER --data_dir '
         f'{builder.data_dir_root}` (or set config.dataset.manual_dir when '
         f'training); the layout is in data_builders/{builder.name}/README.md.')
+  if beam_options is not None and not isinstance(builder,
+                                                 beam_build.BeamBuilder):
+    raise ValueError(f'{builder.name} does not build on Beam (--beam); '
+                     'build it without.')
   start = time.perf_counter()
   logging.info('Building %s into %s ...', builder.info.full_name,
                builder.data_dir)
   download_config = tfds.download.DownloadConfig(
-      manual_dir=str(manual_dir) if manual_dir else None)
+      manual_dir=str(manual_dir) if manual_dir else None,
+      beam_options=beam_options)
   builder.download_and_prepare(download_config=download_config)
   logging.info('Built %s in %.1f s.', builder.info.full_name,
                time.perf_counter() - start)
@@ -220,16 +236,32 @@ _MANUAL_DIR = flags.DEFINE_string(
     'manual_dir', None, 'The folder with the raw dataset (real datasets).')
 _SET = flags.DEFINE_multi_string(
     'set', [], 'key=value: an option of the builder config (repeatable).')
+_BEAM = flags.DEFINE_bool(
+    'beam', False, 'Generate on Apache Beam: the DirectRunner with --workers '
+    'processes, or the runner that --beam_options names.')
+_WORKERS = flags.DEFINE_integer(
+    'workers', None, '--beam on the DirectRunner: local worker processes '
+    '(default: one per core).')
+_BEAM_OPTIONS = flags.DEFINE_string(
+    'beam_options', '', '--beam: Beam pipeline options passed through, e.g. '
+    '"--runner=DataflowRunner --project=P --region=R '
+    '--temp_location=gs://B/tmp --setup_file=./pyproject.toml".')
 
 
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError('usage: python -m jaxtag.data.build NAME[/CONFIG] '
                          '[--manual_dir DIR] [--data_dir DIR] '
-                         '[--set key=value ...]')
+                         '[--set key=value ...] [--beam [--workers N] '
+                         '[--beam_options ...]]')
+  if not _BEAM.value and (_WORKERS.value or _BEAM_OPTIONS.value):
+    raise app.UsageError('--workers and --beam_options go with --beam.')
   builder = get_builder(argv[1], _DATA_DIR.value, parse_set_flags(_SET.value))
+  beam_options = (beam_build.pipeline_options(_WORKERS.value,
+                                              _BEAM_OPTIONS.value)
+                  if _BEAM.value else None)
   start = time.perf_counter()
-  ensure_built(builder, _MANUAL_DIR.value)
+  ensure_built(builder, _MANUAL_DIR.value, beam_options)
   print(f'{argv[1]}: {builder.data_dir} ({time.perf_counter() - start:.1f} s)')
 
 

@@ -15,9 +15,58 @@ from PIL import Image
 
 def decode_png(data: bytes) -> Image.Image:
   """Decodes PNG/JPEG bytes to RGB; raises on a corrupt image."""
-  image = Image.open(io.BytesIO(data))
+  return decode_image(data)
+
+
+# JPEG's DCT scaling: libjpeg decodes at 1/2, 1/4 or 1/8 of the size for a
+# fraction of the work (it skips the high-frequency coefficients).
+_DCT_SCALES = (8, 4, 2)
+
+
+def reduction(width: int, height: int, shortest: int | None = None,
+              longest: int | None = None) -> int:
+  """The largest DCT scale (1, 2, 4 or 8) that keeps the shorter side at
+  least `shortest` pixels and the longer side at least `longest`."""
+  for scale in _DCT_SCALES:
+    if ((not shortest or min(width, height) // scale >= shortest) and
+        (not longest or max(width, height) // scale >= longest)):
+      return scale
+  return 1
+
+
+def open_image(data: bytes) -> Image.Image:
+  """The image's header: size and format, nothing decoded yet."""
+  return Image.open(io.BytesIO(data))
+
+
+def decode_scaled(image: Image.Image, scale: int = 1) -> Image.Image:
+  """Decodes an opened image to RGB; raises on a corrupt image.
+
+  A JPEG with scale 2, 4 or 8 is decoded that many times smaller (Pillow's
+  draft: libjpeg's DCT scaling), to ceil(side / scale) pixels a side, the
+  pixel at (x, y) of the full decode falling at (x / scale, y / scale).
+  Pillow offers no reduced decoding for WebP or PNG: any other image, and
+  scale 1, decode in full.
+  """
+  if scale > 1 and image.format == 'JPEG':
+    width, height = image.size
+    # Asking for floor(side / scale) makes Pillow choose exactly `scale`.
+    image.draft(image.mode if image.mode in ('RGB', 'L') else None,
+                (width // scale, height // scale))
   image.load()  # decode now, so a truncated file fails here
   return image.convert('RGB') if image.mode != 'RGB' else image
+
+
+def decode_image(data: bytes, shortest: int | None = None,
+                 longest: int | None = None) -> Image.Image:
+  """Decodes image bytes to RGB; raises on a corrupt image. With
+  `shortest` / `longest`, a JPEG more than twice as large as needed is
+  decoded at the reduced size that keeps its sides at least that long
+  (`reduction`, `decode_scaled`)."""
+  image = open_image(data)
+  scale = reduction(*image.size, shortest, longest) if (
+      shortest or longest) else 1
+  return decode_scaled(image, scale)
 
 
 def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,

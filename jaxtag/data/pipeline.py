@@ -152,9 +152,45 @@ class _Loader:
       raise ValueError(f'Unknown config.data.crop {self.crop!r}; valid: '
                        'random_resized, random, none.')
     geometry_lib.check(geometry)
+    # A JPEG larger than this record needs is decoded at reduced size
+    # (_plan); off, every image decodes at full size (the benchmark's
+    # "before").
+    self.reduced_decode = True
 
-  def _pixels(self, image, g: int, bucket: int) -> dict[str, np.ndarray]:
-    w, h = image.size
+  def _plan(self, width: int, height: int, g: int):
+    """(crop box in the stored image's pixels or None, flip, DCT scale).
+
+    The crop and flip are drawn from (seed, g) and the stored size alone,
+    so they do not depend on the scale. The scale is the largest (1, 2, 4,
+    8) at which what is resized still has `size` pixels on the side that
+    matters: the crop's shorter side in training, the image's shorter side
+    for the square and native eval geometries, its longer side for pad.
+    Cartoonisation works on the pixels as decoded, so it keeps the full
+    size.
+    """
+    box, flip = None, False
+    if self.train:
+      rng = np.random.default_rng([self.seed, g])
+      if self.crop == 'random_resized':
+        box = ops.random_resized_crop_box(height, width, rng, self.scale)
+      elif self.crop == 'random':
+        box = ops.random_crop_box(height, width, rng, self.scale)
+      else:
+        box = (0, 0, width, height)
+      flip = self.flip and rng.random() < 0.5
+    scale = 1
+    if self.reduced_decode and not self.cartoonize:
+      if box is not None:
+        scale = ops.reduction(box[2] - box[0], box[3] - box[1],
+                              shortest=self.size)
+      elif self.geometry == 'pad':
+        scale = ops.reduction(width, height, longest=self.size)
+      else:
+        scale = ops.reduction(width, height, shortest=self.size)
+    return box, flip, scale
+
+  def _pixels(self, image, box, flip: bool, scale: int,
+              bucket: int) -> dict[str, np.ndarray]:
     if not self.train:
       if self.geometry == 'pad':
         return {'image': geometry_lib.pad(image, self.size, self.resample)}
@@ -163,14 +199,8 @@ class _Loader:
                                            self.resample)
         return {'image': pixels, 'image_mask': mask}
       return {'image': geometry_lib.square(image, self.size, self.resample)}
-    rng = np.random.default_rng([self.seed, g])
-    if self.crop == 'random_resized':
-      box = ops.random_resized_crop_box(h, w, rng, self.scale)
-    elif self.crop == 'random':
-      box = ops.random_crop_box(h, w, rng, self.scale)
-    else:
-      box = (0, 0, w, h)
-    flip = self.flip and rng.random() < 0.5
+    if scale > 1:  # the same region of the image decoded `scale` times smaller
+      box = tuple(v / scale for v in box)
     return {'image': ops.crop_resize(image, box, self.size, flip,
                                      self.interpolation)}
 
@@ -196,7 +226,9 @@ class _Loader:
     except labels_lib.SkipExample as e:
       return self._skip(record, bucket, e)
     try:
-      image = ops.decode_png(example['image'])
+      image = ops.open_image(example['image'])  # the header only
+      box, flip, scale = self._plan(*image.size, g)
+      image = ops.decode_scaled(image, scale)
     except Exception as e:  # pylint: disable=broad-except
       # Pillow raises several types for corrupt or truncated data. (A tag id
       # outside the vocabulary raised above: the dataset is wrong, not one
@@ -204,7 +236,7 @@ class _Loader:
       return self._skip(record, bucket, e)
     if self.cartoonize:
       image = self._cartoon(image)
-    out.update(self._pixels(image, g, bucket))
+    out.update(self._pixels(image, box, flip, scale, bucket))
     for key, (shape, dtype) in self.feature_specs.items():
       out[key] = np.asarray(example[key], dtype).reshape(shape)
     if not self.train:
