@@ -75,11 +75,11 @@ def _read(source: Source) -> bytes:
   error (a symlink loop, a permission) skips the image as `unreadable`."""
   if isinstance(source, (bytes, bytearray, memoryview)):
     return bytes(source)
+  if not isinstance(source, (str, os.PathLike)):
+    return source.read_bytes()  # a member of a tar shard, a record
   if not os.path.lexists(source):
     raise ImageSkipped(MISSING, str(source))
   try:
-    if not isinstance(source, (str, os.PathLike)):
-      return source.read_bytes()  # a member of a tar shard, a record
     return files.read_bytes(source)
   except files.FileSkipped as e:
     raise ImageSkipped(e.reason, e.detail) from e
