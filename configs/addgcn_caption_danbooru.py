@@ -3,7 +3,7 @@ r"""python -m jaxtag.main --config configs/addgcn_caption_danbooru.py \
     --config.model.semantic.captioner=runs/captioner_adapted \
     --workdir runs/addgcn_caption
 
-Multi-modal ADD-GCN, seed 004's setting: configs/addgcn_danbooru.py
+Multi-modal ADD-GCN, Lan et al.'s setting: configs/addgcn_danbooru.py
 (ResNet-101 at 448 px, the 100 most frequent general tags of `danbooru`,
 SGD with momentum 0.9 and weight decay 1e-4, learning rate 0.5 for the
 attention module and the GCNs and 0.05 for the backbone) with the caption
@@ -24,8 +24,8 @@ Variants:
 - `:synthetic`: configs/addgcn_danbooru.py:synthetic (configs/default.py's
   half-width ResNet-18 at 96 px on `synthetic_anime/default`, its AdamW
   schedule and budget) with v_cap from a configs/captioner_flickr8k.py
-  :synthetic captioner (context_dim 128), for the CPU experiment of the
-  README's "Captions adapted to anime style".
+  :synthetic captioner (context_dim 128), for the CPU experiment of
+  docs/methods/captions.md.
 - `:tiny`: configs/addgcn_danbooru.py:tiny with a configs/captioner_flickr8k.py
   :tiny captioner (context_dim 16), seconds, for tests.
 """

@@ -2,15 +2,14 @@ r"""python -m jaxtag.main --config configs/addgcn_danbooru.py \
     --config.dataset.manual_dir=/path/to/danbooru --workdir runs/addgcn
 
 ADD-GCN (jaxtag/models/heads/addgcn.py) with the training settings of the
-multi-modal anime paper (seed 004): ResNet-101 at 448 px, the 100 most
+multi-modal anime paper (Lan et al. 2022): ResNet-101 at 448 px, the 100 most
 frequent general tags of `danbooru`, random crop and horizontal flip, SGD
 with momentum 0.9 and weight decay 1e-4, learning rate 0.5 for the
 attention module and the GCNs and 0.05 for the backbone (the ADD-GCN
 reference code uses 10x smaller ones). The paper gives no schedule; this
 takes the reference's: 50 epochs, x0.1 at epochs 30 and 40, batch 16,
-gradient-norm clipping at 10. The `danbooru` builder and the
-`config.dataset.manual_dir` / `build_options` keys come with another issue;
-until they land this variant stops at start-up naming the unknown key.
+gradient-norm clipping at 10. The `danbooru` dataset is built on first use
+from the dump in `config.dataset.manual_dir` (data_builders/danbooru/README.md).
 Multi-modal input: `--config.model.head_kwargs.semantic_dim=N` with a
 dataset that has a fixed-shape 'semantic' feature [N].
 
@@ -53,7 +52,7 @@ def get_config(arg=None):
     # 80 tags: a fifth of the exact graph's rank.
     lowrank = dict(_LOWRANK, rank=16) if arg == 'synthetic_lowrank' else {}
     # average: from scratch, the reference's sums start the loss in the
-    # thousands (README, "ADD-GCN").
+    # thousands (docs/methods/addgcn.md).
     return _with_addgcn(_baseline(), node_dim=256, average=True, **lowrank)
   if arg in ('tiny', 'tiny_lowrank'):
     lowrank = dict(_LOWRANK, rank=4) if arg == 'tiny_lowrank' else {}
@@ -66,8 +65,8 @@ def get_config(arg=None):
   config = config_lib.defaults()
   config.dataset.name = 'danbooru'
   config.dataset.label_feature = 'tags'
-  # The 100 most frequent general tags, as seed 004 trains on (options of
-  # data_builders/danbooru); the dump's folder comes from the command line,
+  # The 100 most frequent general tags, as Lan et al. (2022) train on (options
+  # of data_builders/danbooru); the dump's folder comes from the command line,
   # --config.dataset.manual_dir=DUMP.
   config.dataset.build_options = {'categories': ('general',),
                                   'num_general': 100, 'ratings': False}

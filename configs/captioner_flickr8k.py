@@ -1,4 +1,4 @@
-r"""Show, Attend and Tell captioner (the captioner of seed 004).
+r"""Show, Attend and Tell captioner (the captioner of Lan et al., 2022).
 
   python -m jaxtag.main --config configs/captioner_flickr8k.py \
       --config.dataset.manual_dir=/data/flickr8k --workdir runs/captioner

@@ -1,6 +1,6 @@
 r"""python -m jaxtag.main --config configs/characters_resnet.py:resnet34 --workdir runs/chars
 
-Character recognition from face crops by fine-tuning a ResNet (seed 003):
+Character recognition from face crops by fine-tuning a ResNet (Guan & Ge):
 softmax cross-entropy over the characters (`class_id` labels: one character
 per face), SGD lr 1e-3 with momentum 0.9, the rate x0.1 every 7 epochs, 25
 epochs, random resized crops of 224 px with horizontal flips. Start from

@@ -1,6 +1,7 @@
 r"""python -m jaxtag.main --config configs/cnn_rnn_danbooru.py --workdir runs/cnn_rnn
 
-CNN-RNN (Wang et al. 2016), as seed paper 000 proposes it for anime tags:
+CNN-RNN (Wang et al. 2016), as Deng et al.'s undated proposal applies it for
+anime tags:
 a ResNet-50 and an LSTM label decoder (jaxtag/models/heads/lstm_decoder.py)
 trained with teacher forcing on label sequences, most frequent tag first,
 and evaluated by beam search. The default trains on a Danbooru dump
@@ -17,7 +18,7 @@ and 2,000, `config.dataset.build_options` to change them):
 is the CPU comparison on `synthetic_anime/default`: configs/default.py (same
 backbone, data, optimiser, batch and 8 epochs) with the linear head swapped
 for the decoder; its train step costs about what the baseline's does
-(README: "CNN-RNN on the synthetic dataset"). `:tiny` is
+(docs/methods/cnn_rnn.md). `:tiny` is
 configs/default.py:tiny with a small decoder, under a minute, for tests.
 """
 import os

@@ -1,7 +1,8 @@
 r"""python -m jaxtag.main --config configs/mlgcn_anime.py --workdir runs/mlgcn \
     --config.dataset.manual_dir=/path/to/danbooru
 
-ML-GCN for anime illustrations, with the settings of seed paper 001: a
+ML-GCN for anime illustrations, with the settings of Deng et al.'s anime
+ML-GCN paper (undated): a
 DenseNet-121 at 512 px with global max pooling, a 2-layer GCN (d -> 1024 ->
 1024) over the re-weighted correlation matrix (tau 0.002, p 0.2) giving the
 classifiers, Adam at 1e-3 for 30 epochs, random flips. The paper embeds
@@ -9,16 +10,15 @@ tags with GloVe (300-d); here the embeddings come from the train
 co-occurrences by default ('cooccurrence', no download), and
 `--config.model.head_kwargs.embedding=glove50` takes the GloVe 6B 50-d
 vectors of the `glove` extra. The default targets the `danbooru` dataset,
-whose TFDS builder reads a local folder (`config.dataset.manual_dir`, added
-with that builder); until it lands, this variant stops at start-up with the
-list of builders there are.
+whose TFDS builder reads a local dump (`config.dataset.manual_dir`; layouts
+in data_builders/danbooru/README.md) and is built on first use.
 
   python -m jaxtag.compare configs/default.py configs/mlgcn_anime.py:synthetic \
       configs/addgcn_danbooru.py:synthetic \
       configs/addgcn_danbooru.py:synthetic_lowrank --workdir runs/compare
 
-is the CPU comparison on `synthetic_anime/default` (README: "ML-GCN head,
-label graphs and `jaxtag.compare`"): `:synthetic` is configs/default.py
+is the CPU comparison on `synthetic_anime/default` (docs/methods/mlgcn.md,
+"The synthetic comparison"): `:synthetic` is configs/default.py
 (a half-width ResNet-18 at 96 px, its data, optimiser and schedule) with
 the linear head and global average pooling swapped for the ML-GCN head
 and global max pooling, so configs/default.py is its baseline and every

@@ -35,8 +35,8 @@ Variants (`--config configs/vallet_pixiv.py:<variant>`):
 
 Each variant predicts with their method; the 10-crop baseline of their
 Table 3 is the same checkpoint evaluated with
-`--config.model.head_kwargs.prediction=crops` (see README.md, "Vallet &
-Sakamoto").
+`--config.model.head_kwargs.prediction=crops` (see
+docs/methods/vallet.md).
 
 Preprocessing, as their Sec. 2.1: the shortest side goes to
 `data.image_size` (256) and training takes a random square of that side

@@ -1,4 +1,4 @@
-r"""Seed 004's first experiment: a captioner adapted from photos to anime.
+r"""Lan et al.'s first experiment: a captioner adapted from photos to anime.
 
   python -m jaxtag.caption_adaptation --workdir runs/adaptation [--variant synthetic] \
       [--cartoonize_options edge_offset=255,levels=12]
@@ -9,7 +9,7 @@ and judges each on anime-style test illustrations with reference captions
 1. `photo`: on photos (synthetic_anime/photo: the anime scenes
    photographed; Flickr8k for real use);
 2. `adapted_human`: on cartoonised photos (config.data.cartoonize='opencv')
-   with the dataset's own captions (seed 004, Sec. 3.1's reading);
+   with the dataset's own captions (Lan et al. 2022, Sec. 3.1's reading);
 3. `adapted_teacher`: on cartoonised photos with the photo captioner's own
    captions of the real photos (Sec. 2.1's reading), written by its eval on
    the train split.
@@ -19,7 +19,7 @@ CartoonizeOptions for both adapted runs. Unset, the embedded variants
 without ink outlines, and OpenCV's outlines at 96 px paint over hair and
 clothes, the colour words of the captions; measured on `synthetic`, the
 outlined default lowered the anime test BLEU-4 from 47.5 (photo
-captioner) to 34.6, the flat style raised it to 53.9 (README).
+captioner) to 34.6, the flat style raised it to 53.9 (docs/methods/captions.md).
 `--cartoonize_options=method=opencv` gives the outlined default. Every run
 has the same budget. Each step is skipped when its output
 exists, so the same command resumes. Writes `adaptation.md` and

@@ -60,7 +60,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.dataset.caption_min_count = 5
   # A CSV (index,caption: what an eval of a captioner writes as
   # eval_<split>_captions.csv) whose captions replace the train records' own:
-  # a teacher's captions for seed 004's adaptation with target='teacher'.
+  # a teacher's captions for Lan et al.'s adaptation with target='teacher'.
   c.dataset.caption_targets = ''
 
   c.data = ml_collections.ConfigDict()
@@ -98,7 +98,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.pool = 'gap'                         # 'gap' | 'gmp'
   c.model.dtype = 'float32'                    # computation dtype; params stay float32
   # A head that declares the batch feature 'semantic' (ADD-GCN with
-  # captions, seed 004) gets it from a frozen captioner's encoder inside
+  # captions, Lan et al. 2022) gets it from a frozen captioner's encoder inside
   # the step (`captioner`: the captioner run's workdir; jaxtag/models/
   # semantic.py), or from a per-image cache (`cache`: a folder written by
   # `python -m jaxtag.semantic_cache`).

@@ -2,7 +2,7 @@
 
 - `correlation_matrix`: ML-GCN's re-weighted correlation matrix from the
   co-occurrence counts M [C,C] and the per-tag counts N [C] (Chen et al.
-  2019; the anime ML-GCN paper, seed 001):
+  2019; the anime ML-GCN paper of Deng et al., undated):
     P_ij = M_ij / N_i, A_ij = [P_ij >= tau] for i != j (M's diagonal is
     ignored), then
     'paper':      A'_ij = p A_ij / sum_{k!=i} A_ik (i != j), A'_ii = 1 - p;

@@ -1,6 +1,6 @@
 """Multi-label metrics in pure numpy, with the literature's conventions.
 
-Conventions (see shared METRICS.md; they follow the ML-GCN reference code):
+Conventions (they follow the ML-GCN reference code):
 - A label is predicted when its score >= threshold.
 - AP ranks images by score; tied scores form one step, so AP equals
   scikit-learn's `average_precision_score` with or without ties and does not

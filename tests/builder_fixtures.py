@@ -3,7 +3,7 @@
 The image helpers make the awkward files a real dump holds (a corrupt
 JPEG, a CMYK JPEG, an RGBA PNG, a 16-bit PNG, an EXIF-rotated JPEG); the
 folder writers lay them out as the datasets do (see
-../shared/reference/DATASETS.md).
+each builder's data_builders/<name>/README.md).
 """
 from __future__ import annotations
 

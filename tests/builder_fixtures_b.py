@@ -1,6 +1,6 @@
 """Real-layout folders for image_folder, animeface_character, voc2007,
-coco2014 and flickr8k, written at test time (layouts:
-../shared/reference/DATASETS.md).
+coco2014 and flickr8k, written at test time (layouts: each
+builder's data_builders/<name>/README.md).
 
 Each writer returns what the tests check against. `extra` adds that many
 plain images (for split-stability and timing runs); `size` is their side.

@@ -40,7 +40,8 @@ def reference_forward(p, stats, features, semantic=None, fusion='replace',
   """The reference's ADD_GCN.forward after the backbone, in its layout.
 
   `p` holds torch-shaped weights ([out, in]); `features` is [B, F, H, W].
-  The semantic input and the low-rank graphs are the seed-004 and
+  The semantic input and the low-rank graphs are the Lan et al.
+  (2022) and
   large-vocabulary forms of the head's docstring, as dense matrices.
   """
   b, _, h, w = features.shape

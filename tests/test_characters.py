@@ -1,4 +1,4 @@
-"""Character recognition (seed 003): features, classifiers, face crops."""
+"""Character recognition (Guan & Ge): features, classifiers, face crops."""
 import json
 import os
 

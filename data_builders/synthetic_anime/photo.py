@@ -1,6 +1,7 @@
-"""The photographic style of a scene: the photo domain of seed 004.
+"""The photographic style of a scene: the photo domain of Lan et al. (2022).
 
-Seed 004 adapts a captioner from photos to anime. `synthetic_anime/photo`
+Lan et al. (2022) adapt a captioner from photos to anime.
+`synthetic_anime/photo`
 draws the same scenes as the anime configs (same people, clothes, objects,
 captions) and then makes them look photographed instead of drawn:
 - lighting: a smooth illumination field (a tilted ramp and two soft light

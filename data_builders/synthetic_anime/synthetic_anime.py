@@ -125,7 +125,7 @@ class SyntheticAnime(tfds.core.GeneratorBasedBuilder):
                            image_size=512, num_train=4000,
                            num_validation=500, num_test=500),
       # The scenes of `default` (same seed and size), photographed: the
-      # photo domain of the captioner's anime adaptation (seed 004).
+      # photo domain of the captioner's anime adaptation (Lan et al. 2022).
       SyntheticAnimeConfig(name='photo',
                            description='default\'s scenes in a photographic '
                            'style, 96 px, 12000/1000/2000 images',
@@ -136,7 +136,7 @@ class SyntheticAnime(tfds.core.GeneratorBasedBuilder):
                            image_size=64, num_train=256, num_validation=64,
                            num_test=64, style='photo'),
       # Face crops of the first 6000/500/1000 scenes of `default`, drawn at
-      # 128 px (character recognition, seed 003; see faces.py).
+      # 128 px (character recognition, Guan & Ge; see faces.py).
       # Each crop in another palette, blurred and noisy, and 40% occluded:
       # hard enough that the methods separate (faces.py).
       SyntheticAnimeConfig(name='faces', description='64 px face crops of '

@@ -1,3 +1,3 @@
-"""Character recognition from face crops (seed 003): hand-made and CNN
+"""Character recognition from face crops (Guan & Ge): hand-made and CNN
 features with classical classifiers (classical.py), face cropping
 (crop_faces.py); fine-tuning runs through configs/characters_resnet.py."""

@@ -1,4 +1,4 @@
-r"""Classical character recognition: features x classifiers, as in seed 003.
+r"""Classical character recognition: features x classifiers, as in Guan & Ge.
 
   python -m jaxtag.characters.classical --dataset synthetic_anime/faces \
       --data_dir DIR --features handcrafted,cnn:RUN_DIR \

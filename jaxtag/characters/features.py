@@ -1,4 +1,4 @@
-"""Features for classical character recognition (seed 003).
+"""Features for classical character recognition (Guan & Ge).
 
 Hand-made: every image is resized to 224x224 (cv2.INTER_LINEAR), then
 - Hu moments (7) of the grey image, cv2.HuMoments(cv2.moments(grey));

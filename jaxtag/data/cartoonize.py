@@ -1,6 +1,7 @@
-"""Cartoonisation of photos, the anime adaptation of seed 004's captioner.
+"""Cartoonisation of photos, the anime adaptation of Lan et al.'s captioner.
 
-Seed 004 trains its captioner on cartoonised photos so that it reads anime
+Lan et al. (2022) train their captioner on cartoonised photos so that it
+reads anime
 illustrations better. The learned cartooniser it uses (White-box
 Cartoonization) cannot be installed offline, so the default here is the
 classical recipe from OpenCV, each step an option:

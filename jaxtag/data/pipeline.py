@@ -246,7 +246,7 @@ class _Loader:
 
   def _cartoon(self, image):
     """The decoded image cartoonised (config.data.cartoonize), before any
-    crop or resize, as seed 004 cartoonises its photos."""
+    crop or resize, as Lan et al. (2022) cartoonise their photos."""
     if self._cartoonizer is None:
       self._cartoonizer = cartoonize.make_cartoonizer(**self.cartoonize)
     return Image.fromarray(self._cartoonizer(np.asarray(image)))

@@ -2,8 +2,8 @@
 
 The backbone's feature grid [B, H, W, D] is the encoder. Per image:
 - annotations a_i = W_a f_i + b (i over the H x W cells): the captioner's own
-  projection of the grid to `context_dim`, its annotation vectors (seed
-  004's M_cap, pooled into the semantic feature v_cap by `semantic`);
+  projection of the grid to `context_dim`, its annotation vectors (Lan et
+  al.'s M_cap, pooled into the semantic feature v_cap by `semantic`);
 - the LSTM state starts from the mean annotation: h_0 = tanh(W_h0 ā),
   c_0 = tanh(W_c0 ā);
 - step t reads the previous word y_{t-1} (embedding E y, `embed_dim`):

@@ -1,6 +1,6 @@
-"""Caption semantic features (seed 004): v_cap from a frozen captioner.
+"""Caption semantic features (Lan et al. 2022): v_cap from a frozen captioner.
 
-Seed 004 feeds ADD-GCN's dynamic graph with a semantic vector per image
+Lan et al. (2022) feed ADD-GCN's dynamic graph with a semantic vector per image
 taken from an anime-adapted captioner: the captioner's spatial tensor M_cap
 (its annotation vectors, the grid its attention reads) pooled to v_cap.
 Here that is the encoder of a Show, Attend and Tell run

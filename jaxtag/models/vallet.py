@@ -12,7 +12,7 @@ at the start; the head (jaxtag/models/heads/vallet.py) holds the uppermost
 layer, whose biases are 0. `hidden_bias` and `kernel_init` change these
 for short runs: with pixels in [0, 1] the image-dependent part of each
 activation is small beside a bias of 1, and under Glorot it halves at each
-ReLU, so a short run can stay at the label prior (see README.md). The
+ReLU, so a short run can stay at the label prior (see docs/methods/vallet.md). The
 total stride is 32, as the eval geometry assumes. `width` scales every
 channel count, for CPU-sized variants.
 """

@@ -1,4 +1,4 @@
-r"""ADD-GCN (Ye et al. 2020) and its multi-modal form (seed paper 004).
+r"""ADD-GCN (Ye et al. 2020) and its multi-modal form (Lan et al. 2022).
 
 The head reads the backbone's feature map M [B, H, W, F] and follows the
 ADD-GCN reference code closely (nodes are rows here: V is [B, C, D]):
@@ -23,7 +23,8 @@ node only (the reference computes all C x C products and keeps the
 diagonal). Outputs {'logits': (s_m + s_r) / 2, 's_m', 's_r'}; the loss and
 the scores use the logits, the branch losses are logged.
 
-Multi-modal input (seed 004): with `semantic_dim` > 0 the head declares the
+Multi-modal input (Lan et al. 2022): with `semantic_dim` > 0 the head
+declares the
 batch feature 'semantic' [B, semantic_dim] (a caption embedding v_cap),
 projected to D when semantic_dim != D. It enters the adjacency only, never
 the propagation: `semantic_fusion='replace_global'` uses ctx = v_cap (the

@@ -1,4 +1,4 @@
-"""ML-GCN (Chen et al. 2019; seed 001 for anime tags): classifiers from a GCN.
+"""ML-GCN (Chen et al. 2019; Deng et al., undated, for anime tags): GCN classifiers.
 
 A GCN over the label graph maps label embeddings Z [C, d] to one classifier
 per tag, W [C, D]; an image's scores are x . W^T, x its pooled feature
@@ -12,7 +12,7 @@ per tag, W [C, D]; an image's scores are x . W^T, x its pooled feature
   O(nnz)); dense: `adjacency` [C, C].
 - `adjacency='auto'` takes the sparse product when C >= 1,000 and the
   density is under 1%, where a BCOO product beats a dense one on CPU
-  (jaxtag/bench/RESULTS.md, "ML-GCN head"); both give the same numbers.
+  (docs/benchmarks.md, "ML-GCN head"); both give the same numbers.
 - Each GCN layer is A (H W), ML-GCN's GraphConvolution without bias;
   LeakyReLU(0.2) between layers. `gcn_dims` are the hidden widths
   (default one, 1024); the last layer's width is the feature width D.
@@ -36,7 +36,7 @@ from jaxtag import label_graph
 from jaxtag.models import pooling
 
 ADJACENCY = ('auto', 'sparse', 'dense')
-# From the CPU measurements in jaxtag/bench/RESULTS.md ("ML-GCN head").
+# From the CPU measurements in docs/benchmarks.md ("ML-GCN head").
 AUTO_MIN_CLASSES = 1000
 AUTO_MAX_DENSITY = 0.01
 
