@@ -6,8 +6,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxtag.models import convnext
 from jaxtag.models import densenet
 from jaxtag.models import resnet
+from jaxtag.models import swinv2
 from jaxtag.models import vallet
 from jaxtag.models.heads import HEADS
 from jaxtag.models.tagger import Tagger
@@ -21,6 +23,14 @@ BACKBONES = {
     'densenet121': densenet.DenseNet121,
     'densenet169': densenet.DenseNet169,
     'vallet': vallet.Vallet,
+    # timm's layouts (jaxtag/models/timm_layout.py); ConvNeXt's classifier
+    # is the linear head with head_kwargs.norm=True.
+    'convnext_tiny': convnext.ConvNeXtTiny,
+    'convnext_small': convnext.ConvNeXtSmall,
+    'convnext_base': convnext.ConvNeXtBase,
+    'swinv2_tiny': swinv2.SwinV2Tiny,
+    'swinv2_small': swinv2.SwinV2Small,
+    'swinv2_base': swinv2.SwinV2Base,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
