@@ -9,6 +9,7 @@ r"""Benchmarks: print figures and write them as JSON.
       --config.model.dtype=float32 --steps 2 --time_batch 4
   python -m jaxtag.bench --what=addgcn --config configs/addgcn_danbooru.py \
       --config.model.dtype=float32 --classes=80,1000,5000 --steps 1
+  python -m jaxtag.bench --what=flops --num_classes 10861
 """
 import json
 
@@ -23,14 +24,17 @@ from jaxtag import storage
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
 _WHAT = flags.DEFINE_enum('what', 'train',
-                          ['train', 'metrics', 'predict', 'mlgcn', 'addgcn'],
+                          ['train', 'metrics', 'predict', 'mlgcn', 'addgcn',
+                           'flops'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
                           ' predict: FLOPs and time of the prediction path; '
                           'mlgcn: the ML-GCN head\'s share of the train step '
                           '(--classes) and BCOO vs dense graph products; '
                           'addgcn: the ADD-GCN head\'s share of the train '
-                          'step, exact vs low-rank graphs (--classes).')
+                          'step, exact vs low-rank graphs (--classes); '
+                          'flops: FLOPs per image of the timm-layout '
+                          'backbones at 448 px (jaxtag/bench/flops.py).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -79,6 +83,11 @@ def main(argv):
     result = {'benchmark': 'predict', **predict_bench.run(
         _CONFIG.value, num_classes=_NUM_CLASSES.value or 1000,
         steps=_STEPS.value, warmup=_WARMUP.value)}
+  elif _WHAT.value == 'flops':
+    from jaxtag.bench import flops as flops_bench
+    result = {'benchmark': 'flops',
+              **flops_bench.run(num_classes=_NUM_CLASSES.value or 1000)}
+    flops_bench.print_table(result)
   elif _WHAT.value == 'mlgcn':
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=mlgcn.')
