@@ -33,25 +33,6 @@ from jaxtag.models import timm_layout
 TIMM_BUFFERS = re.compile(r'(?!)')
 
 
-def _layer_norm(dtype, name: str):
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-                      use_fast_variance=False, name=name)
-
-
-class Mlp(nn.Module):
-  hidden: int
-  act_layer: str
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x):
-    dense = functools.partial(nn.Dense, dtype=self.dtype,
-                              param_dtype=jnp.float32)
-    y = timm_layout.activation(self.act_layer)(
-        dense(self.hidden, name='fc1')(x))
-    return dense(x.shape[-1], name='fc2')(y)
-
-
 class Block(nn.Module):
   kernel_size: int
   mlp_ratio: float
@@ -67,9 +48,9 @@ class Block(nn.Module):
     y = nn.Conv(dim, (k, k), padding=[(k // 2, k // 2)] * 2,
                 feature_group_count=dim, dtype=self.dtype,
                 param_dtype=jnp.float32, name='conv_dw')(x)
-    y = _layer_norm(self.dtype, 'norm')(y)
-    y = Mlp(int(self.mlp_ratio * dim), self.act_layer, self.dtype,
-            name='mlp')(y)
+    y = timm_layout.layer_norm(self.dtype, 'norm')(y)
+    y = timm_layout.Mlp(int(self.mlp_ratio * dim), self.act_layer,
+                        dtype=self.dtype, name='mlp')(y)
     if self.ls_init_value is not None:
       gamma = self.param('gamma', nn.initializers.constant(self.ls_init_value),
                          (dim,), jnp.float32)
@@ -91,7 +72,7 @@ class Stage(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     if self.downsample:
-      x = _layer_norm(self.dtype, 'downsample_0')(x)
+      x = timm_layout.layer_norm(self.dtype, 'downsample_0')(x)
       x = nn.Conv(self.dim, (2, 2), (2, 2), padding='VALID', dtype=self.dtype,
                   param_dtype=jnp.float32, name='downsample_1')(x)
     for j in range(self.depth):
@@ -123,7 +104,7 @@ class ConvNeXt(nn.Module):
     x = nn.Conv(self.dims[0], (p, p), (p, p), padding='VALID',
                 dtype=self.dtype, param_dtype=jnp.float32,
                 name='stem_0')(x.astype(self.dtype))
-    x = _layer_norm(self.dtype, 'stem_1')(x)
+    x = timm_layout.layer_norm(self.dtype, 'stem_1')(x)
     rates = timm_layout.drop_path_rates(self.drop_path_rate, self.depths)
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       x = Stage(dim, depth, i > 0, rates[i], self.kernel_size,
@@ -143,4 +124,4 @@ ConvNeXtBase = functools.partial(ConvNeXt, depths=(3, 3, 27, 3),
 def timm_to_jaxtag(state_dict) -> dict[str, Any]:
   """timm ConvNeXt state dict -> {'backbone/...' | 'head/...': array}; the
   head entries are the linear head's with `norm=True`."""
-  return timm_layout.convert(state_dict, TIMM_BUFFERS)
+  return timm_layout.timm_to_jaxtag(state_dict, skip=TIMM_BUFFERS)

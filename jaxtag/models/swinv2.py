@@ -53,8 +53,7 @@ TIMM_BUFFERS = re.compile(
 
 
 def _layer_norm(dtype, name: str):
-  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                      use_fast_variance=False, name=name)
+  return timm_layout.layer_norm(dtype, name, epsilon=1e-5)
 
 
 def window_and_shift(size, window: int, shifted: bool):
@@ -176,20 +175,6 @@ class WindowAttention(nn.Module):
                     name='proj')(out)
 
 
-class Mlp(nn.Module):
-  hidden: int
-  act_layer: str
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x):
-    dense = functools.partial(nn.Dense, dtype=self.dtype,
-                              param_dtype=jnp.float32)
-    y = timm_layout.activation(self.act_layer)(
-        dense(self.hidden, name='fc1')(x))
-    return dense(x.shape[-1], name='fc2')(y)
-
-
 class Block(nn.Module):
   num_heads: int
   window_size: int
@@ -223,8 +208,8 @@ class Block(nn.Module):
     drop_path = timm_layout.DropPath(self.drop_path)
     x = x + drop_path(_layer_norm(self.dtype, 'norm1')(self._attention(x)),
                       train=train)
-    y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.act_layer, self.dtype,
-            name='mlp')(x)
+    y = timm_layout.Mlp(int(x.shape[-1] * self.mlp_ratio), self.act_layer,
+                        dtype=self.dtype, name='mlp')(x)
     return x + drop_path(_layer_norm(self.dtype, 'norm2')(y), train=train)
 
 
@@ -331,4 +316,4 @@ SwinV2Base = functools.partial(SwinV2, embed_dim=128, depths=(2, 2, 18, 2),
 def timm_to_jaxtag(state_dict) -> dict[str, Any]:
   """timm SwinV2 state dict -> {'backbone/...' | 'head/...': array}, the
   buffers (TIMM_BUFFERS) left out."""
-  return timm_layout.convert(state_dict, TIMM_BUFFERS)
+  return timm_layout.timm_to_jaxtag(state_dict, skip=TIMM_BUFFERS)

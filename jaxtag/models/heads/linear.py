@@ -1,8 +1,10 @@
 """The baseline head: global pooling, then one linear layer per tag.
 
 `norm=True` puts a LayerNorm (eps 1e-6) between the pooling and the linear
-layer: timm's ConvNeXt classifier (`head.norm`) and the ViT/EVA `fc_norm`
-of average-pooled transformers, whose pretrained weights it carries.
+layer: timm's ConvNeXt classifier (`head.norm`), whose pretrained weights
+it carries. The vision transformers pool inside the backbone and keep
+their `fc_norm` there (jaxtag/models/__init__.py: the norm lives with
+whoever pools).
 """
 from typing import Any
 
