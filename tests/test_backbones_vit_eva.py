@@ -8,6 +8,7 @@ full-size configurations, written by tests/fixtures/timm/make_timm_fixtures.py
 import functools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from flax import traverse_util
 
 from jaxtag import models
 from jaxtag.models import eva02
+from jaxtag.models import timm_layout
 from jaxtag.models import transformer as tfm
 from jaxtag.models import vit
 
@@ -137,14 +139,16 @@ def test_full_size_timm_keys_map_one_to_one(family, config):
   size = spec['model_args'].get('img_size', 224)
   variables = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-  converted = tfm.timm_shapes_to_jaxtag(
+  converted = timm_layout.timm_shapes_to_jaxtag(
       {k: tuple(v) for k, v in spec['keys'].items()})
-  assert tfm.mismatches(converted, tfm.param_shapes(variables)) == []
+  assert timm_layout.mismatches(
+      converted, timm_layout.param_shapes(variables)) == []
   assert models.count_params(variables['params']) == spec['num_params']
 
 
 def test_mismatches_name_every_difference():
-  problems = tfm.mismatches({'a': (1,), 'b': (2, 3)}, {'b': (3, 2), 'c': ()})
+  problems = timm_layout.mismatches({'a': (1,), 'b': (2, 3)},
+                                    {'b': (3, 2), 'c': ()})
   assert problems == ["a: not in jaxtag's model",
                       'c: missing from the timm state dict',
                       'b: timm (2, 3), jaxtag (3, 2)']
@@ -155,12 +159,19 @@ def test_timm_names_and_layouts():
            'patch_embed.proj.weight': np.zeros((5, 3, 2, 4)),
            'blocks.0.norm1.weight': np.ones(4),
            'blocks.0.attn.q_bias': np.ones(4), 'cls_token': np.ones((1, 1, 4)),
-           'head.weight': np.zeros((7, 4)), 'head.bias': np.zeros(7)}
-  out = tfm.timm_to_jaxtag(state)
+           'head.weight': np.zeros((7, 4)), 'head.bias': np.zeros(7),
+           'blocks.0.attn.k_bias': np.zeros(4)}
+  out = timm_layout.timm_to_jaxtag(state, skip=re.compile(r'\.k_bias$'))
   assert sorted(out) == sorted([
       'backbone/blocks_11/attn/qkv/kernel', 'backbone/patch_embed/proj/kernel',
       'backbone/blocks_0/norm1/scale', 'backbone/blocks_0/attn/q_bias',
       'backbone/cls_token', 'head/Dense_0/kernel', 'head/Dense_0/bias'])
+  # ConvNeXt's and SwinV2's classifier: head.fc, and ConvNeXt's head.norm.
+  assert sorted(timm_layout.timm_to_jaxtag(
+      {'head.fc.weight': np.zeros((7, 4)), 'head.norm.weight': np.ones(4),
+       'stages.1.blocks.0.conv_dw.weight': np.zeros((4, 1, 7, 7))})) == [
+           'backbone/stages_1/blocks_0/conv_dw/kernel', 'head/Dense_0/kernel',
+           'head/norm/scale']
   np.testing.assert_array_equal(out['backbone/blocks_11/attn/qkv/kernel'],
                                 [[0, 2, 4], [1, 3, 5]])
   assert out['backbone/patch_embed/proj/kernel'].shape == (2, 4, 3, 5)
@@ -246,14 +257,25 @@ def test_drop_path_is_identity_at_eval_and_random_in_training(family, case):
 
 
 def test_drop_path_drops_whole_samples_and_keeps_the_mean():
-  x = jnp.ones((4000, 3))
-  y = np.asarray(tfm.DropPath(0.25).apply(
-      {}, x, train=True, rngs={'dropout': jax.random.key(0)}))
+  # The one DropPath of every timm-layout backbone (timm_layout.py).
+  x = jnp.ones((4000, 3, 2))
+  layer = timm_layout.DropPath(0.25)
+  np.testing.assert_array_equal(layer.apply({}, x, train=False), x)
+  y = np.asarray(layer.apply({}, x, train=True,
+                             rngs={'dropout': jax.random.key(0)}))
+  y = y.reshape(len(y), -1)
   assert (y == y[:, :1]).all()  # whole samples
   np.testing.assert_allclose(np.unique(y), [0, 1 / 0.75], rtol=1e-6)
   assert (y[:, 0] == 0).mean() == pytest.approx(0.25, abs=0.03)
   assert y.mean() == pytest.approx(1.0, abs=0.04)
-  assert tfm.drop_path_rates(0.3, 4) == pytest.approx([0, 0.1, 0.2, 0.3])
+
+
+def test_drop_path_rates_rise_over_all_blocks_of_all_stages():
+  assert timm_layout.drop_path_rates(0.3, [4]) == [pytest.approx(
+      [0, 0.1, 0.2, 0.3])]
+  stages = timm_layout.drop_path_rates(0.5, [2, 1, 3])
+  assert [len(s) for s in stages] == [2, 1, 3]
+  np.testing.assert_allclose(sum(stages, []), [0, 0.1, 0.2, 0.3, 0.4, 0.5])
 
 
 @pytest.mark.parametrize('family,case', [('vit', 'token'), ('eva02', 'large')])

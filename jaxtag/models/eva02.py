@@ -34,6 +34,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxtag.models import timm_layout
 from jaxtag.models import transformer as tfm
 
 
@@ -66,18 +67,20 @@ class Block(nn.Module):
                          bias='qv' if self.qkv_bias else 'none',
                          num_prefix=self.num_prefix, proj_init=out_init,
                          dtype=self.dtype, name='attn')
-    y = attn(tfm.layer_norm(self.dtype, 'norm1')(x), rope)
-    x = x + tfm.DropPath(self.drop_path)(scaled(y, 'gamma_1'), train=train)
+    y = attn(timm_layout.layer_norm(self.dtype, 'norm1')(x), rope)
+    x = x + timm_layout.DropPath(self.drop_path)(scaled(y, 'gamma_1'),
+                                                 train=train)
     if self.swiglu_mlp:
       # Without the sub-LN timm packs the gate into fc1 (GluMlp).
       mlp = tfm.SwiGLU(self.mlp_hidden, packed=not self.scale_mlp,
                        norm=self.scale_mlp, fc2_init=out_init,
                        dtype=self.dtype, name='mlp')
     else:
-      mlp = tfm.Mlp(self.mlp_hidden, norm=self.scale_mlp, fc2_init=out_init,
-                    dtype=self.dtype, name='mlp')
-    y = mlp(tfm.layer_norm(self.dtype, 'norm2')(x))
-    return x + tfm.DropPath(self.drop_path)(scaled(y, 'gamma_2'), train=train)
+      mlp = timm_layout.Mlp(self.mlp_hidden, norm=self.scale_mlp,
+                            fc2_init=out_init, dtype=self.dtype, name='mlp')
+    y = mlp(timm_layout.layer_norm(self.dtype, 'norm2')(x))
+    return x + timm_layout.DropPath(self.drop_path)(scaled(y, 'gamma_2'),
+                                                    train=train)
 
 
 class Eva02(nn.Module):
@@ -132,7 +135,7 @@ class Eva02(nn.Module):
     ref = (None if self.ref_feat_shape is None
            else tfm.pair(self.ref_feat_shape))
     rope = tfm.rope_sin_cos(grid, dim // self.num_heads, ref)
-    rates = tfm.drop_path_rates(self.drop_path_rate, self.depth)
+    rates = timm_layout.drop_path_rates(self.drop_path_rate, [self.depth])[0]
     for i in range(self.depth):
       x = Block(self.num_heads, int(dim * self.mlp_ratio),
                 qkv_fused=self.qkv_fused, qkv_bias=self.qkv_bias,
@@ -167,5 +170,4 @@ def timm_to_jaxtag(state_dict):
   ('backbone/...' and the linear head's 'head/Dense_0/...'). The rotary
   embedding and the zero key bias are not parameters: jaxtag computes
   them, and drops them where a state dict holds them."""
-  return tfm.timm_to_jaxtag({k: v for k, v in state_dict.items()
-                             if not _BUFFERS.search(k)})
+  return timm_layout.timm_to_jaxtag(state_dict, skip=_BUFFERS)

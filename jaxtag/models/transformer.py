@@ -1,43 +1,25 @@
 """What the vision transformers (vit.py, eva02.py) share.
 
 Patch embedding, multi-head attention (with optional rotary embedding),
-the MLPs (GELU, SwiGLU), drop path, position-embedding resampling, the
-final norm and pooling, and timm's parameter names.
+SwiGLU, position-embedding resampling, the final norm and
+pooling. Drop path, the activations, the LayerNorm, the Dense and GELU
+MLP and timm's parameter names are those of every timm-layout backbone
+(jaxtag/models/timm_layout.py).
 
-The layers carry timm's module names, so that a timm state dict maps one to
-one by rule (`timm_to_jaxtag`):
-- a numbered child joins its parent: `blocks.3.attn.qkv` ->
-  `blocks_3/attn/qkv`;
-- a 2-D `weight` is a Linear's, transposed into the Dense `kernel`;
-- a 4-D `weight` is the patch embedding's Conv2d, OIHW -> HWIO;
-- a 1-D `weight` is a LayerNorm's `scale`; every other leaf (bias,
-  cls_token, pos_embed, q_bias, gamma, ...) keeps its name and shape;
-- timm's classifier `head` is the linear head's `head/Dense_0`; the rest
-  lies under `backbone/`.
-
-LayerNorms use timm's epsilon, 1e-6. Parameters are float32; `dtype` is
-the compute dtype (bfloat16 for training on accelerators); attention
-logits, softmax and LayerNorm statistics are float32 whatever it is.
+Parameters are float32; `dtype` is the compute dtype (bfloat16 for
+training on accelerators); attention logits, softmax and LayerNorm
+statistics are float32 whatever it is.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-LAYER_NORM_EPS = 1e-6
-# timm's trunc_normal_(std=.02) cuts at +-2 (absolute), a hundred standard
-# deviations: in effect a normal draw.
-DENSE_INIT = nn.initializers.normal(0.02)
-ACTIVATIONS = {
-    'gelu': lambda x: nn.gelu(x, approximate=False),
-    # JAX-trained models (WD v3) used flax's default, the tanh approximation.
-    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
-}
+from jaxtag.models import timm_layout
+
 GLOBAL_POOLS = ('token', 'avg', 'none')
 
 
@@ -47,47 +29,6 @@ def pair(size) -> tuple[int, int]:
     return size, size
   h, w = size
   return int(h), int(w)
-
-
-def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype,
-                      param_dtype=jnp.float32, use_fast_variance=False,
-                      name=name)
-
-
-def dense(features: int, dtype: Any, *, use_bias: bool = True,
-          kernel_init=DENSE_INIT, name: str | None = None) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype,
-                  param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
-
-
-def activation(name: str):
-  if name not in ACTIVATIONS:
-    raise ValueError(f'Unknown act_layer {name!r} (config.model.'
-                     f'backbone_kwargs.act_layer); valid: '
-                     f'{", ".join(ACTIVATIONS)}.')
-  return ACTIVATIONS[name]
-
-
-def drop_path_rates(rate: float, depth: int) -> list[float]:
-  """Per-block rates rising linearly from 0 to `rate`, as timm's."""
-  return np.linspace(0.0, rate, depth).tolist()
-
-
-class DropPath(nn.Module):
-  """Stochastic depth: drops a residual branch per sample while training,
-  scaling the kept ones by 1 / (1 - rate); the identity at eval. Draws from
-  the 'dropout' rng, which the trainer passes."""
-  rate: float
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    if not train or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 class PatchEmbed(nn.Module):
@@ -184,7 +125,7 @@ class Attention(nn.Module):
   fused: bool = True
   bias: str = 'qkv'
   num_prefix: int = 0
-  proj_init: Any = DENSE_INIT
+  proj_init: Any = timm_layout.DENSE_INIT
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -192,7 +133,7 @@ class Attention(nn.Module):
     batch, tokens, dim = x.shape
     heads = self.num_heads
     if self.fused:
-      qkv = dense(3 * dim, self.dtype, use_bias=self.bias == 'qkv',
+      qkv = timm_layout.dense(3 * dim, self.dtype, use_bias=self.bias == 'qkv',
                   name='qkv')(x)
       if self.bias == 'qv':
         q_bias = self.param('q_bias', nn.initializers.zeros, (dim,))
@@ -201,11 +142,11 @@ class Attention(nn.Module):
             [q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
       q, k, v = jnp.split(qkv, 3, axis=-1)
     else:
-      q = dense(dim, self.dtype, use_bias=self.bias != 'none',
+      q = timm_layout.dense(dim, self.dtype, use_bias=self.bias != 'none',
                 name='q_proj')(x)
-      k = dense(dim, self.dtype, use_bias=self.bias == 'qkv',
+      k = timm_layout.dense(dim, self.dtype, use_bias=self.bias == 'qkv',
                 name='k_proj')(x)
-      v = dense(dim, self.dtype, use_bias=self.bias != 'none',
+      v = timm_layout.dense(dim, self.dtype, use_bias=self.bias != 'none',
                 name='v_proj')(x)
     q, k, v = (t.reshape(batch, tokens, heads, dim // heads)
                for t in (q, k, v))
@@ -214,27 +155,8 @@ class Attention(nn.Module):
       q = jnp.concatenate([q[:, :npt], apply_rope(q[:, npt:], *rope)], axis=1)
       k = jnp.concatenate([k[:, :npt], apply_rope(k[:, npt:], *rope)], axis=1)
     out = jax.nn.dot_product_attention(q, k, v)
-    return dense(dim, self.dtype, kernel_init=self.proj_init,
+    return timm_layout.dense(dim, self.dtype, kernel_init=self.proj_init,
                  name='proj')(out.reshape(batch, tokens, dim))
-
-
-class Mlp(nn.Module):
-  """fc1, activation, fc2 (timm's Mlp), with an optional LayerNorm
-  ('norm') on the hidden layer."""
-  hidden: int
-  act_layer: str = 'gelu'
-  norm: bool = False
-  fc2_init: Any = DENSE_INIT
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    y = activation(self.act_layer)(dense(self.hidden, self.dtype,
-                                         name='fc1')(x))
-    if self.norm:
-      y = layer_norm(self.dtype, 'norm')(y)
-    return dense(x.shape[-1], self.dtype, kernel_init=self.fc2_init,
-                 name='fc2')(y)
 
 
 class SwiGLU(nn.Module):
@@ -245,21 +167,21 @@ class SwiGLU(nn.Module):
   hidden: int
   packed: bool = False
   norm: bool = False
-  fc2_init: Any = DENSE_INIT
+  fc2_init: Any = timm_layout.DENSE_INIT
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     if self.packed:
-      gate, y = jnp.split(dense(2 * self.hidden, self.dtype, name='fc1')(x),
-                          2, axis=-1)
+      fc1 = timm_layout.dense(2 * self.hidden, self.dtype, name='fc1')
+      gate, y = jnp.split(fc1(x), 2, axis=-1)
     else:
-      gate = dense(self.hidden, self.dtype, name='fc1_g')(x)
-      y = dense(self.hidden, self.dtype, name='fc1_x')(x)
+      gate = timm_layout.dense(self.hidden, self.dtype, name='fc1_g')(x)
+      y = timm_layout.dense(self.hidden, self.dtype, name='fc1_x')(x)
     y = nn.silu(gate) * y
     if self.norm:
-      y = layer_norm(self.dtype, 'norm')(y)
-    return dense(x.shape[-1], self.dtype, kernel_init=self.fc2_init,
+      y = timm_layout.layer_norm(self.dtype, 'norm')(y)
+    return timm_layout.dense(x.shape[-1], self.dtype, kernel_init=self.fc2_init,
                  name='fc2')(y)
 
 
@@ -293,90 +215,13 @@ def pool_tokens(x, *, global_pool: str, num_prefix: int,
   heads that pool or attend themselves.
   """
   if not use_fc_norm:
-    x = layer_norm(dtype, 'norm')(x)
+    x = timm_layout.layer_norm(dtype, 'norm')(x)
   if global_pool == 'token':
     pooled = x[:, 0]
   elif global_pool == 'avg':
     pooled = jnp.mean(x[:, num_prefix:], axis=1)
     if use_fc_norm:
-      pooled = layer_norm(dtype, 'fc_norm')(pooled)
+      pooled = timm_layout.layer_norm(dtype, 'fc_norm')(pooled)
   else:
     return x[:, num_prefix:].reshape(x.shape[0], *grid, x.shape[-1])
   return pooled[:, None, None, :]
-
-
-# ------------------------------------------------------- timm's names ---
-
-_NUMBERED = re.compile(r'\.(\d+)(?=\.|$)')
-
-
-def jaxtag_path(key: str, ndim: int) -> str:
-  """A timm state-dict key -> the Tagger's parameter path."""
-  module, _, leaf = key.rpartition('.')
-  if module == 'head':
-    path = 'head/Dense_0'
-  else:
-    path = '/'.join(p for p in ('backbone', _NUMBERED.sub(r'_\1', module)
-                                .replace('.', '/')) if p)
-  if leaf == 'weight':
-    leaf = {1: 'scale', 2: 'kernel', 4: 'kernel'}.get(ndim)
-    if leaf is None:
-      raise ValueError(f'{key}: a {ndim}-D weight is neither a LayerNorm, '
-                       'Linear nor Conv2d weight.')
-  return f'{path}/{leaf}'
-
-
-def _layout(key: str, ndim: int):
-  """The axis order that turns a timm tensor into jaxtag's, or None."""
-  if key.endswith('.weight') and ndim == 2:
-    return (1, 0)
-  if key.endswith('.weight') and ndim == 4:
-    return (2, 3, 1, 0)
-  return None
-
-
-def timm_to_jaxtag(state_dict) -> dict[str, np.ndarray]:
-  """{timm key: array} -> {Tagger parameter path: array}, transposing
-  Linear and Conv2d weights."""
-  out = {}
-  for key, value in state_dict.items():
-    value = np.asarray(value)
-    path = jaxtag_path(key, value.ndim)
-    if path in out:
-      raise ValueError(f'Two timm keys map to {path} (the second: {key}).')
-    axes = _layout(key, value.ndim)
-    out[path] = value if axes is None else np.transpose(value, axes)
-  return out
-
-
-def timm_shapes_to_jaxtag(shapes) -> dict[str, tuple[int, ...]]:
-  """{timm key: shape} -> {Tagger parameter path: shape}: what
-  `timm_to_jaxtag` makes of a state dict with these shapes."""
-  out = {}
-  for key, shape in shapes.items():
-    axes = _layout(key, len(shape))
-    out[jaxtag_path(key, len(shape))] = tuple(
-        shape if axes is None else (shape[a] for a in axes))
-  return out
-
-
-def mismatches(converted: dict[str, tuple[int, ...]],
-               expected: dict[str, tuple[int, ...]]) -> list[str]:
-  """Every way two {path: shape} maps differ: keys only in one of them,
-  and shapes that disagree. Empty when they match one to one."""
-  problems = [f'{k}: not in jaxtag\'s model' for k in sorted(set(converted)
-                                                            - set(expected))]
-  problems += [f'{k}: missing from the timm state dict'
-               for k in sorted(set(expected) - set(converted))]
-  problems += [f'{k}: timm {converted[k]}, jaxtag {expected[k]}'
-               for k in sorted(set(converted) & set(expected))
-               if tuple(converted[k]) != tuple(expected[k])]
-  return problems
-
-
-def param_shapes(variables) -> dict[str, tuple[int, ...]]:
-  """A Tagger's (abstract) variables -> {'backbone/...': shape} of its
-  params."""
-  params = variables['params'] if 'params' in variables else variables
-  return {'/'.join(p.key for p in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}

@@ -37,6 +37,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxtag.models import timm_layout
 from jaxtag.models import transformer as tfm
 
 
@@ -67,11 +68,13 @@ class Block(nn.Module):
 
     y = tfm.Attention(self.num_heads, bias='qkv' if self.qkv_bias else 'none',
                       dtype=self.dtype, name='attn')(
-                          tfm.layer_norm(self.dtype, 'norm1')(x))
-    x = x + tfm.DropPath(self.drop_path)(scaled(y, 'ls1'), train=train)
-    y = tfm.Mlp(self.mlp_hidden, self.act_layer, dtype=self.dtype,
-                name='mlp')(tfm.layer_norm(self.dtype, 'norm2')(x))
-    return x + tfm.DropPath(self.drop_path)(scaled(y, 'ls2'), train=train)
+                          timm_layout.layer_norm(self.dtype, 'norm1')(x))
+    x = x + timm_layout.DropPath(self.drop_path)(scaled(y, 'ls1'),
+                                                 train=train)
+    y = timm_layout.Mlp(self.mlp_hidden, self.act_layer, dtype=self.dtype,
+                name='mlp')(timm_layout.layer_norm(self.dtype, 'norm2')(x))
+    return x + timm_layout.DropPath(self.drop_path)(scaled(y, 'ls2'),
+                                                    train=train)
 
 
 class VisionTransformer(nn.Module):
@@ -97,7 +100,8 @@ class VisionTransformer(nn.Module):
   def __call__(self, x, *, train: bool):
     use_fc_norm = tfm.check_pooling(self.global_pool, self.class_token,
                                     self.fc_norm)
-    tfm.activation(self.act_layer)  # an unknown name fails before tracing
+    # An unknown name fails before tracing.
+    timm_layout.activation(self.act_layer)
     dim = self.embed_dim
     x = tfm.PatchEmbed(dim, self.patch_size, dtype=self.dtype,
                        name='patch_embed')(x.astype(self.dtype))
@@ -126,7 +130,7 @@ class VisionTransformer(nn.Module):
     else:
       x = jnp.concatenate(prefix + [x], axis=1) + pos_embed
 
-    rates = tfm.drop_path_rates(self.drop_path_rate, self.depth)
+    rates = timm_layout.drop_path_rates(self.drop_path_rate, [self.depth])[0]
     for i in range(self.depth):
       x = Block(self.num_heads, int(dim * self.mlp_ratio),
                 qkv_bias=self.qkv_bias, init_values=self.init_values,
@@ -152,4 +156,4 @@ VitLargePatch14 = functools.partial(VisionTransformer, patch_size=14,
 def timm_to_jaxtag(state_dict):
   """A timm VisionTransformer state dict -> {Tagger parameter path: array}
   ('backbone/...' and the linear head's 'head/Dense_0/...')."""
-  return tfm.timm_to_jaxtag(state_dict)
+  return timm_layout.timm_to_jaxtag(state_dict)
