@@ -701,7 +701,13 @@ def _tag_all(images, targets, options: Options, inputs,
   progress = Progress(len(images), enabled=not options.quiet)
   records = []
   workers = options.decode_workers or min(8, os.cpu_count() or 1)
-  sink = open(part, 'a', encoding='utf-8') if part else None
+  sink = None
+  if part:
+    sink = open(part, 'a+', encoding='utf-8')
+    if sink.tell():   # after a line a kill cut short, start a new one
+      sink.seek(sink.tell() - 1)
+      if sink.read(1) != '\n':
+        sink.write('\n')
   try:
     for chunk, loads in decoded_batches(images, tagger, options.batch_size,
                                         workers):
