@@ -24,6 +24,25 @@ kohya's sd-scripts tagger.
 Thresholds: the bundle's (`--policy`), overridden by `--threshold` (every
 tag), `--general_threshold` and `--character_threshold`.
 
+Speed and scale:
+- `--backend auto|jax|onnxruntime` (jaxtag/serving/backends.py): auto runs
+  onnxruntime on CPU when the bundle exports to ONNX (a `model.onnx` beside
+  the bundle at its training size, else one exported once into
+  ~/.cache/jaxtag/onnx/, or $JAXTAG_CACHE; bundle files are never written),
+  and JAX on accelerators, each batch split over all local devices (pad
+  the last). `--decode_workers` threads (default min(8, CPUs)) decode the
+  next two batches while the model runs.
+- Under a multi-process launch (launch/local.sh, SLURM, TPU pods:
+  jaxtag/distributed.py) process i of n tags every n-th file of the sorted
+  list, starting at the i-th. json/jsonl/csv then need `--output`: each
+  process appends its records to `OUTPUT.part{i}-of-{n}.jsonl` batch by
+  batch, and process 0 merges them, in file order, into OUTPUT at the end
+  (and removes the parts).
+- `--skip_existing` resumes a killed run (counted as skipped): txt skips
+  images whose tag file exists (as it always does without `--overwrite`);
+  json/jsonl/csv skip those already in the part file of a run with the
+  same number of processes. The progress bar shows img/s and the ETA.
+
 A captioner's bundle (converted from a `show_attend_tell` run) writes its
 sentence instead: the tag file holds it (after the existing text, on a
 line of its own, with `--append_existing`), json/jsonl records are {file,
