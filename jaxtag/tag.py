@@ -24,6 +24,25 @@ kohya's sd-scripts tagger.
 Thresholds: the bundle's (`--policy`), overridden by `--threshold` (every
 tag), `--general_threshold` and `--character_threshold`.
 
+Speed and scale:
+- `--backend auto|jax|onnxruntime` (jaxtag/serving/backends.py): auto runs
+  onnxruntime on CPU when the bundle exports to ONNX (a `model.onnx` beside
+  the bundle at its training size, else one exported once into
+  ~/.cache/jaxtag/onnx/, or $JAXTAG_CACHE; bundle files are never written),
+  and JAX on accelerators, each batch split over all local devices (pad
+  the last). `--decode_workers` threads (default min(8, CPUs)) decode the
+  next two batches while the model runs.
+- Under a multi-process launch (launch/local.sh, SLURM, TPU pods:
+  jaxtag/distributed.py) process i of n tags every n-th file of the sorted
+  list, starting at the i-th. json/jsonl/csv then need `--output`: each
+  process appends its records to `OUTPUT.part{i}-of-{n}.jsonl` batch by
+  batch, and process 0 merges them, in file order, into OUTPUT at the end
+  (and removes the parts).
+- `--skip_existing` resumes a killed run (counted as skipped): txt skips
+  images whose tag file exists (as it always does without `--overwrite`);
+  json/jsonl/csv skip those already in the part file of a run with the
+  same number of processes. The progress bar shows img/s and the ETA.
+
 A captioner's bundle (converted from a `show_attend_tell` run) writes its
 sentence instead: the tag file holds it (after the existing text, on a
 line of its own, with `--append_existing`), json/jsonl records are {file,
@@ -65,6 +84,7 @@ failure. A bad flag value exits with 2.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import csv
 import dataclasses
@@ -84,6 +104,7 @@ from absl import flags
 from PIL import UnidentifiedImageError
 
 from data_builders import files as files_lib
+from jaxtag.serving import backends
 from jaxtag.serving import images as images_lib
 from jaxtag.serving import tagger as tagger_lib
 
@@ -119,6 +140,9 @@ class Options:
   append_existing: bool = False
   character_first: bool = False
   overwrite: bool = False
+  skip_existing: bool = False
+  backend: str = 'auto'
+  decode_workers: int = 0
   quiet: bool = False
 
 
@@ -198,6 +222,12 @@ def check_options(options: Options) -> None:
                      f'{", ".join(FORMATS)}.')
   if options.batch_size < 1:
     raise ValueError(f'--batch_size {options.batch_size} must be at least 1.')
+  if options.backend not in backends.BACKENDS:
+    raise ValueError(f'--backend {options.backend!r}; valid: '
+                     f'{", ".join(backends.BACKENDS)}.')
+  if options.skip_existing and (options.overwrite or options.append_existing):
+    raise ValueError('--skip_existing keeps what an earlier run wrote; it '
+                     'cannot go with --overwrite or --append_existing.')
   if options.format == 'txt':
     check_extension(options.caption_extension)
   if not options.bundle:
@@ -351,8 +381,16 @@ def write_caption(path: str, result: dict, args, target: str | None = None,
 # ------------------------------------------------------------------ output ---
 
 
+def _eta(seconds: float) -> str:
+  seconds = int(seconds)
+  hours, rest = divmod(seconds, 3600)
+  return (f'{hours}h{rest // 60:02d}m' if hours
+          else f'{rest // 60}m{rest % 60:02d}s')
+
+
 class Progress:
-  """'tagged 32/100 images, 12.5 img/s' on stderr, at most 5 times a second."""
+  """'tagged 32/100 images, 12.5 img/s, ETA 0m05s' on stderr, at most 5
+  times a second."""
 
   def __init__(self, total: int, enabled: bool):
     self.total, self.done, self.enabled = total, 0, enabled
@@ -364,8 +402,9 @@ class Progress:
     if self.enabled and (now - self.last > 0.2 or self.done >= self.total):
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
+      left = (self.total - self.done) / rate if rate > 0 else 0.0
       sys.stderr.write(f'\rtagged {self.done}/{self.total} images, '
-                       f'{rate:.1f} img/s')
+                       f'{rate:.1f} img/s, ETA {_eta(left)}  ')
       if self.done >= self.total:
         sys.stderr.write('\n')
       sys.stderr.flush()
@@ -399,17 +438,23 @@ def write_records(records: list[dict], fmt: str, stream) -> None:
 class Summary:
   """What happened to each image, reported on stderr as it happens."""
 
-  def __init__(self):
+  def __init__(self, owned=None):
     self.tagged = 0
     self.skipped = collections.Counter()
     self.failed = collections.Counter()
+    # Under a multi-process launch, the paths this process reports on.
+    self.owned = owned
 
   def skip(self, path: str, reason: str, detail: str) -> None:
+    if self.owned is not None and path not in self.owned:
+      return
     self.skipped[reason] += 1
     if reason != 'caption_exists':  # one line for all of them, at the end
       print(f'skipped {path}: {reason} ({detail})', file=sys.stderr)
 
   def fail(self, path: str, reason: str, detail: str) -> None:
+    if self.owned is not None and path not in self.owned:
+      return
     self.failed[reason] += 1
     print(f'failed {path}: {reason} ({detail})', file=sys.stderr)
 
@@ -512,32 +557,95 @@ def _decode(path: str):
     return reason, f'{type(e).__name__}: {e}'
 
 
+def processes() -> tuple[int, int]:
+  """(this process's index, the number of processes) of the JAX job."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index(), jax.process_count()
+
+
+def part_path(output: str, index: int, count: int) -> str:
+  """The JSON lines file process `index` of `count` writes its records to
+  before process 0 merges them into `output`."""
+  return f'{output}.part{index}-of-{count}.jsonl'
+
+
+def read_part(path: str) -> list[dict]:
+  """The whole records of a part file (a line cut by a kill is dropped)."""
+  records = []
+  try:
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if isinstance(record, dict) and 'file' in record:
+          records.append(record)
+  except FileNotFoundError:
+    pass
+  return records
+
+
 def run(options: Options) -> int:
   """Tags every file; returns the exit status (ValueError for bad options,
   before any work)."""
   check_options(options)
+  index, count = processes()
+  records_format = options.format != 'txt'
+  if count > 1 and records_format and not options.output:
+    raise ValueError(f'--format {options.format} under a launch of {count} '
+                     'processes needs --output FILE: each process writes '
+                     'its part beside it and process 0 merges them.')
   found, missing = find_files(options.paths, options.recursive)
   inputs = frozenset(entry_key(p) for p in found)
-  if options.format != 'txt' and options.output:
+  if records_format and options.output:
     _check_output(options.output, inputs)
-  summary = Summary()
-  for spec, reason in missing:
-    summary.skip(spec, 'not_found', reason)
+  # Each process takes every count-th file of the sorted list; a file's
+  # skips and failures are reported by the process that owns it.
+  mine = found[index::count]
+  summary = Summary(owned=set(mine) if count > 1 else None)
+  if index == 0:
+    for spec, reason in missing:
+      summary.skip(spec, 'not_found', reason)
   images = _usable(found, summary)
+  owned = set(mine)
   targets = {}
-  if options.format == 'txt':
+  if not records_format:
     plan = plan_tag_files(images, options, inputs, summary)
-    images, targets = [p for p, _ in plan], dict(plan)
+    images, targets = [p for p, _ in plan if p in owned], dict(plan)
+  else:
+    images = [p for p in images if p in owned]
+  part = None
+  if records_format and options.output:
+    part = part_path(options.output, index, count)
+    done = set()
+    if options.skip_existing:
+      done = {r['file'] for r in read_part(part)}
+    else:
+      write_atomic(part, b'')
+    for path in images:
+      if path in done:
+        summary.skip(path, 'already_tagged', part)
+    images = [p for p in images if p not in done]
   records = []
   if images:
-    records = _tag_all(images, targets, options, inputs, summary)
-  if options.format != 'txt':
-    text = io.StringIO(newline='')
-    write_records(records, options.format, text)
-    if options.output:
-      write_atomic(options.output, text.getvalue().encode('utf-8'))
-    else:
-      sys.stdout.write(text.getvalue())
+    records = _tag_all(images, targets, options, inputs, summary, part)
+  if records_format:
+    if count > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=C0415
+      multihost_utils.sync_global_devices('jaxtag.tag: parts written')
+    if index == 0:
+      if options.output:
+        records = _merge_parts(options.output, count, found)
+      text = io.StringIO(newline='')
+      write_records(records, options.format, text)
+      if options.output:
+        write_atomic(options.output, text.getvalue().encode('utf-8'))
+        for i in range(count):
+          with contextlib.suppress(FileNotFoundError):
+            os.unlink(part_path(options.output, i, count))
+      else:
+        sys.stdout.write(text.getvalue())
   if summary.skipped['caption_exists']:
     print(f'{summary.skipped["caption_exists"]} image(s) already have a '
           'tag file; use --overwrite or --append_existing to tag them '
@@ -546,14 +654,62 @@ def run(options: Options) -> int:
   return summary.exit_status()
 
 
+def _merge_parts(output: str, count: int, found) -> list[dict]:
+  """Every process's records, in the order of the file list."""
+  order = {path: i for i, path in enumerate(found)}
+  by_file = {}
+  for i in range(count):
+    for record in read_part(part_path(output, i, count)):
+      by_file[record['file']] = record
+  return sorted(by_file.values(),
+                key=lambda r: (order.get(r['file'], len(order)), r['file']))
+
+
+def _load(tagger, path: str):
+  """('ok', prepared model input) or ('skip', reason, detail); runs in a
+  decoding thread."""
+  image = _decode(path)
+  if isinstance(image, tuple):
+    return ('skip', *image)
+  return 'ok', tagger.prepare(image)
+
+
+def decoded_batches(images, tagger, batch_size: int, workers: int,
+                    ahead: int = 2):
+  """Yields (paths, loads) batch by batch while threads decode the next
+  `ahead` batches: decoding overlaps the model, and at most ahead + 1
+  batches of model inputs (and `workers` full-size images) are held."""
+  pool = concurrent.futures.ThreadPoolExecutor(max(1, workers))
+  starts = iter(range(0, len(images), batch_size))
+  pending = collections.deque()
+
+  def submit():
+    start = next(starts, None)
+    if start is not None:
+      chunk = images[start:start + batch_size]
+      pending.append((chunk, [pool.submit(_load, tagger, p) for p in chunk]))
+
+  try:
+    for _ in range(ahead + 1):
+      submit()
+    while pending:
+      chunk, futures = pending.popleft()
+      loads = [f.result() for f in futures]
+      submit()
+      yield chunk, loads
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _tag_all(images, targets, options: Options, inputs,
-             summary: Summary) -> list[dict]:
+             summary: Summary, part: str | None = None) -> list[dict]:
   tagger = tagger_lib.Tagger(
       options.bundle, batch_size=options.batch_size, policy=options.policy,
       threshold=options.threshold,
       general_threshold=options.general_threshold,
       character_threshold=options.character_threshold,
       all_scores=options.all_scores and options.format in ('json', 'jsonl'))
+  tagger.predict = backends.make_predictor(tagger.bundle, options.backend)
   if tagger.task == 'captioning':
     defaults = Options()
     ignored = [f'--{k}' for k in TAG_ONLY
@@ -563,33 +719,60 @@ def _tag_all(images, targets, options: Options, inputs,
             'to tags only and are ignored.', file=sys.stderr)
   progress = Progress(len(images), enabled=not options.quiet)
   records = []
-  for start in range(0, len(images), options.batch_size):
-    decoded, names = [], []
-    for path in images[start:start + options.batch_size]:
-      image = _decode(path)
-      if isinstance(image, tuple):
-        summary.skip(path, *image)
-        progress(1)
-      else:
-        decoded.append(image)
-        names.append(path)
-    if not decoded:
-      continue
-    for path, result in zip(names, tagger.tag(decoded, progress)):
-      if options.format == 'txt':
-        try:
-          if not write_caption(path, result, options, targets[path], inputs):
-            summary.skip(path, 'caption_exists', targets[path])
-            continue
-        except NotWritten as e:
-          summary.fail(path, e.reason, f'{targets[path]}: {e.detail}')
+  workers = options.decode_workers or min(8, os.cpu_count() or 1)
+  sink = None
+  if part:
+    sink = open(part, 'a+', encoding='utf-8')
+    if sink.tell():   # after a line a kill cut short, start a new one
+      sink.seek(sink.tell() - 1)
+      if sink.read(1) != '\n':
+        sink.write('\n')
+  try:
+    for chunk, loads in decoded_batches(images, tagger, options.batch_size,
+                                        workers):
+      names, prepared = [], []
+      for path, load in zip(chunk, loads):
+        if load[0] == 'skip':
+          summary.skip(path, *load[1:])
+          progress(1)
+        else:
+          names.append(path)
+          prepared.append(load[1])
+      if not prepared:
+        continue
+      results = tagger.results(tagger.scores_of(prepared, progress))
+      batch = _write_batch(names, results, targets, options, inputs, summary)
+      records.extend(batch)
+      if sink is not None and batch:
+        # One write per batch: a kill leaves whole batches (and at most
+        # one cut line, which read_part drops).
+        sink.write(''.join(json.dumps(r) + '\n' for r in batch))
+        sink.flush()
+  finally:
+    if sink is not None:
+      sink.close()
+  return records
+
+
+def _write_batch(names, results, targets, options: Options, inputs,
+                 summary: Summary) -> list[dict]:
+  """Writes the tag files of one batch (txt); returns its records."""
+  records = []
+  for path, result in zip(names, results):
+    if options.format == 'txt':
+      try:
+        if not write_caption(path, result, options, targets[path], inputs):
+          summary.skip(path, 'caption_exists', targets[path])
           continue
-        except OSError as e:
-          summary.fail(path, 'write_error',
-                       f'{targets[path]}: {e.strerror or e}')
-          continue
-      summary.tagged += 1
-      records.append({'file': path, **result})
+      except NotWritten as e:
+        summary.fail(path, e.reason, f'{targets[path]}: {e.detail}')
+        continue
+      except OSError as e:
+        summary.fail(path, 'write_error',
+                     f'{targets[path]}: {e.strerror or e}')
+        continue
+    summary.tagged += 1
+    records.append({'file': path, **result})
   return records
 
 
@@ -633,6 +816,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        'Character tags before general tags.', **fv)
   flags.DEFINE_boolean('overwrite', d.overwrite,
                        'Replace existing tag files.', **fv)
+  flags.DEFINE_boolean('skip_existing', d.skip_existing,
+                       'Resume a killed run: skip images tagged before '
+                       '(txt: whose tag file exists, the default anyway; '
+                       'json/jsonl/csv: whose record is in the part file '
+                       'beside --output).', **fv)
+  flags.DEFINE_enum('backend', d.backend, backends.BACKENDS,
+                    'auto: onnxruntime on CPU when the bundle exports to '
+                    'ONNX, JAX on accelerators.', **fv)
+  flags.DEFINE_integer('decode_workers', d.decode_workers,
+                       'Threads decoding images ahead of the model '
+                       '(0: min(8, CPUs)).', lower_bound=0, **fv)
   flags.DEFINE_boolean('quiet', d.quiet, 'No progress bar.', **fv)
 
 
@@ -653,7 +847,10 @@ def parse_args(argv: Sequence[str]) -> Options:
 
 
 def run_checked(options: Options) -> int:
-  """run(), with a bad option or path reported as one line and exit 2."""
+  """run(), with a bad option or path reported as one line and exit 2.
+  Joins a multi-process launch first (jaxtag/distributed.py)."""
+  from jaxtag import distributed  # pylint: disable=import-outside-toplevel
+  distributed.maybe_initialize()
   try:
     return run(options)
   except (FileNotFoundError, ValueError) as e:

@@ -34,9 +34,12 @@ def loaded():
 
 
 @pytest.fixture
-def bundle_dir(loaded, monkeypatch):
-  """The bundle's folder; in this process it loads (and compiles) once."""
+def bundle_dir(loaded, monkeypatch, tmp_path_factory):
+  """The bundle's folder; in this process it loads (and compiles) once.
+  Its ONNX export (--backend auto on CPU) goes to a cache of the tests."""
   directory, bundle = loaded
+  monkeypatch.setenv('JAXTAG_CACHE', str(tmp_path_factory.getbasetemp()
+                                         / 'jaxtag_cache'))
   monkeypatch.setattr(
       bundle_lib, 'load_bundle',
       lambda d: bundle if os.path.samefile(d, directory) else None)

@@ -15,6 +15,7 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --what=flops --families=vit_base_patch16 \
       --image_sizes=224,384,448 --flops_from=lowered,compiled
   python -m jaxtag.bench --what=decode [--steps 5]
+  python -m jaxtag.bench --what=tag [--config CONFIG] [--steps 3]
 """
 import json
 
@@ -30,7 +31,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
 _WHAT = flags.DEFINE_enum('what', 'train',
                           ['train', 'metrics', 'predict', 'mlgcn', 'addgcn',
-                           'serve', 'flops', 'decode'],
+                           'serve', 'flops', 'decode', 'tag'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
                           ' predict: FLOPs and time of the prediction path; '
@@ -45,7 +46,10 @@ _WHAT = flags.DEFINE_enum('what', 'train',
                           '(jaxtag/bench/flops.py); '
                           'decode: the pipeline on 2-4 MP JPEG/WebP '
                           'originals, full vs reduced decode (--steps '
-                          'rounds).')
+                          'rounds); '
+                          'tag: jaxtag.tag end to end on CPU (448 px, 200 '
+                          'JPEGs) against a plain onnxruntime loop, and its '
+                          'JAX path (--steps rounds).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -111,6 +115,14 @@ def main(argv):
   if _WHAT.value == 'decode':
     from jaxtag.bench import decode as decode_bench
     result = {'benchmark': 'decode', **decode_bench.run(rounds=_STEPS.value)}
+  elif _WHAT.value == 'tag':
+    from jaxtag.bench import tag as tag_bench
+    config = _CONFIG.value
+    if config is None:
+      from jaxtag import config as config_lib
+      config = config_lib.load_config_file('configs/default.py')
+    result = {'benchmark': 'tag', **tag_bench.run(
+        config, num_classes=_NUM_CLASSES.value or 1000, rounds=_STEPS.value)}
   elif _WHAT.value == 'metrics':
     from jaxtag.bench import metrics as metrics_bench
     result = {'benchmark': 'metrics', **metrics_bench.run()}

@@ -37,7 +37,7 @@ class Tagger:
                threshold: float | None = None,
                general_threshold: float | None = None,
                character_threshold: float | None = None,
-               all_scores: bool = False):
+               all_scores: bool = False, predict=None):
     if policy not in POLICIES:
       raise ValueError(f'Unknown threshold policy {policy!r}; valid: '
                        f'{", ".join(POLICIES)}.')
@@ -50,6 +50,9 @@ class Tagger:
     self.overrides = {'all': threshold, 'general': general_threshold,
                       'character': character_threshold}
     self.geometry = images_lib.Geometry(self.bundle.preprocess)
+    # uint8 pixels [B, S, S, 3] (and mask) -> bundle-order scores; a
+    # jaxtag.serving.backends predictor, or the bundle's own predict.
+    self.predict = predict or self.bundle.predict
     categories = self.bundle.categories
     self.groups = {'rating': np.flatnonzero(categories == bundle_lib.RATING)}
     for category, name in _GROUPS.items():
@@ -75,7 +78,15 @@ class Tagger:
     Batches have `batch_size` rows (the last one padded), so one program
     serves every batch; native geometry batches each shape bucket apart.
     """
-    prepared = [self.geometry(images_lib.as_image(x)) for x in images]
+    return self.scores_of([self.prepare(x) for x in images], progress)
+
+  def prepare(self, image):
+    """A path, PIL image or uint8 array -> the geometry's (bucket, pixels,
+    mask): the part of `scores` that can run in other threads."""
+    return self.geometry(images_lib.as_image(image))
+
+  def scores_of(self, prepared, progress=None) -> np.ndarray:
+    """`scores` of images already through `prepare`."""
     out = None
     for bucket in sorted({p[0] for p in prepared}):
       rows = [i for i, p in enumerate(prepared) if p[0] == bucket]
@@ -102,7 +113,7 @@ class Tagger:
     if prepared[0][2] is not None:
       mask = np.stack([p[2] for p in prepared])
       mask = np.concatenate([mask, np.ones((pad, *mask.shape[1:]), np.uint8)])
-    return self.bundle.predict(pixels, mask)[:n]
+    return np.asarray(self.predict(pixels, mask))[:n]
 
   def thresholds(self, scores) -> np.ndarray:
     """[N, tags]: each score's threshold after the overrides."""
