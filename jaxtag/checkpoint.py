@@ -98,6 +98,29 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored['state']
 
+  def restore_variables(self, step: int, abstract: Any) -> Any:
+    """The leaves of `abstract` (a part of the saved state: params, batch
+    statistics, constants) from `step`, into its shardings; the rest of
+    the state (the optimiser's) is never read."""
+    where = self.directory / str(step)
+    stored = _shapes(self._manager.item_metadata(step)['state'])
+    expected = _shapes(abstract)
+    problems = [f'{k}: checkpoint {stored[k]} vs model {v}'
+                for k, v in expected.items() if k in stored and stored[k] != v]
+    missing = sorted(set(expected) - set(stored))
+    if problems or missing:
+      detail = '; '.join(problems[:5] + [f'not in the checkpoint: {m}'
+                                         for m in missing[:5]])
+      raise ShapeMismatchError(
+          f'The checkpoint in {where} does not fit this model ({detail}). It '
+          'was written by another model or tag vocabulary: restore the '
+          'config that wrote it.')
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(where / 'state', args=ocp.args.PyTreeRestore(
+          abstract, restore_args=restore_args, partial_restore=True))
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
