@@ -156,6 +156,40 @@ def defaults() -> ml_collections.ConfigDict:
   return c
 
 
+# Keys of earlier versions in config.dataset, by the label encoding whose
+# options they now are (config.dataset.label_encoding_kwargs).
+_OLD_ENCODING_KEYS = {
+    'sequence': {'sequence_order': 'order', 'max_labels': 'max_labels'},
+    'caption': {'caption_max_tokens': 'max_tokens',
+                'caption_references': 'references',
+                'caption_min_count': 'min_count',
+                'caption_targets': 'targets'},
+}
+
+
+def upgrade(saved: dict) -> dict:
+  """A run's saved config (its config.json, as a dict) with the keys of
+  earlier versions where they live now: the sequence and caption keys of
+  config.dataset in label_encoding_kwargs, config.model.semantic in
+  config.model.features.semantic."""
+  saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+  dataset, model = saved.get('dataset', {}), saved.get('model', {})
+  moved = _OLD_ENCODING_KEYS.get(dataset.get('label_encoding'), {})
+  kwargs = dict(dataset.get('label_encoding_kwargs') or {})
+  for old in {k for keys in _OLD_ENCODING_KEYS.values() for k in keys}:
+    if old in dataset:
+      value = dataset.pop(old)
+      if old in moved:
+        kwargs.setdefault(moved[old], value)
+  if 'label_encoding' in dataset:
+    dataset['label_encoding_kwargs'] = kwargs
+  semantic = model.pop('semantic', None)
+  if semantic and (semantic.get('captioner') or semantic.get('cache')):
+    model.setdefault('features', {})['semantic'] = {
+        'provider': 'captioner', **semantic}
+  return saved
+
+
 def _keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
   out = {}
   for key, value in cfg.items():

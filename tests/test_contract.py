@@ -258,6 +258,36 @@ def test_single_label_run_on_class_ids(tiny_config, tmp_path):
   assert hits == round(result['top1'] * sum(singles))
 
 
+def test_task_outputs_for_the_tag_command():
+  """What a task makes of one result for jaxtag.tag: the .txt text, the
+  CSV row and the options it ignores."""
+  from jaxtag.data import captions
+  tagger = tasks.MultiLabel()
+  record = {'file': 'a.png', 'rating': {'general': 0.9, 'explicit': 0.1},
+            'general': {'x': 0.8, 'y': 0.6}, 'character': {'c': 0.9}}
+  assert tagger.csv_header() == ['file', 'rating', 'general', 'character']
+  assert tagger.csv_row(record) == ['a.png', 'general', 'x, y', 'c']
+  assert tagger.text_file(record, 'old', lambda r, e: f'{e}|{",".join(r)}'
+                          ) == 'old|file,rating,general,character'
+  assert tagger.ignored_tag_options(['threshold']) == []
+  with pytest.raises(ValueError, match='not a captioner'):
+    tagger.decode([[1, 2]])
+  captioner = tasks.Captioning(captions.Vocabulary(['a', 'girl']))
+  assert captioner.decode([[1, 4, 5, 2, 4], [5, 2, 0, 0, 0]]) == ['a girl',
+                                                                 'girl']
+  assert captioner.text_file({'caption': 'a girl'}, 'x, y\n',
+                             None) == 'x, y\na girl'
+  assert captioner.text_file({'caption': 'a girl'}, '  ', None) == 'a girl'
+  assert captioner.csv_header() == ['file', 'caption']
+  assert captioner.csv_row({'file': 'a.png', 'caption': 'a girl'}) == [
+      'a.png', 'a girl']
+  assert captioner.ignored_tag_options(['threshold', 'exclude']) == [
+      'threshold', 'exclude']
+  # A task reads as its name.
+  assert captioner == 'captioning' and tagger == 'multi_label'
+  assert tagger != 'captioning' and str(tasks.SingleLabel()) == 'single_label'
+
+
 # ---------------------------------------------------------- thresholds ---
 
 
@@ -610,3 +640,30 @@ def test_the_trainer_names_no_method_encoder_or_task():
                    'crop', 'lstm', 'decoder', 'teacher', 'beam', 'rating'}
   named = sorted(w for w in words if w.lower() in source)
   assert not named, f'jaxtag/train.py names {named}'
+
+
+def test_saved_configs_of_earlier_versions_are_upgraded():
+  """A run's config.json from before encoder options and feature providers
+  reads with its keys where they live now."""
+  saved = json.loads(config_lib.defaults().to_json_best_effort())
+  saved['num_train_steps'] = 10
+  del saved['dataset']['label_encoding_kwargs'], saved['model']['features']
+  saved['dataset'].update(label_encoding='sequence', sequence_order='rare',
+                          max_labels=7, caption_max_tokens=20,
+                          caption_references=5, caption_min_count=5,
+                          caption_targets='')
+  saved['model']['semantic'] = {'captioner': 'runs/c', 'pooling': 'max',
+                                'cache': ''}
+  new = ml_collections.ConfigDict(config_lib.upgrade(saved))
+  config_lib.validate(new)
+  assert dict(new.dataset.label_encoding_kwargs) == {'order': 'rare',
+                                                     'max_labels': 7}
+  assert new.model.features.semantic.to_dict() == {
+      'provider': 'captioner', 'captioner': 'runs/c', 'pooling': 'max',
+      'cache': ''}
+  saved['dataset']['label_encoding'] = 'caption'
+  saved['model']['semantic']['captioner'] = ''
+  new = config_lib.upgrade(saved)
+  assert new['dataset']['label_encoding_kwargs'] == {
+      'max_tokens': 20, 'references': 5, 'min_count': 5, 'targets': ''}
+  assert 'features' not in new['model']

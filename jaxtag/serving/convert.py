@@ -42,6 +42,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
+from jaxtag import config as config_lib
 from jaxtag import predictor as predictor_lib
 from jaxtag import thresholds as thresholds_lib
 from jaxtag.serving import bundle as bundle_lib
@@ -62,7 +63,9 @@ def read_run_config(workdir: str,
   if not path.exists():
     raise FileNotFoundError(f'{path} is missing: {workdir} is not a jaxtag '
                             'training workdir (train it with jaxtag.main).')
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  # A run of an earlier version keeps its results: its keys are moved.
+  config = ml_collections.ConfigDict(config_lib.upgrade(
+      json.loads(path.read_text())))
   if data_dir:
     config.dataset.data_dir = data_dir
   return config
