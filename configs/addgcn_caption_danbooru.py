@@ -1,6 +1,6 @@
 r"""python -m jaxtag.main --config configs/addgcn_caption_danbooru.py \
     --config.dataset.manual_dir=/path/to/danbooru \
-    --config.model.semantic.captioner=runs/captioner_adapted \
+    --config.model.features.semantic.captioner=runs/captioner_adapted \
     --workdir runs/addgcn_caption
 
 Multi-modal ADD-GCN, Lan et al.'s setting: configs/addgcn_danbooru.py
@@ -11,11 +11,12 @@ semantic vector v_cap in the dynamic graph (`semantic_dim`, fused by
 replacing the reference's global vector).
 
 v_cap comes from a trained captioner (configs/captioner_flickr8k.py, best
-adapted to anime by `python -m jaxtag.caption_adaptation`): its encoder
-runs frozen inside the step on the tagger's augmented image
-(`config.model.semantic.captioner=RUN`), or is read from a per-image cache
-(`config.model.semantic.cache=DIR`, written by `python -m
-jaxtag.semantic_cache`). One of them must be given. `semantic_dim` is the
+adapted to anime by `python -m jaxtag.caption_adaptation`), the provider
+`captioner` of the feature 'semantic' (jaxtag/models/semantic.py): its
+encoder runs frozen inside the step on the tagger's augmented image
+(`config.model.features.semantic.captioner=RUN`), or is read from a
+per-image cache (`config.model.features.semantic.cache=DIR`, written by
+`python -m jaxtag.semantic_cache`). One of them must be given. `semantic_dim` is the
 captioner's `context_dim` (512 for configs/captioner_flickr8k.py); the
 captioner trained at 224 px reads the 448 px image as a 28 x 28 grid,
 which the pooling averages.
@@ -48,5 +49,7 @@ def get_config(arg=None):
   config = config_lib.load_config_file(path + (f':{arg}' if arg else ''))
   config.model.head_kwargs.semantic_dim = SEMANTIC_DIM[arg]
   config.model.head_kwargs.semantic_fusion = 'replace_global'
-  config.model.semantic.pooling = 'avg'
+  config.model.features = {'semantic': {
+      'provider': 'captioner', 'captioner': '', 'cache': '',
+      'pooling': 'avg'}}
   return config

@@ -26,9 +26,11 @@ def get_config(arg=None):
   config.dataset.name = 'flickr8k'
   config.dataset.label_feature = 'captions'
   config.dataset.label_encoding = 'caption'
-  config.dataset.caption_max_tokens = 20
-  config.dataset.caption_references = 5
-  config.dataset.caption_min_count = 5
+  # Words kept per caption, references kept per image for BLEU, how often
+  # a train word must occur to enter the vocabulary, and a CSV of captions
+  # replacing the train records' own ('': none; jaxtag/data/captions.py).
+  config.dataset.label_encoding_kwargs = {
+      'max_tokens': 20, 'references': 5, 'min_count': 5, 'targets': ''}
   config.dataset.eval_split = 'validation'
 
   config.data.image_size = 224
@@ -61,9 +63,8 @@ def get_config(arg=None):
   if arg == 'tiny':
     config.dataset.name = 'synthetic_anime/tiny'
     config.dataset.label_feature = 'caption'
-    config.dataset.caption_max_tokens = 8
-    config.dataset.caption_references = 1
-    config.dataset.caption_min_count = 1
+    config.dataset.label_encoding_kwargs.update(
+        {'max_tokens': 8, 'references': 1, 'min_count': 1})
     config.data.image_size = 32
     config.data.mean = (0.5, 0.5, 0.5)
     config.data.std = (0.5, 0.5, 0.5)
@@ -86,9 +87,8 @@ def get_config(arg=None):
   elif arg == 'synthetic':
     config.dataset.name = 'synthetic_anime/default'
     config.dataset.label_feature = 'caption'
-    config.dataset.caption_max_tokens = 18
-    config.dataset.caption_references = 1
-    config.dataset.caption_min_count = 5
+    config.dataset.label_encoding_kwargs.update(
+        {'max_tokens': 18, 'references': 1, 'min_count': 5})
     config.data.image_size = 96
     config.data.mean = (0.5, 0.5, 0.5)
     config.data.std = (0.5, 0.5, 0.5)

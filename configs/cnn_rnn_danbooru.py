@@ -26,17 +26,20 @@ import os
 from jaxtag import config as config_lib
 
 
-def _with_decoder(config, *, embed_dim=64, lstm_dim=512):
+def _with_decoder(config, *, max_labels, embed_dim=64, lstm_dim=512):
   config.model.head = 'lstm_decoder'
   config.dataset.label_encoding = 'sequence'
-  config.dataset.sequence_order = 'frequent'   # Wang et al.'s order
+  config.dataset.label_encoding_kwargs = {
+      'order': 'frequent',   # Wang et al.'s order
+      'max_labels': max_labels}
   config.loss.name = 'sequence_ce'
   config.model.head_kwargs = {
       'embed_dim': embed_dim, 'lstm_dim': lstm_dim, 'beam_width': 3,
       # A beam emits the labels, then END: one more token than the labels
       # a training sequence holds. A reference, so that overriding
-      # --config.dataset.max_labels moves it too.
-      'max_steps': config.dataset.get_ref('max_labels') + 1}
+      # --config.dataset.label_encoding_kwargs.max_labels moves it too.
+      'max_steps': config.dataset.label_encoding_kwargs.get_ref(
+          'max_labels') + 1}
   return config
 
 
@@ -51,12 +54,11 @@ def get_config(arg=None):
     config = _baseline()
     # 99% of synthetic images have at most 22 tags (mean 12.4); 24 keeps
     # nearly every label, where 16 would cut the rarest of 15% of images.
-    config.dataset.max_labels = 24
-    return _with_decoder(config)
+    return _with_decoder(config, max_labels=24)
   if arg == 'tiny':
     config = _baseline('tiny')
-    config.dataset.max_labels = 8   # fewer unrolled steps: a faster compile
-    return _with_decoder(config, embed_dim=16, lstm_dim=32)
+    # 8 labels: fewer unrolled steps, a faster compile.
+    return _with_decoder(config, max_labels=8, embed_dim=16, lstm_dim=32)
   if arg is not None:
     raise ValueError(f'Unknown variant {arg!r} of configs/cnn_rnn_danbooru.py;'
                      ' valid: synthetic, tiny (or none).')
@@ -64,9 +66,6 @@ def get_config(arg=None):
   config = config_lib.defaults()
   config.dataset.name = 'danbooru'
   config.dataset.label_feature = 'tags'
-  # Danbooru posts carry about 30 general tags; the sequence keeps the 32
-  # most frequent of each image's tags.
-  config.dataset.max_labels = 32
   config.data.image_size = 224                 # Wang et al.'s input size
   config.data.crop = 'random_resized'
   config.data.crop_scale = (0.6, 1.0)
@@ -89,4 +88,6 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 2000
   config.eval.batch_size = 256
   config.eval.thresholds = 'tag'
-  return _with_decoder(config)
+  # Danbooru posts carry about 30 general tags; the sequence keeps the 32
+  # most frequent of each image's tags.
+  return _with_decoder(config, max_labels=32)

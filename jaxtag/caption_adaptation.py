@@ -121,7 +121,7 @@ def run(workdir: str, variant: str, data_dir=None,
         _, seconds = _timed(lambda: train.evaluate_checkpoint(
             _config(variant, PHOTO[variant], data_dir), photo_dir, 'train'))
         report['photo']['teacher_captions_seconds'] = seconds
-      config.dataset.caption_targets = str(teacher_file)
+      config.dataset.label_encoding_kwargs.targets = str(teacher_file)
     run_dir = str(root / name)
     if 'train_seconds' not in entry:
       result, seconds = _timed(lambda: train.train_and_evaluate(config,

@@ -218,7 +218,16 @@ class Checkpointer:
   def restore_latest(self, abstract_state: Any,
                      data_iterator: Any | None = None, *,
                      set_aside: bool = True) -> tuple[Any, int] | None:
-    """(state, step) of the newest checkpoint that reads; None without any.
+    """(state, step) of the newest checkpoint that reads; None without any
+    (see newest_readable)."""
+    return self.newest_readable(
+        lambda step: self.restore(step, abstract_state, data_iterator),
+        set_aside=set_aside)
+
+  def newest_readable(self, read, *,
+                      set_aside: bool = True) -> tuple[Any, int] | None:
+    """(read(step), step) of the newest checkpoint that reads; None without
+    any.
 
     An unreadable newer step is named in a warning and, when an older one
     reads and `set_aside`, moved to `<step>.unreadable`, so that the next
@@ -231,7 +240,7 @@ class Checkpointer:
     unreadable = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        state, problem = self.restore(step, abstract_state, data_iterator), None
+        state, problem = read(step), None
       except UnreadableCheckpointError as e:
         state, problem = None, e
         logging.warning('%s', e)
@@ -275,6 +284,32 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('jaxtag_checkpoints_set_aside')
     self._manager.reload()
+
+  def restore_variables(self, step: int, abstract: Any) -> Any:
+    """The leaves of `abstract` (a part of the saved state: params, batch
+    statistics, constants) from `step`, into its shardings; the rest of
+    the state (the optimiser's) is never read."""
+    where = self.directory / str(step)
+    _read_json(step, where / 'state' / '_METADATA')
+    with _reading(step, where / 'state'):
+      stored = _shapes(self._manager.item_metadata(step)['state'])
+    expected = _shapes(abstract)
+    problems = [f'{k}: checkpoint {stored[k]} vs model {v}'
+                for k, v in expected.items() if k in stored and stored[k] != v]
+    missing = sorted(set(expected) - set(stored))
+    if problems or missing:
+      detail = '; '.join(problems[:5] + [f'not in the checkpoint: {m}'
+                                         for m in missing[:5]])
+      raise ShapeMismatchError(
+          f'The checkpoint in {where} does not fit this model ({detail}). It '
+          'was written by another model or tag vocabulary: restore the '
+          'config that wrote it.')
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)
+    with ocp.PyTreeCheckpointer() as checkpointer, _reading(step,
+                                                           where / 'state'):
+      return checkpointer.restore(where / 'state', args=ocp.args.PyTreeRestore(
+          abstract, restore_args=restore_args, partial_restore=True))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

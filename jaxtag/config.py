@@ -15,7 +15,8 @@ import ml_collections
 # Sub-dicts whose keys belong to a chosen part (a backbone, a head, a loss):
 # the part itself checks them against its own fields.
 FREE_FORM = frozenset({
-    'model.backbone_kwargs', 'model.head_kwargs', 'loss.kwargs',
+    'model.backbone_kwargs', 'model.head_kwargs', 'model.features',
+    'loss.kwargs', 'dataset.label_encoding_kwargs',
     'optim.schedule', 'data.cartoonize_options',
     'dataset.build_options',  # checked by the builder against its config
 })
@@ -46,22 +47,12 @@ def defaults() -> ml_collections.ConfigDict:
   # image (voc2007: 'tags_difficult', the protocol's difficult labels); ''
   # scores every (image, tag) pair.
   c.dataset.label_mask_feature = ''
-  # How labels reach the loss: 'multi_hot' [C], 'class_id' (one id per
-  # example), 'sequence' (START, labels..., END for a label decoder) or
-  # 'caption' (START, words..., END for a caption decoder).
+  # How labels reach the loss (jaxtag/data/encoders.py): 'multi_hot' [C],
+  # 'class_id' (one id per example), 'sequence' (START, labels..., END for a
+  # label decoder) or 'caption' (START, words..., END for a caption
+  # decoder); the encoder's own options in label_encoding_kwargs.
   c.dataset.label_encoding = 'multi_hot'
-  c.dataset.sequence_order = 'frequent'        # 'frequent' | 'rare' | 'random'
-  c.dataset.max_labels = 16                    # labels kept in a sequence
-  # label_encoding 'caption' (a caption decoder, label_feature 'caption' or
-  # 'captions'): words kept per caption, references kept per image for
-  # BLEU, and how often a train word must occur to enter the vocabulary.
-  c.dataset.caption_max_tokens = 20
-  c.dataset.caption_references = 5
-  c.dataset.caption_min_count = 5
-  # A CSV (index,caption: what an eval of a captioner writes as
-  # eval_<split>_captions.csv) whose captions replace the train records' own:
-  # a teacher's captions for Lan et al.'s adaptation with target='teacher'.
-  c.dataset.caption_targets = ''
+  c.dataset.label_encoding_kwargs = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
   c.data.image_size = 96
@@ -97,15 +88,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.head_kwargs = ml_collections.ConfigDict()
   c.model.pool = 'gap'                         # 'gap' | 'gmp'
   c.model.dtype = 'float32'                    # computation dtype; params stay float32
-  # A head that declares the batch feature 'semantic' (ADD-GCN with
-  # captions, Lan et al. 2022) gets it from a frozen captioner's encoder inside
-  # the step (`captioner`: the captioner run's workdir; jaxtag/models/
-  # semantic.py), or from a per-image cache (`cache`: a folder written by
-  # `python -m jaxtag.semantic_cache`).
-  c.model.semantic = ml_collections.ConfigDict()
-  c.model.semantic.captioner = ''
-  c.model.semantic.pooling = 'avg'             # 'avg' | 'max'
-  c.model.semantic.cache = ''
+  # Providers of the batch features a head declares that neither the label
+  # encoder nor the dataset gives: {feature: {'provider': NAME, **its
+  # options}} (jaxtag/models/features.py). ADD-GCN with captions takes
+  # 'semantic' from a frozen captioner's encoder or from its per-image cache.
+  c.model.features = ml_collections.ConfigDict()
 
   # Starting weights for a fresh run (a resumed run ignores them): a workdir,
   # a checkpoint folder or a .npz parameter file, and a regex over parameter
@@ -167,6 +154,40 @@ def defaults() -> ml_collections.ConfigDict:
   c.eval.geometry = 'square'
   c.eval.bucket_aspects = (1.0, 1.5, 2.0)
   return c
+
+
+# Keys of earlier versions in config.dataset, by the label encoding whose
+# options they now are (config.dataset.label_encoding_kwargs).
+_OLD_ENCODING_KEYS = {
+    'sequence': {'sequence_order': 'order', 'max_labels': 'max_labels'},
+    'caption': {'caption_max_tokens': 'max_tokens',
+                'caption_references': 'references',
+                'caption_min_count': 'min_count',
+                'caption_targets': 'targets'},
+}
+
+
+def upgrade(saved: dict) -> dict:
+  """A run's saved config (its config.json, as a dict) with the keys of
+  earlier versions where they live now: the sequence and caption keys of
+  config.dataset in label_encoding_kwargs, config.model.semantic in
+  config.model.features.semantic."""
+  saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+  dataset, model = saved.get('dataset', {}), saved.get('model', {})
+  moved = _OLD_ENCODING_KEYS.get(dataset.get('label_encoding'), {})
+  kwargs = dict(dataset.get('label_encoding_kwargs') or {})
+  for old in {k for keys in _OLD_ENCODING_KEYS.values() for k in keys}:
+    if old in dataset:
+      value = dataset.pop(old)
+      if old in moved:
+        kwargs.setdefault(moved[old], value)
+  if 'label_encoding' in dataset:
+    dataset['label_encoding_kwargs'] = kwargs
+  semantic = model.pop('semantic', None)
+  if semantic and (semantic.get('captioner') or semantic.get('cache')):
+    model.setdefault('features', {})['semantic'] = {
+        'provider': 'captioner', **semantic}
+  return saved
 
 
 def _keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:

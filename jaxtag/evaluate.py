@@ -9,11 +9,10 @@ checkpoints anyway), where the metric suite runs once per evaluation.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import json
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +21,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxtag import config as config_lib
-from jaxtag import metrics as metrics_lib
 from jaxtag import sharding
 from jaxtag import thresholds as thresholds_lib
-from jaxtag.data import captions as captions_lib
 
 ROW_KEYS = ('scores', 'labels', 'mask', 'index')
 
@@ -52,8 +48,11 @@ def eval_step(state, batch, *, model, objective, preprocess, predict_keys,
           'loss_sum': loss * jnp.sum(batch['mask'])}
 
 
-def make_eval_step(model, objective, mesh, state_shardings, *, preprocess,
-                   predict_keys=(), train_keys=()) -> Callable:
+def make_eval_step(model, objective, mesh, *, preprocess, predict_keys=(),
+                   train_keys=()) -> Callable:
+  """The jitted eval step `(variables, batch) -> rows`. The variables
+  (anything with params, batch_stats and constants: a TrainState, or
+  jaxtag.predictor.Variables) keep the shardings they have."""
   rows = sharding.batch_sharding(mesh)
   out = {k: rows for k in ROW_KEYS}
   out['loss_sum'] = sharding.replicated(mesh)
@@ -61,7 +60,7 @@ def make_eval_step(model, objective, mesh, state_shardings, *, preprocess,
       functools.partial(eval_step, model=model, objective=objective,
                         preprocess=preprocess, predict_keys=predict_keys,
                         train_keys=train_keys),
-      in_shardings=(state_shardings, rows), out_shardings=out)
+      in_shardings=(None, rows), out_shardings=out)
 
 
 def _local_rows(array: jax.Array) -> np.ndarray:
@@ -151,128 +150,27 @@ def label_mask(source, index, feature: str, num_classes: int) -> np.ndarray:
   return mask
 
 
-def score(pred: dict[str, np.ndarray], *, task: str, eval_config,
-          tag_metadata, thresholds=None):
-  """(metrics, pred, thresholds): the task's metric suite on `pred`.
-
-  Multi-label: `thresholds` (a fitted record) is applied, or, when None,
-  the config's policy is fitted on these very predictions.
-  """
-  if task == 'captioning':
-    # scores: decoded token ids; labels: [R, T + 2] references per image.
-    hyps = [captions_lib.hypothesis_words(t) for t in pred['scores']]
-    refs = [captions_lib.reference_words(r) for r in pred['labels']]
-    keep = [i for i, r in enumerate(refs) if r]
-    result = metrics_lib.bleu([hyps[i] for i in keep],
-                              [refs[i] for i in keep])
-  elif task == 'single_label':
-    result = metrics_lib.single_label_metrics(pred['scores'], pred['labels'])
-    result['most_confused'] = [
-        [tag_metadata.names[t], tag_metadata.names[p], n] for t, p, n in
-        metrics_lib.most_confused_pairs(pred['scores'], pred['labels'])]
-  else:
-    if thresholds is None:
-      thresholds = thresholds_lib.fit(eval_config, pred['scores'],
-                                      pred['labels'], tag_metadata)
-    # [N, C] label_mask (see label_mask): 0 drops that pair from the metrics.
-    mask = pred.get('label_mask')
-    pred['ap'] = metrics_lib.average_precision(pred['scores'], pred['labels'],
-                                               mask)
-    pred['threshold'] = thresholds_lib.apply(thresholds, pred['scores'])
-    result = metrics_lib.multilabel_metrics(
-        pred['scores'], pred['labels'], threshold=pred['threshold'],
-        top_k=eval_config.top_k, ap=pred['ap'], mask=mask)
-    result['thresholds'] = thresholds['policy']
+def score(pred: dict[str, np.ndarray], *, task, eval_config,
+          thresholds=None):
+  """(metrics, pred, thresholds): the metric suite of `task` (a
+  jaxtag.tasks.Task) on `pred`, with the mean loss and the number of
+  images. `thresholds`: a fitted record to apply; None fits the config's
+  policy on these very predictions (tasks that have one)."""
+  result, pred, thresholds = task.score(pred, eval_config=eval_config,
+                                        thresholds=thresholds)
   result['loss'] = pred['loss']
   result['num_examples'] = int(len(pred['index']))
   return result, pred, thresholds
 
 
-def write_results(workdir: str, name: str, result: dict, pred: dict, *, tags,
-                  task: str, thresholds, header: dict,
-                  vocabulary=None) -> None:
-  """`<name>.json`, the per-tag, per-class or per-image caption CSV, and
-  `thresholds.json`."""
+def write_results(workdir: str, name: str, result: dict, pred: dict, *,
+                  task, thresholds, header: dict) -> None:
+  """`<name>.json`, the task's files beside it (the per-tag, per-class or
+  per-image caption CSV) and, for the final `results`, `thresholds.json`."""
   folder = epath.Path(workdir)
   (folder / f'{name}.json').write_text(json.dumps(
       {**header, 'metrics': result}, indent=2))
-  if task == 'captioning':
-    write_captions_csv(folder / f'{name}_captions.csv', pred, vocabulary)
-  elif task == 'single_label':
-    write_per_class_csv(folder / f'{name}_per_class.csv', pred, tags)
-  else:
-    write_per_tag_csv(folder / f'{name}_per_tag.csv', pred, tags)
-    if name == 'results' and thresholds is not None:
-      thresholds_lib.save(workdir, thresholds)
+  task.write_files(folder, name, pred)
+  if name == 'results' and thresholds is not None:
+    thresholds_lib.save(workdir, thresholds)
   logging.info('Wrote %s', folder / f'{name}.json')
-
-
-def _category_name(category) -> str:
-  return config_lib.CATEGORIES.get(int(category), str(int(category)))
-
-
-def write_per_tag_csv(path, pred: dict[str, np.ndarray], tag_metadata) -> None:
-  """tag, category, train/test counts, AP, its threshold, and precision and
-  recall at the thresholds that `pred['threshold']` holds."""
-  scores, labels = pred['scores'], pred['labels'] > 0.5
-  threshold = np.broadcast_to(pred['threshold'], scores.shape)
-  # Pairs that label_mask leaves out count neither as predicted nor as true.
-  valid = (pred['label_mask'] > 0 if 'label_mask' in pred
-           else np.ones_like(labels))
-  labels = labels & valid
-  predicted = (scores >= threshold) & valid
-  correct = (predicted & labels).sum(0)
-  n_pred, n_true = predicted.sum(0), labels.sum(0)
-  ap = pred['ap']
-  per_tag = np.asarray(pred['threshold'])
-  per_tag = per_tag if per_tag.ndim == 1 else None  # a linear one varies
-  out = io.StringIO()
-  writer = csv.writer(out)
-  writer.writerow(['tag', 'category', 'train_count', 'test_count', 'AP',
-                   'threshold', 'precision', 'recall'])
-  for c, name in enumerate(tag_metadata.names):
-    writer.writerow([
-        name, _category_name(tag_metadata.categories[c]),
-        int(tag_metadata.counts[c]), int(n_true[c]),
-        '' if np.isnan(ap[c]) else f'{ap[c]:.4f}',
-        '' if per_tag is None else f'{per_tag[c]:.4f}',
-        f'{correct[c] / n_pred[c]:.4f}' if n_pred[c] else '0.0000',
-        f'{correct[c] / n_true[c]:.4f}' if n_true[c] else ''])
-  epath.Path(path).write_text(out.getvalue())
-
-
-def write_captions_csv(path, pred: dict[str, np.ndarray], vocabulary) -> None:
-  """Per image: its record index, the decoded caption and its first
-  reference (as the vocabulary spells it: unknown words read <unk>)."""
-  out = io.StringIO()
-  writer = csv.writer(out)
-  writer.writerow(['index', 'caption', 'reference'])
-  for index, tokens, refs in zip(pred['index'], pred['scores'],
-                                 pred['labels']):
-    writer.writerow([int(index),
-                     ' '.join(vocabulary.decode(tokens.astype(np.int64))),
-                     ' '.join(vocabulary.decode(refs[0]))])
-  epath.Path(path).write_text(out.getvalue())
-
-
-def write_per_class_csv(path, pred: dict[str, np.ndarray],
-                        tag_metadata) -> None:
-  """class, test count, top-1 accuracy, and the class it is most often
-  mistaken for, with how often."""
-  scores, labels = pred['scores'], pred['labels'].astype(np.int64)
-  accuracy = metrics_lib.per_class_accuracy(scores, labels)
-  confusion = metrics_lib.confusion_matrix(scores, labels)
-  np.fill_diagonal(confusion, 0)
-  count = np.bincount(labels, minlength=scores.shape[1])
-  out = io.StringIO()
-  writer = csv.writer(out)
-  writer.writerow(['class', 'test_count', 'accuracy', 'most_confused_with',
-                   'times'])
-  for c, name in enumerate(tag_metadata.names):
-    if count[c] == 0:
-      continue
-    worst = int(np.argmax(confusion[c]))
-    times = int(confusion[c, worst])
-    writer.writerow([name, int(count[c]), f'{accuracy[c]:.4f}',
-                     tag_metadata.names[worst] if times else '', times])
-  epath.Path(path).write_text(out.getvalue())

@@ -2,10 +2,12 @@
 
 `config.loss.name` picks one; `config.loss.kwargs` sets its fields (checked
 by name). An objective states
-- `task`: 'multi_label' (the multi-label metric suite on scores [N, C]),
-  'single_label' (top-1/top-5, per-class accuracy, confused pairs) or
-  'captioning' (BLEU-1..4 of decoded captions);
-- `label_encoding`: the `config.dataset.label_encoding` it trains on;
+- `task`: the name of the task that judges and serves its scores
+  (jaxtag/tasks/: 'multi_label', the multi-label metric suite on scores
+  [N, C]; 'single_label', top-1/top-5, per-class accuracy, confused
+  pairs; 'captioning', BLEU-1..4 of decoded captions);
+- `label_encoding`: the `config.dataset.label_encoding` it trains on
+  (jaxtag/data/encoders.py);
 - `loss(outputs, batch, example_mask) -> (loss, logged)`: the training loss
   on the model's outputs and the batch, and named values logged beside it;
 - `scores(outputs) -> [B, C]`: per-tag scores from the prediction path.

@@ -3,7 +3,8 @@
 Each `*_figure` function takes plain arrays and returns a matplotlib
 `Figure` drawn on the Agg canvas (no pyplot, no display, no global backend
 switch, so importing this module leaves a notebook's backend alone).
-`write_run_plots` draws the set that fits a run's task into
+`write_run_plots` draws the set that a run's task picks (jaxtag/tasks/:
+`Task.figures`) into
 `workdir/plots/<name>_<kind>.png` and mirrors them to TensorBoard; the
 trainer calls it after writing `results.json` and `--mode=eval` after
 `eval_<split>.json`.
@@ -486,49 +487,26 @@ def compare_figure(results: Mapping[str, Mapping[str, float]], *,
 # ------------------------------------------------------------- a run ---
 
 
-def run_figures(pred: Mapping[str, np.ndarray], tag_metadata, *, task: str,
-                constants: Any = None, title: str = '',
-                examples=None) -> dict[str, Any]:
-  """{kind: Figure} for one evaluation: `pred` as evaluate.score returns
-  it (scores, labels and, multi-label, ap and threshold). A captioner's
-  figure shows `examples`: (images, generated captions)."""
-  names = list(tag_metadata.names)
-  prefix = f'{title}: ' if title else ''
-  figures: dict[str, Any] = {}
-  if task == 'captioning':
-    if examples:
-      figures['captions'] = caption_figure(
-          *examples, title=f'{prefix}generated captions')
-    return figures
-  if task == 'single_label':
-    from jaxtag import metrics as metrics_lib
-    figures['confusion'] = confusion_figure(
-        metrics_lib.confusion_matrix(pred['scores'], pred['labels']), names,
-        title=f'{prefix}most-confused classes')
-  else:
-    figures['pr'] = pr_figure(pred['scores'], pred['labels'],
-                              pred['threshold'], tag_metadata.categories,
-                              title=f'{prefix}precision-recall')
-    figures['ap_bars'] = ap_bar_figure(
-        pred['ap'], names, tag_metadata.counts, tag_metadata.categories,
-        title=f'{prefix}per-tag AP')
-    figures['ap_vs_count'] = ap_vs_count_figure(
-        pred['ap'], tag_metadata.counts, tag_metadata.categories, names,
-        title=f'{prefix}per-tag AP against train count')
-  if constants is not None:
-    for name, graph in label_graphs(constants, len(names)).items():
-      figures['graph_' + name.replace('/', '_')] = label_graph_figure(
-          graph, names, title=f'{prefix}label graph {name}')
-  return figures
+def graph_figures(constants: Any, names: Sequence[str],
+                  prefix: str = '') -> dict[str, Any]:
+  """{'graph_<name>': Figure} of the label graphs in a model's constants."""
+  if constants is None:
+    return {}
+  return {'graph_' + name.replace('/', '_'): label_graph_figure(
+              graph, names, title=f'{prefix}label graph {name}')
+          for name, graph in label_graphs(constants, len(names)).items()}
 
 
 def write_run_plots(workdir: epath.PathLike, name: str, step: int,
-                    pred: Mapping[str, np.ndarray], tag_metadata, *,
-                    task: str, constants: Any = None,
-                    examples=None) -> list[epath.Path]:
-  """Draws `run_figures` into workdir/plots/<name>_<kind>.png and as
-  TensorBoard images `plots/<name>_<kind>` at `step`; returns the paths.
-  Without matplotlib, logs once and returns []."""
+                    pred: Mapping[str, np.ndarray], *, task,
+                    constants: Any = None, images=None) -> list[epath.Path]:
+  """Draws the figures of `task` (a jaxtag.tasks.Task: `task.figures`) for
+  the evaluation `pred` (as the task's `score` returns it) into
+  workdir/plots/<name>_<kind>.png and as TensorBoard images
+  `plots/<name>_<kind>` at `step`; returns the paths. `constants`: the
+  model's (its label graphs are drawn); `images(indices)`: decoded images
+  of records (a captioner's figure shows some). Without matplotlib, logs
+  once and returns []."""
   if not available():
     logging.info('matplotlib is not installed: no plots (pip install '
                  "'jaxtag[plots]').")
@@ -536,8 +514,8 @@ def write_run_plots(workdir: epath.PathLike, name: str, step: int,
   from jaxtag import reporting
   folder = epath.Path(workdir) / 'plots'
   folder.mkdir(parents=True, exist_ok=True)
-  figures = run_figures(pred, tag_metadata, task=task, constants=constants,
-                        title=name, examples=examples)
+  figures = task.figures(pred, title=name, constants=constants,
+                         images=images)
   paths, images = [], {}
   for kind, fig in figures.items():
     path = folder / f'{name}_{kind}.png'

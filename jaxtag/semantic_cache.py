@@ -1,15 +1,20 @@
-r"""Writes v_cap once per image: the feature cache of config.model.semantic.
+r"""Writes a provided feature once per image: the cache of a feature provider.
 
   python -m jaxtag.semantic_cache --config configs/addgcn_caption_danbooru.py \
-      --config.model.semantic.captioner=runs/captioner --out runs/vcap
+      --config.model.features.semantic.captioner=runs/captioner --out runs/vcap
 
 For each of the config's train, eval and test splits, `<out>/<split>.npy`
-[N, D] float32 holds the frozen captioner's v_cap of every record, in record
-order, computed on the image as the evaluation sees it (square, resized to
-config.data.image_size, the tagger's normalisation undone and the
-captioner's applied: jaxtag/models/semantic.py). Then train with
-`--config.model.semantic.captioner= --config.model.semantic.cache=<out>`:
-faster steps, at the price of features from the un-augmented image.
+[N, D] float32 holds the feature that the model's provider computes in the
+step (`--feature`, default the only one: v_cap of a frozen captioner,
+jaxtag/models/semantic.py) for every record, in record order, computed on
+the image as the evaluation sees it (square, resized to
+config.data.image_size, normalised in float32 with the tagger's mean and
+std). The model
+is the config's, through the eval-only predictor (jaxtag/predictor.py),
+with its starting weights (the provider's frozen weights among them).
+Then train with `--config.model.features.semantic.captioner=
+--config.model.features.semantic.cache=<out>`: faster steps, at the price
+of features from the un-augmented image.
 """
 from __future__ import annotations
 
@@ -25,52 +30,55 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from jaxtag import models
-from jaxtag import train
-from jaxtag.data import labels
-from jaxtag.data import pipeline
-from jaxtag.data import sources
-from jaxtag.models import semantic as semantic_lib
-
+from jaxtag import predictor as predictor_lib
 
 
 def _define_flags():
   """The command's flags, defined only when it runs as a command: other
   modules define --config and --out too."""
   config_flags.DEFINE_config_file('config', None, 'The tagger config (with '
-                                  'model.semantic.captioner set).')
+                                  'its feature provider set to compute).')
   flags.DEFINE_string('out', None, 'Folder for <split>.npy.')
+  flags.DEFINE_string('feature', None, 'The provided feature to cache '
+                      '(default: the only one the model computes).')
   flags.mark_flags_as_required(['config', 'out'])
 
 
-def write_cache(config, out: str, splits=None) -> dict[str, float]:
+def write_cache(config, out: str, splits=None,
+                feature: str | None = None) -> dict[str, float]:
   """Writes <out>/<split>.npy; returns images per second for each split."""
-  module = semantic_lib.build(config.model.semantic, config.data,
-                              models.BACKBONES)
-  if module is None:
-    raise ValueError('Set config.model.semantic.captioner to the captioner '
-                     'run whose features to cache.')
-  size = config.data.image_size
-  variables = semantic_lib.frozen_variables(
-      module, config.model.semantic.captioner, (1, size, size, 3))
+  predictor = predictor_lib.Predictor(config)
+  computed = sorted(predictor.model.providers or ())
+  if feature is None and len(computed) == 1:
+    feature = computed[0]
+  if feature not in computed:
+    raise ValueError(
+        f'The model computes the features {computed or "none"}; set a '
+        'provider in config.model.features that computes the one to cache '
+        '(config.model.features.semantic.captioner: the captioner run whose '
+        'features to cache) and name it with --feature.')
+  # On one device, as host arrays: the model's variables are replicated.
+  variables = jax.device_get(predictor.starting_variables())
+  model = predictor.model
+  # Normalised in float32 whatever the tagger's compute dtype.
   preprocess = functools.partial(
-      train.normalize, mean=tuple(config.data.mean),
+      predictor_lib.normalize, mean=tuple(config.data.mean),
       std=tuple(config.data.std), dtype=jnp.float32)
-  apply = jax.jit(lambda v, image: module.apply(v, preprocess(image)))
+  apply = jax.jit(lambda v, image: model.apply(
+      {'params': v.params, 'batch_stats': v.batch_stats,
+       'constants': v.constants},
+      preprocess(image), method='provided')[feature])
   splits = splits or (config.dataset.train_split, config.dataset.eval_split,
                       config.dataset.test_split)
   rates = {}
   for split in dict.fromkeys(splits):
-    source, _ = sources.open_split(config.dataset, split)
-    batches = pipeline.create_eval_iterator(
-        source, data_config=config.data, num_classes=1,
-        label_feature=config.dataset.label_feature,
-        global_batch_size=config.eval.batch_size, process_index=0,
-        process_count=1, encoder=_NoLabels(), geometry='square')
-    out_rows = np.zeros((len(source), module.context_dim), np.float32)
+    source = predictor.source(split)
+    out_rows = None
     start = time.perf_counter()
-    for batch in batches:
+    for batch in predictor.eval_batches(split, geometry='square'):
       values = np.asarray(apply(variables, batch['image']))
+      if out_rows is None:
+        out_rows = np.zeros((len(source), *values.shape[1:]), np.float32)
       keep = batch['mask'] > 0
       out_rows[batch['index'][keep]] = values[keep]
     rates[split] = len(source) / (time.perf_counter() - start)
@@ -82,24 +90,10 @@ def write_cache(config, out: str, splits=None) -> dict[str, float]:
   return rates
 
 
-class _NoLabels(labels.MultiHot):
-  """The cache needs images only: every record encodes to nothing."""
-
-  def __init__(self):
-    super().__init__(1)
-
-  @property
-  def spec(self):
-    return {}
-
-  def encode(self, ids, seed, position):
-    del ids, seed, position
-    return {}
-
-
 def main(argv):
   del argv
-  rates = write_cache(flags.FLAGS.config, flags.FLAGS.out)
+  rates = write_cache(flags.FLAGS.config, flags.FLAGS.out,
+                      feature=flags.FLAGS.feature)
   for split, rate in rates.items():
     print(f'{split}: {rate:.1f} img/s')
 

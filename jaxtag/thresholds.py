@@ -16,7 +16,9 @@
 
 A fitted policy is a JSON-able record; the trainer fits it on the eval
 split, applies it to the test split and saves it as `thresholds.json` in
-the workdir, so serving applies the same thresholds.
+the workdir, so serving applies the same thresholds. A bundle's
+thresholds.json (`tuned`) adds per-tag values tuned on the validation
+split for the serving front ends.
 """
 from __future__ import annotations
 
@@ -169,6 +171,41 @@ def apply(record: dict[str, Any], scores) -> np.ndarray:
     raise ValueError(f'{per_tag.size} thresholds for {scores.shape[1]} tags: '
                      'they were fitted on another tag list.')
   return per_tag
+
+
+def precision_recall_per_tag(scores, labels, default,
+                             bins: int = _GRID_BINS) -> np.ndarray:
+  """[C]: per tag, the grid threshold j / bins (0 < j < bins) where the
+  predicted positives are closest in number to the true ones (precision =
+  tp / predicted, recall = tp / true: equal when those counts are). The
+  lowest of tied thresholds wins; a tag without positives gets `default`."""
+  scores = np.asarray(scores, np.float32)
+  targets = np.asarray(labels) > 0.5
+  pos, every = metrics_lib.bin_counts(scores, targets, np.ones_like(targets),
+                                      bins)
+  predicted = np.cumsum(every[:, ::-1], axis=1)[:, ::-1][:, 1:]
+  true = pos.sum(axis=1, keepdims=True)
+  best = (np.argmin(np.abs(predicted - true), axis=1) + 1) / bins
+  return np.where(true[:, 0] > 0, best, np.asarray(default, np.float64))
+
+
+def tuned(eval_config, scores, labels, tag_metadata,
+          run_record: dict) -> dict:
+  """A bundle's thresholds.json content, `per_tag` still in model order:
+  `run` (the run's record), `by_category` (general and character) and
+  `per_tag`: `category`, and, given validation (scores, labels), `f1` and
+  `precision_recall`; a tag without positives keeps its category value."""
+  by_category = {name: float(eval_config.category_thresholds[name])
+                 for name in ('general', 'character')}
+  category = category_values(eval_config, tag_metadata.categories)
+  per_tag = {'category': category.tolist()}
+  if scores is not None:
+    per_tag['f1'] = np.where(
+        np.asarray(labels).sum(0) > 0,
+        best_f1_per_tag(scores, labels, 0.5), category).tolist()
+    per_tag['precision_recall'] = precision_recall_per_tag(
+        scores, labels, category).tolist()
+  return {'run': run_record, 'by_category': by_category, 'per_tag': per_tag}
 
 
 def save(workdir, record: dict[str, Any]) -> None:

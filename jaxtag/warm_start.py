@@ -10,9 +10,15 @@ initialisation. `config.init.backbone` names backbone weights alone (such
 as the .npz of `python -m jaxtag.serving.import_weights`): every backbone
 parameter is taken from it. Resuming a workdir that has a checkpoint
 ignores `init`.
+
+Every starting weight is a `Source`: config.init gives up to two
+(`sources`), and the model's feature providers add theirs (a frozen
+captioner's encoder, renamed into the tagger's constants: jaxtag/models/
+features.py). `apply_sources` applies them in that order.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -24,11 +30,54 @@ from etils import epath
 
 from jaxtag import checkpoint as checkpoint_lib
 
+# What a checkpoint or .npz offers: trained parameters, batch statistics.
 COLLECTIONS = ('params', 'batch_stats')
 
 
 class InitError(ValueError):
   """The starting weights do not fit the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Starting weights from the checkpoint or .npz at `path`.
+
+  Without `renames`, the state's entries whose parameter path `include`
+  (a regex) matches are taken from the same paths of the source, in the
+  params and batch_stats collections; every selected parameter must be
+  there. With `renames` ((source prefix, target prefix) of full
+  'collection/parameter' paths, e.g. 'params/backbone/' ->
+  'constants/providers_semantic/params/backbone/'), the source's entries
+  under each source prefix move under its target prefix, and every state
+  entry under a target prefix must be found: a sub-model taken whole.
+  `what` names the source in messages (a config key).
+  """
+  path: str
+  include: str = ''
+  renames: tuple[tuple[str, str], ...] = ()
+  what: str = 'config.init.path'
+
+
+def sources(init_config) -> list[Source]:
+  """The Sources of config.init: `path` with its `include`, then
+  `backbone` (every backbone parameter)."""
+  out = []
+  if init_config.path:
+    out.append(Source(init_config.path, init_config.include))
+  if init_config.backbone:
+    out.append(Source(init_config.backbone, '^backbone/',
+                      what='config.init.backbone'))
+  return out
+
+
+def apply_sources(state, starting: list[Source]):
+  """`state` with each Source's weights written, in order."""
+  for source in starting:
+    if source.renames:
+      state = apply_renamed(state, source)
+    else:
+      state = write(state, read(source.path), source.include, source.path)
+  return state
 
 
 def _checkpoint_state_dir(path: epath.Path) -> epath.Path | None:
@@ -108,41 +157,75 @@ def apply(state, init_config):
                init_config.path)
 
 
-def apply_renamed(state, path: str, renames) -> Any:
-  """`state` with parameters of another model's checkpoint at `path` put
-  under other names: each (source prefix, target prefix) of `renames` moves
-  the source's parameters and batch-norm statistics, and every target
-  parameter under a target prefix must be found (a frozen sub-model)."""
-  loaded = read(path)
-  moved = {c: {dst + k[len(src):]: v for k, v in loaded[c].items()
-               for src, dst in renames if k.startswith(src)}
-           for c in COLLECTIONS}
-  include = '^(' + '|'.join(re.escape(dst) for _, dst in renames) + ')'
-  return write(state, moved, include, path)
+def apply_renamed(state, source: Source) -> Any:
+  """`state` with the entries of `source` put under other names (see
+  Source): every state entry under a target prefix must be found."""
+  loaded = read(source.path)
+  moved: dict[str, dict[str, np.ndarray]] = {}
+  for collection, entries in loaded.items():
+    for key, value in entries.items():
+      full = f'{collection}/{key}'
+      for src, dst in source.renames:
+        if full.startswith(src):
+          target, _, rest = (dst + full[len(src):]).partition('/')
+          moved.setdefault(target, {})[rest] = value
+  taken = {}
+  for src, dst in source.renames:
+    target, _, prefix = dst.partition('/')
+    taken.setdefault(target, []).append(prefix)
+  for collection, prefixes in taken.items():
+    tree = getattr(state, collection)
+    wanted = [k for k in checkpoint_lib.flatten(tree)
+              if any(k.startswith(p) for p in prefixes)]
+    missing = [k for k in wanted if k not in moved.get(collection, {})]
+    if missing:
+      raise InitError(f'{source.what}: {source.path} lacks {len(missing)} '
+                      f'entries the model needs, e.g. '
+                      f'{[f"{collection}/{k}" for k in missing[:3]]}; is it a '
+                      'run of the same architecture?')
+    include = '^(' + '|'.join(re.escape(p) for p in prefixes) + ')'
+    state = _write_collection(state, collection, moved.get(collection, {}),
+                              include, source.path)
+  return state
 
 
 def write(state, loaded, include: str, source_name: str):
   """`state` with the parameters `include` selects taken from `loaded`."""
   replaced = {}
   for collection in COLLECTIONS:
-    tree = getattr(state, collection)
-    target = checkpoint_lib.flatten(tree)
-    taken = select(target, loaded[collection], include, collection)
+    taken = select(checkpoint_lib.flatten(getattr(state, collection)),
+                   loaded[collection], include, collection)
     replaced[collection] = len(taken)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    new_leaves = []
-    for path, leaf in leaves:
-      key = checkpoint_lib.path_name(path)
-      if key in taken:
-        value = taken[key].astype(leaf.dtype)
-        # Every process holds the same file: each fills its own shards.
-        new_leaves.append(jax.make_array_from_callback(
-            value.shape, leaf.sharding, lambda index, v=value: v[index]))
-      else:
-        new_leaves.append(leaf)
-    state = state.replace(**{collection: jax.tree_util.tree_unflatten(
-        treedef, new_leaves)})
+    state = _replace(state, collection, taken)
   logging.info('Started from %s: %d parameter(s), %d batch-norm '
                'statistic(s) matching %r.', source_name,
                replaced['params'], replaced['batch_stats'], include)
   return state
+
+
+def _write_collection(state, collection: str, loaded, include: str,
+                      source_name: str):
+  """`state` with the entries of one collection that `include` selects
+  taken from `loaded` (all checked present by the caller)."""
+  target = checkpoint_lib.flatten(getattr(state, collection))
+  taken = select(target, loaded, include, collection)
+  logging.info('Started from %s: %d %s entries matching %r.', source_name,
+               len(taken), collection, include)
+  return _replace(state, collection, taken)
+
+
+def _replace(state, collection: str, taken: dict[str, np.ndarray]):
+  tree = getattr(state, collection)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  new_leaves = []
+  for path, leaf in leaves:
+    key = checkpoint_lib.path_name(path)
+    if key in taken:
+      value = taken[key].astype(leaf.dtype)
+      # Every process holds the same file: each fills its own shards.
+      new_leaves.append(jax.make_array_from_callback(
+          value.shape, leaf.sharding, lambda index, v=value: v[index]))
+    else:
+      new_leaves.append(leaf)
+  return state.replace(**{collection: jax.tree_util.tree_unflatten(
+      treedef, new_leaves)})

@@ -51,7 +51,7 @@ def read_params():
   import numpy as np
   import orbax.checkpoint as ocp
 
-  def read(workdir, step=None):
+  def read(workdir, step=None, collection='params'):
     root = os.path.join(workdir, 'checkpoints')
     step = step or max(int(d) for d in os.listdir(root) if d.isdigit())
     path = os.path.join(root, str(step), 'state')
@@ -61,6 +61,6 @@ def read_params():
           lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
       state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
           restore_args=as_numpy))
-    return state['params'], step
+    return state[collection], step
 
   return read

@@ -1,11 +1,21 @@
-"""Small fake heads that exercise every part of the method contract."""
+"""Small fake parts that exercise every part of the method contract: heads,
+and a task with its own label encoder and objective (counting tags)."""
+import csv
+import dataclasses
+import io
+import json
+import os
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from jaxtag import losses
+from jaxtag import tasks
+from jaxtag.data import labels
 from jaxtag.models import pooling
 
 
@@ -109,3 +119,77 @@ class SemanticHead(nn.Module):
     return nn.Dense(self.num_classes)(x) + nn.Dense(self.num_classes,
                                                     name='semantic_proj')(
                                                         semantic)
+
+
+# ------------------------------------------ a new task, encoder, objective ---
+
+
+PRIOR_FILE = 'count_prior.json'
+
+
+@dataclasses.dataclass
+class TagCount(labels.MultiHot):
+  """A label encoder: an image's tag count (at most `cap`, an option) less
+  the train split's mean count, which `prepare` keeps in the workdir."""
+  name: ClassVar[str] = 'tag_count'
+  label_feature: str = 'tags'
+  cap: int = 10
+  prior: float | None = dataclasses.field(default=None,
+                                          metadata={'option': False})
+
+  def prepare(self, workdir, source):
+    path = os.path.join(workdir, PRIOR_FILE)
+    if source is not None and not os.path.exists(path):
+      counts = [min(len(source[i][self.label_feature]), self.cap)
+                for i in range(len(source))]
+      with open(path, 'w', encoding='utf-8') as f:
+        json.dump({'prior': float(np.mean(counts))}, f)
+    with open(path, encoding='utf-8') as f:
+      self.prior = json.load(f)['prior']
+
+  @property
+  def num_classes(self):
+    return 1
+
+  @property
+  def spec(self):
+    return {'labels': ((), np.float32)}
+
+  def encode(self, ids, seed, position):
+    del seed, position
+    return {'labels': np.float32(min(len(ids), self.cap) - self.prior)}
+
+
+@dataclasses.dataclass(frozen=True)
+class CountMSE:
+  """The squared error of the predicted count (logit 0)."""
+  task: ClassVar[str] = 'counting'
+  label_encoding: ClassVar[str] = 'tag_count'
+
+  def loss(self, outputs, batch, example_mask=None):
+    error = (outputs[:, 0].astype(jnp.float32) - batch['labels']) ** 2
+    return losses.masked_mean(error, example_mask), {}
+
+  def scores(self, outputs):
+    return outputs.astype(jnp.float32)
+
+
+class Counting(tasks.Task):
+  """Judged by the mean absolute error of the count; `<name>_counts.csv`
+  lists each image's predicted and true count (less the prior)."""
+  name: ClassVar[str] = 'counting'
+  summary_keys: ClassVar[tuple[str, ...]] = ('mae', 'loss')
+
+  def score(self, pred, *, eval_config, thresholds=None):
+    del eval_config, thresholds
+    error = np.abs(pred['scores'][:, 0] - pred['labels'])
+    return {'mae': float(np.mean(error))}, pred, None
+
+  def write_files(self, folder, name, pred):
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(['index', 'predicted', 'true'])
+    for index, score, label in zip(pred['index'], pred['scores'][:, 0],
+                                   pred['labels']):
+      writer.writerow([int(index), repr(float(score)), repr(float(label))])
+    (epath.Path(folder) / f'{name}_counts.csv').write_text(out.getvalue())

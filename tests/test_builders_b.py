@@ -426,6 +426,7 @@ def test_difficult_labels_are_masked_out_of_the_metrics(tmp_path):
   from sklearn.metrics import average_precision_score
   from jaxtag import config as config_lib
   from jaxtag import evaluate
+  from jaxtag import tasks
   sets = fb.voc2007(str(tmp_path / 'in'), extra=40)
   builder = build('voc2007', tmp_path / 'in', tmp_path / 'data')
   source = builder.as_data_source(
@@ -446,10 +447,8 @@ def test_difficult_labels_are_masked_out_of_the_metrics(tmp_path):
   eval_config.thresholds = 'global'
   pred = {'scores': scores, 'labels': labels, 'label_mask': mask,
           'index': index, 'loss': 0.0}
-  result, pred, _ = evaluate.score(pred, task='multi_label',
-                                   eval_config=eval_config,
-                                   tag_metadata=tag_metadata.load_tag_metadata(
-                                       builder.data_dir))
+  task = tasks.MultiLabel(tag_metadata.load_tag_metadata(builder.data_dir))
+  result, pred, _ = evaluate.score(pred, task=task, eval_config=eval_config)
   expected = []
   for c in range(20):
     keep = mask[:, c] > 0

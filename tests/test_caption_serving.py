@@ -67,7 +67,7 @@ def test_caption_bundle_tagger_command_and_server(caption_bundle, tmp_path,
 
   bundle = bundle_lib.load_bundle(out)
   assert bundle.task == 'captioning'
-  assert bundle.vocabulary.words == captions.Vocabulary.load(
+  assert bundle.task.vocabulary.words == captions.Vocabulary.load(
       os.path.join(workdir, 'caption_vocab.json')).words
   assert bundle.captions(images) == want
   tagger = tagger_lib.Tagger(out, batch_size=2)   # two batches, one padded

@@ -16,7 +16,8 @@ def test_vocabulary_and_encoding():
   vocab = captions.Vocabulary.build(
       ['Two girls, with red hair.', 'two boys at night', 'red sky'], 2)
   assert vocab.words == ['<pad>', '<start>', '<end>', '<unk>', 'red', 'two']
-  encoder = captions.CaptionEncoder(vocab, max_tokens=3, references=3)
+  encoder = captions.CaptionEncoder(vocabulary=vocab, max_tokens=3,
+                                    references=3)
   out = encoder.encode([b'Two red cats at night', b'red two'], seed=0,
                        position=5)
   picked = int(np.random.default_rng([0, 5, 2]).integers(2))
@@ -226,7 +227,8 @@ def test_teacher_captions_replace_the_records_own(tmp_path):
   targets = captions.load_targets(path)
   assert targets == {0: 'red hair'}
   vocab = captions.Vocabulary(['two', 'girls', 'red', 'hair'])
-  encoder = captions.CaptionEncoder(vocab, max_tokens=4, references=1)
+  encoder = captions.CaptionEncoder(vocabulary=vocab, max_tokens=4,
+                                    references=1)
   data = config_lib.defaults().data
   data.update(dict(image_size=8, crop='none', flip=False, workers=0))
   loader = pipeline._Loader(source, data, encoder, 'caption', 0, train=True,
@@ -235,7 +237,8 @@ def test_teacher_captions_replace_the_records_own(tmp_path):
                                 [1, 6, 7, 2, 0, 0])
   assert loader((1, 1)) is None  # the teacher wrote nothing for record 1
   assert loader.skipped.count == 1
-  with pytest.raises(FileNotFoundError, match='caption_targets'):
+  with pytest.raises(FileNotFoundError,
+                     match='label_encoding_kwargs.targets'):
     captions.load_targets(tmp_path / 'missing.csv')
 
 
@@ -260,7 +263,7 @@ def test_adaptation_experiment_runs_the_three_captioners(tiny_data_dir,
   config = json.loads((tmp_path / 'adapted_teacher' /
                        'config.json').read_text())
   assert config['data']['cartoonize'] == 'opencv'
-  assert config['dataset']['caption_targets'].endswith(
+  assert config['dataset']['label_encoding_kwargs']['targets'].endswith(
       'eval_train_captions.csv')
   assert '| adapted_teacher |' in (tmp_path / 'adaptation.md').read_text()
 

@@ -20,9 +20,11 @@ from sklearn import linear_model
 from sklearn import metrics as sk_metrics
 
 from jaxtag import checkpoint
+from jaxtag import config as config_lib
 from jaxtag import evaluate
 from jaxtag import objectives
 from jaxtag import sharding
+from jaxtag import tasks
 from jaxtag import thresholds
 from jaxtag import train
 from jaxtag import warm_start
@@ -155,8 +157,8 @@ def test_sequence_head_is_teacher_forced_and_predicts_without_labels(
   tiny_config.model.head = 'toy_decoder'
   tiny_config.loss.name = 'sequence_ce'
   tiny_config.dataset.label_encoding = 'sequence'
-  tiny_config.dataset.sequence_order = 'random'
-  tiny_config.dataset.max_labels = 4
+  tiny_config.dataset.label_encoding_kwargs = {'order': 'random',
+                                               'max_labels': 4}
   tiny_config.optim.lr = 1e-2
   mesh = sharding.create_mesh()
   t = train.Trainable(tiny_config, mesh, num_classes=12, num_train_steps=100)
@@ -205,8 +207,8 @@ def test_single_label_scores_against_sklearn():
   pred = {'scores': scores, 'labels': truth, 'index': np.arange(200),
           'loss': 0.0}
   tags = _tags(7)
-  result, _, _ = evaluate.score(pred, task='single_label', eval_config=None,
-                                tag_metadata=tags)
+  result, _, _ = evaluate.score(pred, task=tasks.SingleLabel(tags),
+                                eval_config=None)
   assert result['top1'] == pytest.approx(sk_metrics.accuracy_score(
       truth, scores.argmax(1)))
   assert result['top5'] == pytest.approx(sk_metrics.top_k_accuracy_score(
@@ -256,6 +258,36 @@ def test_single_label_run_on_class_ids(tiny_config, tmp_path):
   assert hits == round(result['top1'] * sum(singles))
 
 
+def test_task_outputs_for_the_tag_command():
+  """What a task makes of one result for jaxtag.tag: the .txt text, the
+  CSV row and the options it ignores."""
+  from jaxtag.data import captions
+  tagger = tasks.MultiLabel()
+  record = {'file': 'a.png', 'rating': {'general': 0.9, 'explicit': 0.1},
+            'general': {'x': 0.8, 'y': 0.6}, 'character': {'c': 0.9}}
+  assert tagger.csv_header() == ['file', 'rating', 'general', 'character']
+  assert tagger.csv_row(record) == ['a.png', 'general', 'x, y', 'c']
+  assert tagger.text_file(record, 'old', lambda r, e: f'{e}|{",".join(r)}'
+                          ) == 'old|file,rating,general,character'
+  assert tagger.ignored_tag_options(['threshold']) == []
+  with pytest.raises(ValueError, match='not a captioner'):
+    tagger.decode([[1, 2]])
+  captioner = tasks.Captioning(captions.Vocabulary(['a', 'girl']))
+  assert captioner.decode([[1, 4, 5, 2, 4], [5, 2, 0, 0, 0]]) == ['a girl',
+                                                                 'girl']
+  assert captioner.text_file({'caption': 'a girl'}, 'x, y\n',
+                             None) == 'x, y\na girl'
+  assert captioner.text_file({'caption': 'a girl'}, '  ', None) == 'a girl'
+  assert captioner.csv_header() == ['file', 'caption']
+  assert captioner.csv_row({'file': 'a.png', 'caption': 'a girl'}) == [
+      'a.png', 'a girl']
+  assert captioner.ignored_tag_options(['threshold', 'exclude']) == [
+      'threshold', 'exclude']
+  # A task reads as its name.
+  assert captioner == 'captioning' and tagger == 'multi_label'
+  assert tagger != 'captioning' and str(tasks.SingleLabel()) == 'single_label'
+
+
 # ---------------------------------------------------------- thresholds ---
 
 
@@ -286,7 +318,7 @@ def test_ridge_fit_matches_sklearn_in_both_regimes():
 
 
 def test_threshold_policies_fit_and_apply():
-  eval_config = train.config_lib.defaults().eval
+  eval_config = config_lib.defaults().eval
   rng = np.random.default_rng(5)
   scores = rng.random((400, 4)).astype(np.float32)
   truth = scores + rng.normal(0, 0.2, (400, 4)) > np.array([0.9, 0.5, 0.3,
@@ -315,8 +347,8 @@ def test_threshold_policies_fit_and_apply():
   # The metric suite applies per-image thresholds row by row.
   result, _, _ = evaluate.score(
       {'scores': scores, 'labels': truth.astype(np.float32),
-       'index': np.arange(400), 'loss': 0.0}, task='multi_label',
-      eval_config=eval_config, tag_metadata=tags, thresholds=record)
+       'index': np.arange(400), 'loss': 0.0}, task=tasks.MultiLabel(tags),
+      eval_config=eval_config, thresholds=record)
   predicted = scores >= per_image
   assert result['OP'] == pytest.approx((predicted & truth).sum()
                                        / predicted.sum())
@@ -340,7 +372,7 @@ def test_native_geometry_buckets_pad_and_mask():
   sizes = [(40, 40)] * 6 + [(40, 44)] * 4 + [(20, 37)] * 7
   source = [{'image': _png(h, w, i), 'tags': [i % 3]}
             for i, (h, w) in enumerate(sizes)]
-  data_config = train.config_lib.defaults().data
+  data_config = config_lib.defaults().data
   data_config.image_size = 32
   batches = list(pipeline.create_eval_iterator(
       source, data_config=data_config, num_classes=3, label_feature='tags',
@@ -510,3 +542,128 @@ def test_init_from_npz_selects_by_regex(tiny_config, tmp_path):
   init.include = '^backbone/'
   with pytest.raises(warm_start.InitError, match='lacks .* selected'):
     warm_start.apply(state, init)
+
+
+# ------------------------------------------- a new task, through registries ---
+
+
+@pytest.fixture
+def counting(monkeypatch):
+  """The fake task 'counting', its encoder 'tag_count' and objective
+  'count_mse', registered as a new method would register them."""
+  from jaxtag.data import encoders
+  monkeypatch.setitem(encoders.ENCODERS, 'tag_count', fake_methods.TagCount)
+  monkeypatch.setitem(objectives.OBJECTIVES, 'count_mse',
+                      fake_methods.CountMSE)
+  monkeypatch.setitem(tasks.TASKS, 'counting', fake_methods.Counting)
+
+
+def test_encoder_kwargs_are_checked_against_its_fields(counting):
+  from jaxtag.data import encoders
+  dataset = config_lib.defaults().dataset
+  dataset.label_encoding = 'tag_count'
+  dataset.label_encoding_kwargs = {'cap': 3}
+  encoder = encoders.make_encoder(dataset, num_tags=7)
+  assert (encoder.cap, encoder.num_tags, encoder.label_feature) == (3, 7,
+                                                                    'tags')
+  # What the run sets (num_tags, counts, label_feature) and what `prepare`
+  # sets (prior) are no options.
+  for key in ('capp', 'prior', 'num_tags', 'label_feature'):
+    dataset.label_encoding_kwargs = {key: 1}
+    with pytest.raises(ValueError, match=rf"\['{key}'\] in config.dataset."
+                       r"label_encoding_kwargs for 'tag_count'; valid: cap\."):
+      encoders.make_encoder(dataset, num_tags=7)
+  dataset.label_encoding = 'sequence'
+  dataset.label_encoding_kwargs = {'order': 'random', 'max_labels': 2}
+  encoder = encoders.make_encoder(dataset, num_tags=4)
+  assert encoder.spec['label_sequence'][0] == (4,)
+  dataset.label_encoding = 'counts'
+  with pytest.raises(ValueError, match='Unknown config.dataset.label_encoding'
+                     " 'counts'; valid: multi_hot, .*tag_count"):
+    encoders.make_encoder(dataset, num_tags=4)
+
+
+@pytest.mark.slow
+def test_a_new_task_runs_through_the_registries(tiny_config, tmp_path,
+                                                counting):
+  """Training, --mode=eval and the results files of a task that the
+  trainer has never heard of, with its own encoder and objective."""
+  config = tiny_config
+  config.dataset.label_encoding = 'tag_count'
+  config.dataset.label_encoding_kwargs = {'cap': 8}
+  config.loss.name = 'count_mse'
+  config.num_train_steps = 4
+  config.eval_every_steps = config.checkpoint_every_steps = 4
+  workdir = str(tmp_path / 'counting')
+  result = train.train_and_evaluate(config, workdir)
+  # The encoder's prior, independently: the train split's mean capped count.
+  from jaxtag.data import build
+  builder = build.get_builder(config.dataset.name, config.dataset.data_dir)
+  source = builder.as_data_source('train')
+  prior = np.mean([min(len(source[i]['tags']), 8)
+                   for i in range(len(source))])
+  with open(os.path.join(workdir, fake_methods.PRIOR_FILE)) as f:
+    assert json.load(f)['prior'] == pytest.approx(prior, rel=1e-12)
+  # The task's metric, from its own CSV; its true counts from the records.
+  rows = list(csv.DictReader(open(os.path.join(workdir,
+                                               'results_counts.csv'))))
+  test = builder.as_data_source('test')
+  assert len(rows) == len(test) == result['num_examples']
+  for row in rows:
+    true = min(len(test[int(row['index'])]['tags']), 8) - prior
+    assert float(row['true']) == pytest.approx(true, abs=1e-5)
+  mae = np.mean([abs(float(r['predicted']) - float(r['true'])) for r in rows])
+  assert result['mae'] == pytest.approx(mae, rel=1e-6)
+  saved = json.load(open(os.path.join(workdir, 'results.json')))
+  assert saved['metrics']['mae'] == result['mae']
+  assert not os.path.exists(os.path.join(workdir, 'thresholds.json'))
+  # Evaluation alone reads the prior back from the workdir.
+  again = train.evaluate_checkpoint(config, workdir, 'test')
+  assert again['mae'] == pytest.approx(result['mae'], rel=1e-6)
+  assert os.path.exists(os.path.join(workdir, 'eval_test_counts.csv'))
+
+
+def test_the_trainer_names_no_method_encoder_or_task():
+  """train.py assembles parts by name from the config: no head, backbone,
+  objective, label encoder, task or feature provider is named in it."""
+  from jaxtag import models
+  from jaxtag.data import encoders
+  from jaxtag.models import features
+  source = open(train.__file__, encoding='utf-8').read().lower()
+  names = (set(heads.HEADS) | set(models.BACKBONES)
+           | set(objectives.OBJECTIVES) | set(encoders.ENCODERS)
+           | set(tasks.TASKS) | set(features.PROVIDERS))
+  assert {'show_attend_tell', 'vallet', 'captioning', 'caption',
+          'captioner'} <= names   # the registries are what they were
+  words = names | {'caption', 'semantic', 'vallet', 'mlgcn', 'addgcn', 'gcn',
+                   'sequence', 'multi_label', 'single_label', 'bleu', 'vocab',
+                   'crop', 'lstm', 'decoder', 'teacher', 'beam', 'rating'}
+  named = sorted(w for w in words if w.lower() in source)
+  assert not named, f'jaxtag/train.py names {named}'
+
+
+def test_saved_configs_of_earlier_versions_are_upgraded():
+  """A run's config.json from before encoder options and feature providers
+  reads with its keys where they live now."""
+  saved = json.loads(config_lib.defaults().to_json_best_effort())
+  saved['num_train_steps'] = 10
+  del saved['dataset']['label_encoding_kwargs'], saved['model']['features']
+  saved['dataset'].update(label_encoding='sequence', sequence_order='rare',
+                          max_labels=7, caption_max_tokens=20,
+                          caption_references=5, caption_min_count=5,
+                          caption_targets='')
+  saved['model']['semantic'] = {'captioner': 'runs/c', 'pooling': 'max',
+                                'cache': ''}
+  new = ml_collections.ConfigDict(config_lib.upgrade(saved))
+  config_lib.validate(new)
+  assert dict(new.dataset.label_encoding_kwargs) == {'order': 'rare',
+                                                     'max_labels': 7}
+  assert new.model.features.semantic.to_dict() == {
+      'provider': 'captioner', 'captioner': 'runs/c', 'pooling': 'max',
+      'cache': ''}
+  saved['dataset']['label_encoding'] = 'caption'
+  saved['model']['semantic']['captioner'] = ''
+  new = config_lib.upgrade(saved)
+  assert new['dataset']['label_encoding_kwargs'] == {
+      'max_tokens': 20, 'references': 5, 'min_count': 5, 'targets': ''}
+  assert 'features' not in new['model']

@@ -382,7 +382,7 @@ def test_a_training_config_starts_from_the_imported_backbone(tmp_path,
   config.model.backbone_kwargs = {'symmetric_padding': True}
   config.init.backbone = str(tmp_path / 'r50.npz')
   run = train.Run(config, str(tmp_path / 'run'))
-  state = train.starting_state(run, config)
+  state = train.starting_state(run)
   params = checkpoint.flatten(state.params)
   stats = checkpoint.flatten(state.batch_stats)
   for key, value in converted.items():

@@ -335,14 +335,17 @@ def test_synthetic_variant_is_the_baseline_with_the_decoder():
   config_lib.validate(ours)
   a, b = _flat(base), _flat(ours)
   changed = {k for k in a if a[k] != b[k]}
-  assert changed == {'model.head', 'loss.name', 'dataset.label_encoding',
-                     'dataset.max_labels'}
+  assert changed == {'model.head', 'loss.name', 'dataset.label_encoding'}
   assert (ours.model.head, ours.loss.name, ours.dataset.label_encoding) == (
       'lstm_decoder', 'sequence_ce', 'sequence')
+  assert dict(base.dataset.label_encoding_kwargs) == {}
+  assert dict(ours.dataset.label_encoding_kwargs) == {'order': 'frequent',
+                                                      'max_labels': 24}
   kwargs = dict(ours.model.head_kwargs)
   assert kwargs == {'embed_dim': 64, 'lstm_dim': 512, 'beam_width': 3,
                     'max_steps': 25}
-  ours.dataset.max_labels = 10   # the beam's length follows the sequence's
+  # The beam's length follows the sequence's.
+  ours.dataset.label_encoding_kwargs.max_labels = 10
   assert ours.model.head_kwargs.max_steps == 11
   default = config_lib.load_config_file('configs/cnn_rnn_danbooru.py')
   config_lib.validate(default)

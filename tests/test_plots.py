@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from jaxtag import plots
+from jaxtag import tasks
 from jaxtag.data import tag_metadata as tag_metadata_lib
 
 NAMES = ['general', 'sensitive', '1girl', 'long_hair', 'smile', 'hat',
@@ -224,8 +225,9 @@ def test_write_run_plots_multi_label(tmp_path):
           'threshold': np.full(len(NAMES), 0.5),
           'ap': metrics.average_precision(scores, labels)}
   constants = {'head': {'adjacency': np.eye(len(NAMES)) + 0.1}}
-  paths = plots.write_run_plots(str(tmp_path), 'results', 7, pred, _tags(),
-                                task='multi_label', constants=constants)
+  paths = plots.write_run_plots(str(tmp_path), 'results', 7, pred,
+                                task=tasks.MultiLabel(_tags()),
+                                constants=constants)
   names = sorted(os.path.basename(str(p)) for p in paths)
   assert names == ['results_ap_bars.png', 'results_ap_vs_count.png',
                    'results_graph_head_adjacency.png', 'results_pr.png']
@@ -240,13 +242,13 @@ def test_write_run_plots_single_label_and_without_matplotlib(tmp_path,
   rng = np.random.default_rng(0)
   pred = {'scores': rng.random((30, len(NAMES))),
           'labels': rng.integers(0, len(NAMES), 30)}
-  paths = plots.write_run_plots(str(tmp_path), 'eval_test', 3, pred, _tags(),
-                                task='single_label')
+  paths = plots.write_run_plots(str(tmp_path), 'eval_test', 3, pred,
+                                task=tasks.SingleLabel(_tags()))
   assert [os.path.basename(str(p)) for p in paths] == [
       'eval_test_confusion.png']
   monkeypatch.setattr(plots, 'available', lambda: False)
-  assert plots.write_run_plots(str(tmp_path / 'none'), 'x', 0, pred, _tags(),
-                               task='single_label') == []
+  assert plots.write_run_plots(str(tmp_path / 'none'), 'x', 0, pred,
+                               task=tasks.SingleLabel(_tags())) == []
   assert not (tmp_path / 'none').exists()
 
 

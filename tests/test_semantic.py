@@ -9,6 +9,7 @@ import pytest
 
 from jaxtag import checkpoint
 from jaxtag import config as config_lib
+from jaxtag import predictor as predictor_lib
 from jaxtag import semantic_cache
 from jaxtag import sharding
 from jaxtag import train
@@ -22,11 +23,26 @@ def captioner_run(tiny_captioner_run):
   return tiny_captioner_run[0]
 
 
+def read_state(workdir):
+  """The whole stored state of a run's latest checkpoint, as numpy."""
+  import os
+  import orbax.checkpoint as ocp
+  root = os.path.join(workdir, 'checkpoints')
+  step = max(int(d) for d in os.listdir(root) if d.isdigit())
+  path = os.path.join(root, str(step), 'state')
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(path).item_metadata.tree
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        restore_args=jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)))
+
+
 def _tagger_config(tiny_data_dir, captioner):
   config = config_lib.load_config_file('configs/default.py:tiny')
   config.dataset.data_dir = tiny_data_dir
   config.model.head = 'semantic_fake'
-  config.model.semantic.captioner = captioner
+  config.model.features = {'semantic': {'provider': 'captioner',
+                                        'captioner': captioner}}
   config.data.mean = (0.4, 0.45, 0.5)   # not the captioner's: undone inside
   config.data.std = (0.25, 0.2, 0.3)
   config.num_train_steps = 2
@@ -44,47 +60,67 @@ def test_frozen_captioner_in_the_step_and_its_cache(tiny_data_dir, tmp_path,
   train.train_and_evaluate(config, workdir)
 
   captioner, _ = read_params(captioner_run)
-  tagger, step = read_params(workdir)
+  captioner_stats, _ = read_params(captioner_run, collection='batch_stats')
+  frozen, step = read_params(workdir, collection='constants')
+  tagger, _ = read_params(workdir)
   assert step == 2
-  flat_c, flat_t = checkpoint.flatten(captioner), checkpoint.flatten(tagger)
-  # The captioner's encoder arrived and never moved; the head trained.
+  flat_c = {**{'params/' + k: v
+               for k, v in checkpoint.flatten(captioner).items()},
+            **{'batch_stats/' + k: v
+               for k, v in checkpoint.flatten(captioner_stats).items()}}
+  flat_f = checkpoint.flatten(frozen)
+  # The captioner's encoder arrived, with its batch statistics, and never
+  # moved: it is no trained parameter and has no optimiser state.
+  taken = 0
   for key, value in flat_c.items():
-    for src, dst in (('backbone/', 'semantic/backbone/'),
-                     ('head/annotate/', 'semantic/annotate/')):
+    for src, dst in (('params/backbone/', 'params/backbone/'),
+                     ('params/head/annotate/', 'params/annotate/'),
+                     ('batch_stats/backbone/', 'batch_stats/backbone/')):
       if key.startswith(src):
-        np.testing.assert_array_equal(flat_t[dst + key[len(src):]], value)
-  assert any(k.startswith('semantic/annotate/') for k in flat_t)
+        np.testing.assert_array_equal(
+            flat_f['providers_semantic/' + dst + key[len(src):]], value)
+        taken += 1
+  assert taken == len(flat_f)
+  assert any(k.startswith('providers_semantic/params/annotate/')
+             for k in flat_f)
+  assert not any('providers_semantic' in k
+                 for k in checkpoint.flatten(tagger))
+  state = read_state(workdir)
+  assert not any('providers_semantic' in k
+                 for k in checkpoint.flatten(state['opt_state']))
 
   # The cache holds what the step computes, on the eval images.
   out = str(tmp_path / 'vcap')
   semantic_cache.write_cache(config, out, splits=('test',))
   cached = np.load(io.BytesIO(open(f'{out}/test.npy', 'rb').read()))
-  run = train.Run(config, workdir)
-  state = run.checkpointer.restore(step, run.abstract_state)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  predictor = predictor_lib.Predictor(config, workdir)
+  restored, _ = predictor.restore(step)
+  variables = {'params': restored.params,
+               'batch_stats': restored.batch_stats,
+               'constants': restored.constants}
   seen = 0
-  for batch in run.eval_batches('test'):
+  for batch in predictor.eval_batches('test'):
     image = train.normalize(batch['image'], mean=tuple(config.data.mean),
                             std=tuple(config.data.std), dtype=np.float32)
-    in_step = run.model.apply(variables, image,
-                              method=lambda m, x: m.semantic(x))
+    in_step = predictor.model.apply(variables, image,
+                                    method='provided')['semantic']
     keep = batch['mask'] > 0
     np.testing.assert_allclose(np.asarray(in_step)[keep],
                                cached[batch['index'][keep]], atol=2e-5)
     seen += int(keep.sum())
   assert seen == len(cached) == 64
-  run.checkpointer.close()
+  predictor.close()
 
   # A run from the cache gets the same feature through the pipeline.
-  config.model.semantic.captioner = ''
-  config.model.semantic.cache = out
+  config.model.features.semantic.captioner = ''
+  config.model.features.semantic.cache = out
   config.dataset.train_split = 'test'   # the one split cached here
   cache_run = train.Run(config, str(tmp_path / 'from_cache'))
   batch = next(iter(cache_run.eval_batches('test')))
   keep = batch['mask'] > 0
   np.testing.assert_array_equal(batch['semantic'][keep],
                                 cached[batch['index'][keep]])
-  cache_run.checkpointer.close()
+  cache_run.close()
 
 
 def test_semantic_config_errors(tiny_data_dir, tmp_path, monkeypatch):
@@ -92,9 +128,20 @@ def test_semantic_config_errors(tiny_data_dir, tmp_path, monkeypatch):
   config = _tagger_config(tiny_data_dir, str(tmp_path / 'nowhere'))
   with pytest.raises(FileNotFoundError, match='trained captioner run'):
     train.Run(config, str(tmp_path / 'run'))
-  config.model.semantic.captioner = ''
-  config.model.semantic.cache = str(tmp_path / 'nocache')
+  config.model.features.semantic.captioner = ''
+  config.model.features.semantic.cache = str(tmp_path / 'nocache')
   with pytest.raises(FileNotFoundError, match='semantic_cache'):
+    train.Run(config, str(tmp_path / 'run'))
+  config.model.features.semantic.cache = ''
+  with pytest.raises(ValueError, match='needs captioner .* or cache'):
+    train.Run(config, str(tmp_path / 'run'))
+  config.model.features.semantic.update(captioner='a', cache='b')
+  with pytest.raises(ValueError, match='Set one of'):
+    train.Run(config, str(tmp_path / 'run'))
+  config.model.features.semantic.update(captioner='', cache='', size=3)
+  with pytest.raises(ValueError, match=r"Unknown key\(s\) \['size'\] in "
+                     r'config.model.features.semantic .*valid: provider, '
+                     'cache, captioner, pooling'):
     train.Run(config, str(tmp_path / 'run'))
 
 
@@ -106,7 +153,7 @@ def test_tiny_addgcn_with_captions_trains(tiny_data_dir, tmp_path,
   config = config_lib.load_config_file(
       'configs/addgcn_caption_danbooru.py:tiny')
   config.dataset.data_dir = tiny_data_dir
-  config.model.semantic.captioner = captioner_run
+  config.model.features.semantic.captioner = captioner_run
   config.num_train_steps = 4
   config.log_every_steps = 1
   config.eval_every_steps = config.checkpoint_every_steps = 4
@@ -120,9 +167,11 @@ def test_tiny_addgcn_with_captions_trains(tiny_data_dir, tmp_path,
 
   captioner, _ = read_params(captioner_run)
   tagger, _ = read_params(workdir)
+  frozen, _ = read_params(workdir, collection='constants')
   flat_c, flat_t = checkpoint.flatten(captioner), checkpoint.flatten(tagger)
-  np.testing.assert_array_equal(flat_t['semantic/annotate/kernel'],
-                                flat_c['head/annotate/kernel'])
+  np.testing.assert_array_equal(
+      checkpoint.flatten(frozen)['providers_semantic/params/annotate/kernel'],
+      flat_c['head/annotate/kernel'])
   # The adjacency kernel's v_cap rows (the context comes first, and with
   # replace_global the context is v_cap, 16 wide) left their start.
   fresh = train.Trainable(config, sharding.create_mesh(),

@@ -218,6 +218,31 @@ def test_tagger_overrides_thresholds_by_category(random_bundle):
   assert everything['general'] == {} and everything['character'] == {}
 
 
+def test_the_tasks_server_record_is_the_taggers_result(random_bundle):
+  """What jaxtag.serve answers for one image: the tagger's result, and with
+  scores every score and threshold, handed to the page's own summary."""
+  tagger = tagger_lib.Tagger(random_bundle[3], general_threshold=0.3)
+  image = _images(1)[0]
+  seen = []
+
+  def page_extras(scores, thresholds):
+    seen.append((scores, thresholds))
+    return 'every score', 'per category'
+
+  plain = tagger.task.serve_record(tagger, image, 'a.png', with_scores=False,
+                                   page_extras=page_extras)
+  assert plain == {'file': 'a.png', **tagger.tag([image])[0]}
+  assert not seen
+  full = tagger.task.serve_record(tagger, image, 'a.png', with_scores=True,
+                                  page_extras=page_extras)
+  assert full == {**plain, 'scores': 'every score',
+                  'thresholds': 'per category'}
+  scores = tagger.scores([image])
+  np.testing.assert_array_equal(seen[0][0], scores[0])
+  np.testing.assert_array_equal(seen[0][1], tagger.thresholds(scores)[0])
+  assert (seen[0][1][tagger.groups['general']] == 0.3).all()
+
+
 def test_tagger_takes_paths_pil_images_and_arrays_alike(random_bundle,
                                                         tmp_path):
   pixels = _images(1, size=48)[0]

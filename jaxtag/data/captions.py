@@ -8,23 +8,25 @@
   END 2, UNK 3. A run builds it once from its train split and saves it in
   its workdir (`caption_vocab.json`), so a resumed or converted run decodes
   with the same ids.
-- Encoding `caption` (config.dataset.label_encoding): `caption_tokens`
-  [T + 2] is START, the words (at most T = config.dataset.caption_max_tokens),
+- Encoding `caption` (config.dataset.label_encoding; its options are
+  config.dataset.label_encoding_kwargs, see `CaptionEncoder`):
+  `caption_tokens` [T + 2] is START, the words (at most T = `max_tokens`),
   END, then PAD; `caption_mask` [T + 2] is 1 from START to END. A record may
   hold one caption or several (Flickr8k's five): training draws one per
   example and epoch from (seed, position), so a resumed run sees the same.
-  `labels` [R, T + 2] holds up to R references (config.dataset.
-  caption_references) encoded the same way, rows of PAD past the last: the
-  BLEU references of the evaluation.
+  `labels` [R, T + 2] holds up to R references (`references`) encoded the
+  same way, rows of PAD past the last: the BLEU references of the
+  evaluation.
 """
 from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import io
 import json
 import re
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 from etils import epath
@@ -110,17 +112,60 @@ def sequence(ids, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
   return tokens, mask
 
 
+@dataclasses.dataclass
 class CaptionEncoder:
-  name = 'caption'
+  """The `caption` encoder. Options (config.dataset.label_encoding_kwargs):
+  `max_tokens` (T), `references` (R), `min_count` (of a word to enter the
+  vocabulary) and `targets` (a CSV whose captions replace the train
+  records' own, see `load_targets`; '' keeps them). `prepare` reads the
+  run's vocabulary, building it from the train split on the first start."""
+  name: ClassVar[str] = 'caption'
+  max_tokens: int = 20
+  references: int = 5
+  min_count: int = 5
+  targets: str = ''
+  # Set by the run: the record feature holding the captions (config.
+  # dataset.label_feature).
+  label_feature: str = 'caption'
+  # Set by `prepare` (or given directly): the run's vocabulary.
+  vocabulary: Vocabulary | None = dataclasses.field(
+      default=None, repr=False, metadata={'option': False})
 
-  def __init__(self, vocabulary: Vocabulary, *, max_tokens: int,
-               references: int):
-    if max_tokens < 1 or references < 1:
-      raise ValueError('config.dataset.caption_max_tokens and '
-                       'caption_references must be at least 1.')
-    self.vocabulary, self.max_tokens = vocabulary, int(max_tokens)
-    self.references = int(references)
-    self.num_classes = len(vocabulary)
+  def __post_init__(self):
+    if self.max_tokens < 1 or self.references < 1:
+      raise ValueError('config.dataset.label_encoding_kwargs.max_tokens and '
+                       'references must be at least 1.')
+    self.max_tokens, self.references = int(self.max_tokens), int(
+        self.references)
+
+  def prepare(self, workdir: str, source) -> None:
+    """The run's vocabulary: built by process 0 from the train `source`
+    into the workdir on the first start, read from there afterwards (by
+    every process). Evaluation alone (`source` None) reads it."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    path = epath.Path(workdir) / VOCAB_FILE
+    if source is None:
+      if not path.exists():
+        raise FileNotFoundError(
+            f'{path} is missing: the caption vocabulary is written when the '
+            'run starts training; train the run first.')
+    elif jax.process_index() == 0:
+      run_vocabulary(workdir, source, self.label_feature, self.min_count,
+                     is_writer=True)
+    if source is not None and jax.process_count() > 1:
+      multihost_utils.sync_global_devices('jaxtag_caption_vocabulary')
+    self.vocabulary = Vocabulary.load(path)
+
+  @property
+  def num_classes(self) -> int:
+    if self.vocabulary is None:
+      raise ValueError('The caption encoder has no vocabulary yet: call '
+                       'prepare(workdir, train_source) first.')
+    return len(self.vocabulary)
+
+  def train_labels(self) -> dict[int, str] | None:
+    return load_targets(self.targets) if self.targets else None
 
   @property
   def spec(self) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -171,7 +216,8 @@ def load_targets(path) -> dict[int, str]:
   (a captioner's eval_<split>_captions.csv)."""
   path = epath.Path(path)
   if not path.exists():
-    raise FileNotFoundError(f'config.dataset.caption_targets: {path} does not '
+    raise FileNotFoundError(f'config.dataset.label_encoding_kwargs.targets: '
+                            f'{path} does not '
                             'exist; write it with --mode=eval of the teacher '
                             'captioner on the train split.')
   rows = list(csv.DictReader(io.StringIO(path.read_text())))

@@ -1,31 +1,32 @@
-"""Label encodings: how an example's tag ids reach the loss.
+"""Label encoders for tag ids: how an example's tags reach the loss.
 
-Chosen by `config.dataset.label_encoding`:
+The registry of encoders is jaxtag/data/encoders.py; these are its tag
+encoders (the caption encoder is jaxtag/data/captions.py):
 - `multi_hot`: `labels` [C] float32, 1 for each present tag.
 - `class_id`: `labels` int32, the example's single class; an example with
   no label or several is skipped and counted, like an undecodable image.
-- `caption`: words of a caption for a caption decoder; see
-  jaxtag/data/captions.py.
 - `sequence`: for label decoders trained with teacher forcing.
   `label_sequence` [L + 2] int32 is START, the labels in the chosen order,
   END, then END padding; `label_sequence_mask` [L + 2] float32 is 1 from
   START to END. START is id C and END id C + 1, so a decoder's vocabulary
   is C + 2. `labels` [C] multi-hot comes along for the metric suite, which
-  never sees the sequence. Orders: `frequent` (most frequent train tag
-  first, the CNN-RNN default), `rare`, or `random`, drawn from the same
-  (seed, position) as the example's augmentation so a resumed run sees the
-  same order. An example with more than L labels keeps the first L.
+  never sees the sequence. Options (config.dataset.label_encoding_kwargs):
+  `order`: `frequent` (most frequent train tag first, the CNN-RNN default),
+  `rare`, or `random`, drawn from the same (seed, position) as the
+  example's augmentation so a resumed run sees the same order;
+  `max_labels` (L, default 16): an example with more labels keeps the
+  first L.
 
 Each encoder states its per-example `spec` (name -> (shape, dtype)) so that
 the model can be initialised before any data is read.
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import numpy as np
 
-ENCODINGS = ('multi_hot', 'class_id', 'sequence', 'caption')
 ORDERS = ('frequent', 'rare', 'random')
 
 
@@ -48,11 +49,30 @@ def multi_hot(ids, num_classes: int) -> np.ndarray:
   return labels
 
 
+@dataclasses.dataclass
 class MultiHot:
-  name = 'multi_hot'
+  """The base encoder: one tag vector per example.
 
-  def __init__(self, num_classes: int):
-    self.num_classes = num_classes
+  `num_tags` (the dataset's tags) and `counts` (their train counts, or
+  None) are set by the run; every other field is an option.
+  """
+  name: ClassVar[str] = 'multi_hot'
+  num_tags: int
+  counts: Any = dataclasses.field(default=None, repr=False)
+
+  def prepare(self, workdir: str, source) -> None:
+    """Reads (or, from the train `source`, builds) what the encoder keeps
+    in the run's workdir. `source` is None when only evaluating."""
+    del workdir, source
+
+  @property
+  def num_classes(self) -> int:
+    """The width of the model's output."""
+    return self.num_tags
+
+  def train_labels(self) -> dict[int, Any] | None:
+    """{record: label value} replacing the train records' own, or None."""
+    return None
 
   @property
   def spec(self) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -67,8 +87,9 @@ class MultiHot:
             self.spec.items()}
 
 
+@dataclasses.dataclass
 class ClassId(MultiHot):
-  name = 'class_id'
+  name: ClassVar[str] = 'class_id'
 
   @property
   def spec(self):
@@ -82,27 +103,30 @@ class ClassId(MultiHot):
     return {'labels': np.int32(ids[0])}
 
 
+@dataclasses.dataclass
 class LabelSequence(MultiHot):
-  name = 'sequence'
+  name: ClassVar[str] = 'sequence'
+  order: str = 'frequent'
+  max_labels: int = 16
 
-  def __init__(self, num_classes: int, *, order: str, max_labels: int,
-               counts=None):
-    super().__init__(num_classes)
-    if order not in ORDERS:
-      raise ValueError(f'Unknown config.dataset.sequence_order {order!r}; '
-                       f'valid: {", ".join(ORDERS)}.')
-    if max_labels < 1:
-      raise ValueError('config.dataset.max_labels must be at least 1.')
-    if order != 'random' and counts is None:
-      raise ValueError(f'sequence_order={order!r} needs the train tag counts '
+  def __post_init__(self):
+    num_classes, counts = self.num_tags, self.counts
+    if self.order not in ORDERS:
+      raise ValueError('Unknown config.dataset.label_encoding_kwargs.order '
+                       f'{self.order!r}; valid: {", ".join(ORDERS)}.')
+    if self.max_labels < 1:
+      raise ValueError('config.dataset.label_encoding_kwargs.max_labels must '
+                       'be at least 1.')
+    if self.order != 'random' and counts is None:
+      raise ValueError(f'order={self.order!r} needs the train tag counts '
                        '(label_stats.npz of the dataset).')
-    self.order, self.max_labels = order, int(max_labels)
+    self.max_labels = int(self.max_labels)
     self.start, self.end = num_classes, num_classes + 1
     if counts is not None:
       counts = np.asarray(counts, np.int64)
       # rank[c]: position of tag c in the frequency order; ties by tag id.
       by_freq = np.lexsort((np.arange(num_classes), -counts))
-      if order == 'rare':
+      if self.order == 'rare':
         by_freq = np.lexsort((np.arange(num_classes), counts))
       self._rank = np.empty(num_classes, np.int64)
       self._rank[by_freq] = np.arange(num_classes)
@@ -133,29 +157,3 @@ class LabelSequence(MultiHot):
     mask[:len(ordered) + 2] = 1.0
     return {'labels': multi_hot(ids, self.num_classes),
             'label_sequence': sequence, 'label_sequence_mask': mask}
-
-
-def make_encoder(dataset_config, num_classes: int, counts=None,
-                 vocabulary=None) -> MultiHot:
-  """The encoder that `config.dataset.label_encoding` names.
-
-  vocabulary: the run's caption vocabulary (jaxtag.data.captions), for
-  'caption'."""
-  name = dataset_config.label_encoding
-  if name == 'multi_hot':
-    return MultiHot(num_classes)
-  if name == 'class_id':
-    return ClassId(num_classes)
-  if name == 'sequence':
-    return LabelSequence(num_classes, order=dataset_config.sequence_order,
-                         max_labels=dataset_config.max_labels, counts=counts)
-  if name == 'caption':
-    from jaxtag.data import captions  # pylint: disable=g-import-not-at-top
-    if vocabulary is None:
-      raise ValueError("label_encoding='caption' needs the run's caption "
-                       'vocabulary (built from the train split by the run).')
-    return captions.CaptionEncoder(
-        vocabulary, max_tokens=dataset_config.caption_max_tokens,
-        references=dataset_config.caption_references)
-  raise ValueError(f'Unknown config.dataset.label_encoding {name!r}; valid: '
-                   f'{", ".join(ENCODINGS)}.')

@@ -8,6 +8,10 @@ the backbone (`global_pool` 'token' or 'avg', returning [B, 1, 1, D]), so
 their `fc_norm` is the backbone's; ConvNeXt returns its feature map and
 the head pools it (`config.model.pool`), so its `head.norm` is the linear
 head's `norm` field (`head_kwargs.norm=True`).
+
+The feature providers of config.model.features are built here too
+(`build_providers`, jaxtag/models/features.py): those that compute inside
+the step become frozen modules of the Tagger.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import jax.numpy as jnp
 from jaxtag.models import convnext
 from jaxtag.models import densenet
 from jaxtag.models import eva02
+from jaxtag.models import features as features_lib
 from jaxtag.models import resnet
 from jaxtag.models import swinv2
 from jaxtag.models import vallet
@@ -75,10 +80,18 @@ def _make(registry, kind: str, name: str, kwargs: dict, key: str, **fixed):
   return factory(**{k: v for k, v in fixed.items() if k in fields}, **kwargs)
 
 
+def build_providers(model_config, data_config) -> dict:
+  """{feature: provider} of config.model.features (jaxtag/models/
+  features.py), for `build_model` and the data pipeline."""
+  return features_lib.build_providers(model_config.get('features'),
+                                      data_config, BACKBONES)
+
+
 def build_model(model_config, num_classes: int, tag_metadata=None,
-                semantic=None) -> Tagger:
-  """The tagger `config.model` describes; `semantic`: a frozen encoder
-  giving the head its 'semantic' feature (jaxtag/models/semantic.py)."""
+                providers=None) -> Tagger:
+  """The tagger `config.model` describes; `providers`: `build_providers`'
+  result, whose in-step modules the tagger runs frozen (None: none, as a
+  bundle is served: the caller passes the features)."""
   if model_config.dtype not in DTYPES:
     raise ValueError(f'Unknown config.model.dtype {model_config.dtype!r}; '
                      f'valid: {", ".join(DTYPES)}.')
@@ -90,17 +103,18 @@ def build_model(model_config, num_classes: int, tag_metadata=None,
                dict(model_config.head_kwargs), 'head_kwargs',
                num_classes=num_classes, pool=model_config.pool, dtype=dtype,
                tag_metadata=tag_metadata)
-  return Tagger(backbone=backbone, head=head, semantic=semantic)
+  modules = features_lib.modules(providers or {})
+  return Tagger(backbone=backbone, head=head, providers=modules or None)
 
 
 def declared_features(model: Tagger) -> tuple[tuple[str, ...],
                                               tuple[str, ...]]:
   """(batch_features, teacher_features) that the model's head receives from
-  the batch; 'semantic' is not among them when the model computes it."""
+  the batch; those the model's providers compute are not among them."""
   head = model.head  # a head may declare per instance (a property)
-  batch = tuple(getattr(head, 'batch_features', ()))
-  if model.semantic is not None:
-    batch = tuple(k for k in batch if k != 'semantic')
+  computed = set(model.providers or ())
+  batch = tuple(k for k in getattr(head, 'batch_features', ())
+                if k not in computed)
   return batch, tuple(getattr(head, 'teacher_features', ()))
 
 

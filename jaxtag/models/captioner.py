@@ -52,7 +52,7 @@ class ShowAttendTell(nn.Module):
   lstm_dim: int = 1024
   dropout: float = 0.5
   beam_width: int = 3
-  max_steps: int = 21         # config.dataset.caption_max_tokens + 1 (END)
+  max_steps: int = 21         # the encoder's max_tokens + 1 (END)
   teacher_features: ClassVar[tuple[str, ...]] = ('caption_tokens',)
 
   def setup(self):

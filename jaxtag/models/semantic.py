@@ -8,23 +8,25 @@ Here that is the encoder of a Show, Attend and Tell run
 projection, pooled over the real cells (`pooling` 'avg', the default, or
 'max').
 
-`CaptionSemantics` runs inside the tagger's jitted step on the same
-(augmented) image the tagger sees, so training and test features come from
-the same kind of input. It is frozen: its output is behind
-`stop_gradient`, its backbone runs in inference mode (its batch-norm
-statistics never move), and the trainer zeroes its parameter updates
-(`FROZEN` below). The image reaches it normalised for the tagger; it undoes
-that and applies the captioner's own normalisation.
-
-`config.model.semantic.captioner` names the captioner's workdir: its
-config.json gives the architecture, its latest checkpoint the weights
-(loaded when the tagger's run starts). The alternative, a cache of v_cap
-computed once per image (`config.model.semantic.cache`, written by
-`python -m jaxtag.semantic_cache`), trades that for speed: it is computed
-on the un-augmented image at the evaluation geometry.
+The provider `captioner` (jaxtag/models/features.py) gives a head's
+declared feature (config.model.features.semantic, say) in one of two ways:
+- `captioner`: the captioner run's workdir; its config.json gives the
+  architecture, its latest checkpoint the weights (taken when the tagger's
+  run starts, through the same mechanism as config.init). Then
+  `CaptionSemantics` runs inside the tagger's jitted step on the same
+  (augmented) image the tagger sees, so training and test features come
+  from the same kind of input. It is frozen: its output is behind
+  `stop_gradient`, its backbone runs in inference mode, and its weights
+  live in the tagger's 'constants' collection, which is never trained.
+  The image reaches it normalised for the tagger; it undoes that and
+  applies the captioner's own normalisation.
+- `cache`: a folder of v_cap computed once per image (written by
+  `python -m jaxtag.semantic_cache`), which trades that for speed: it is
+  computed on the un-augmented image at the evaluation geometry.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from typing import Any
@@ -37,11 +39,11 @@ from etils import epath
 
 from jaxtag.models import pooling
 
-# The parameters the optimiser must leave alone (optim.scale_by_param_group).
-FROZEN = ('^semantic/', 0.0)
-# Where a captioner's weights go in the tagger: (captioner, tagger) prefixes.
-RENAMES = (('backbone/', 'semantic/backbone/'),
-           ('head/annotate/', 'semantic/annotate/'))
+# Where a captioner's weights go in CaptionSemantics: (captioner, module)
+# prefixes of 'collection/parameter' paths.
+RENAMES = (('params/backbone/', 'params/backbone/'),
+           ('params/head/annotate/', 'params/annotate/'),
+           ('batch_stats/backbone/', 'batch_stats/backbone/'))
 
 
 def pool_annotations(a, mask, how: str):
@@ -51,8 +53,8 @@ def pool_annotations(a, mask, how: str):
         jnp.sum(mask, 1, keepdims=True), 1.0)
   if how == 'max':
     return jnp.max(jnp.where(mask[..., None] > 0, a, -jnp.inf), axis=1)
-  raise ValueError(f'Unknown semantic pooling {how!r} '
-                   '(config.model.semantic.pooling); valid: avg, max.')
+  raise ValueError(f'Unknown semantic pooling {how!r} (the pooling of '
+                   'config.model.features); valid: avg, max.')
 
 
 class CaptionSemantics(nn.Module):
@@ -83,62 +85,78 @@ class CaptionSemantics(nn.Module):
     return jax.lax.stop_gradient(v)
 
 
-def captioner_config(workdir: str) -> dict:
+def captioner_config(workdir: str, where: str) -> dict:
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     raise FileNotFoundError(
-        f'config.model.semantic.captioner: {path} does not exist; give the '
-        'workdir of a trained captioner run (configs/captioner_*.py).')
+        f'{where}: {path} does not exist; give the workdir of a trained '
+        'captioner run (configs/captioner_*.py).')
   config = json.loads(path.read_text())
   if config.get('model', {}).get('head') != 'show_attend_tell':
-    raise ValueError(f'config.model.semantic.captioner: {workdir} is not a '
-                     'captioner run (its model.head is '
-                     f'{config.get("model", {}).get("head")!r}, not '
-                     "'show_attend_tell').")
+    raise ValueError(f'{where}: {workdir} is not a captioner run (its '
+                     f'model.head is {config.get("model", {}).get("head")!r}, '
+                     "not 'show_attend_tell').")
   return config
 
 
-def build(semantic_config, data_config, backbones) -> CaptionSemantics | None:
-  """The frozen encoder that config.model.semantic asks for, or None."""
-  if not semantic_config.captioner:
-    return None
-  config = captioner_config(semantic_config.captioner)
-  model = config['model']
-  head_kwargs = model.get('head_kwargs', {})
-  backbone = backbones[model['backbone']](**model.get('backbone_kwargs', {}))
-  return CaptionSemantics(
-      backbone=backbone, context_dim=int(head_kwargs.get('context_dim', 512)),
-      pooling=semantic_config.pooling,
-      tagger_mean=tuple(data_config.mean), tagger_std=tuple(data_config.std),
-      captioner_mean=tuple(config['data']['mean']),
-      captioner_std=tuple(config['data']['std']))
+@dataclasses.dataclass
+class CaptionerFeature:
+  """The provider `captioner`: v_cap of a frozen captioner. Options:
+  `captioner` (its run's workdir: computed in the step) or `cache` (a
+  folder of <split>.npy: read per record), and `pooling`."""
+  feature: str
+  data_config: Any = dataclasses.field(repr=False)
+  backbones: Any = dataclasses.field(repr=False)
+  captioner: str = ''
+  pooling: str = 'avg'
+  cache: str = ''
 
+  def __post_init__(self):
+    where = f'config.model.features.{self.feature}'
+    if self.captioner and self.cache:
+      raise ValueError(f'Set one of {where}.captioner (computed in the step) '
+                       f'and {where}.cache, not both.')
+    if not (self.captioner or self.cache):
+      raise ValueError(
+          f'{where} needs captioner (the workdir of a trained captioner run, '
+          'computed in the step) or cache (a folder written by python -m '
+          'jaxtag.semantic_cache).')
+    self._module = None
+    if self.captioner:
+      config = captioner_config(self.captioner, f'{where}.captioner')
+      model = config['model']
+      head_kwargs = model.get('head_kwargs', {})
+      backbone = self.backbones[model['backbone']](
+          **model.get('backbone_kwargs', {}))
+      self._module = CaptionSemantics(
+          backbone=backbone,
+          context_dim=int(head_kwargs.get('context_dim', 512)),
+          pooling=self.pooling,
+          tagger_mean=tuple(self.data_config.mean),
+          tagger_std=tuple(self.data_config.std),
+          captioner_mean=tuple(config['data']['mean']),
+          captioner_std=tuple(config['data']['std']))
 
-def frozen_variables(module: CaptionSemantics, captioner_workdir: str,
-                     image_shape) -> dict:
-  """The module's variables filled from the captioner's latest checkpoint
-  (RENAMES, less the 'semantic/' prefix the tagger adds)."""
-  from jaxtag import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from jaxtag import warm_start  # pylint: disable=g-import-not-at-top
-  template = jax.eval_shape(module.init, jax.random.key(0),
-                            jnp.zeros(image_shape, jnp.float32))
-  loaded = warm_start.read(captioner_workdir)
-  out = {}
-  for collection, tree in template.items():
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    values = []
-    for path, leaf in leaves:
-      key = checkpoint_lib.path_name(path)
-      source = next((src + key[len(dst) - len('semantic/'):]
-                     for src, dst in RENAMES
-                     if key.startswith(dst[len('semantic/'):])), None)
-      if source is None or source not in loaded[collection]:
-        raise ValueError(f'The captioner in {captioner_workdir} has no '
-                         f'{collection}/{source or key}; is it a '
-                         'show_attend_tell run of the same architecture?')
-      values.append(jnp.asarray(loaded[collection][source], leaf.dtype))
-    out[collection] = jax.tree_util.tree_unflatten(treedef, values)
-  return out
+  def module(self) -> CaptionSemantics | None:
+    return self._module
+
+  def init_sources(self, prefix: str) -> list[Any]:
+    """The captioner's encoder, from its latest checkpoint, under `prefix`
+    ('constants/providers_semantic/')."""
+    if not self.captioner:
+      return []
+    from jaxtag import warm_start  # pylint: disable=g-import-not-at-top
+    return [warm_start.Source(
+        path=self.captioner,
+        renames=tuple((src, prefix + dst) for src, dst in RENAMES),
+        what=f'config.model.features.{self.feature}.captioner')]
+
+  def open(self, source, split: str):
+    if not self.cache:
+      return source
+    return CachedFeatures(source, self.feature,
+                          open_cache(self.cache, split, self.feature),
+                          f'{self.cache}/{split}.npy')
 
 
 class CachedFeatures:
@@ -150,6 +168,8 @@ class CachedFeatures:
                        f'the split has {len(source)} records: write it again '
                        'with python -m jaxtag.semantic_cache.')
     self.source, self.name, self.values = source, name, values
+    # What the feature looks like in a batch: {name: (shape, dtype)}.
+    self.feature_specs = {name: (values.shape[1:], np.float32)}
 
   def __len__(self):
     return len(self.source)
@@ -158,12 +178,12 @@ class CachedFeatures:
     return {**self.source[record], self.name: self.values[record]}
 
 
-def open_cache(cache_dir: str, split: str):
+def open_cache(cache_dir: str, split: str, feature: str = 'semantic'):
   """v_cap [N, D] float32 of `split` from a cache folder."""
   path = epath.Path(cache_dir) / f'{split}.npy'
   if not path.exists():
     raise FileNotFoundError(
-        f'config.model.semantic.cache: {path} does not exist; write the cache '
-        'with python -m jaxtag.semantic_cache --config CONFIG --out '
+        f'config.model.features.{feature}.cache: {path} does not exist; write '
+        'the cache with python -m jaxtag.semantic_cache --config CONFIG --out '
         f'{cache_dir}.')
   return np.load(io.BytesIO(path.read_bytes())).astype(np.float32)

@@ -18,11 +18,15 @@ Files (written by `jaxtag.serving.convert`, read by `load_bundle`):
 - `preprocess.json`: image size, eval geometry, pad colour, interpolation,
   mean/std and channel order.
 - `label_stats.npz`: only for heads that take the dataset's tag statistics.
-- `caption_vocab.json`: only for a captioner (a run whose objective's task
-  is 'captioning', e.g. `show_attend_tell`): the run's vocabulary. Its
-  "tags" are then the vocabulary's words in id order (so the model is
-  rebuilt with the right output width), `predict` returns the decoded token
-  ids [B, T] instead of scores, and `captions` the sentences.
+- What the run's task adds (jaxtag/tasks/): a captioner's
+  `caption_vocab.json` (its "tags" are then the vocabulary's words in id
+  order, so the model is rebuilt with the right output width; `predict`
+  returns the decoded token ids [B, T] instead of scores, and `captions`
+  the sentences).
+
+`Bundle.task` is the run's task (jaxtag/tasks/), built from the bundle's
+folder: it turns the model's scores into the bundle's output and the
+tagger's results.
 """
 from __future__ import annotations
 
@@ -41,8 +45,8 @@ import safetensors.numpy
 
 from jaxtag import models
 from jaxtag import objectives
+from jaxtag import tasks
 from jaxtag import thresholds as thresholds_lib
-from jaxtag.data import captions as captions_lib
 from jaxtag.data import tag_metadata as tag_metadata_lib
 
 PARAMS = 'params.safetensors'
@@ -194,7 +198,8 @@ class Bundle:
   """A loaded bundle. `predict` returns scores [B, len(tags)] in bundle
   order; `model_scores` the same scores in the model's own order. For a
   captioner (`task == 'captioning'`) both return the decoded token ids
-  [B, T], and `captions` the sentences."""
+  [B, T], and `captions` the sentences. `task`: the run's task
+  (jaxtag/tasks/), which shapes the output."""
   directory: str
   config: ml_collections.ConfigDict
   model: Any                       # jaxtag.models.Tagger
@@ -209,16 +214,7 @@ class Bundle:
     self.objective = objectives.get_objective(
         self.config.loss, self.config.dataset.label_encoding)
     self.predict_keys, _ = models.declared_features(self.model)
-    self.task = self.objective.task
-    self.vocabulary = None
-    if self.task == 'captioning':
-      path = os.path.join(self.directory, captions_lib.VOCAB_FILE)
-      if not os.path.exists(path):
-        raise FileNotFoundError(
-            f'{path} is missing: the bundle of a captioner carries its '
-            'vocabulary. Convert the run again with python -m '
-            'jaxtag.serving.convert.')
-      self.vocabulary = captions_lib.Vocabulary.load(path)
+    self.task = tasks.for_bundle(self.objective.task, self.directory)
     self.num_model_classes = int(self.info['num_classes'])
     index = np.array([r['index_in_model'] for r in self.tags], np.int32)
     # A rating the model lacks reads the appended zero column.
@@ -253,10 +249,7 @@ class Bundle:
     """Pure: uint8 images -> scores [B, len(tags)] in bundle order (a
     captioner's token ids [B, T] as they are)."""
     scores = self.model_scores_fn(variables, images, image_mask, **features)
-    if self.task == 'captioning':
-      return scores
-    zeros = jnp.zeros((scores.shape[0], 1), scores.dtype)
-    return jnp.concatenate([scores, zeros], axis=1)[:, self.gather_index]
+    return self.task.bundle_output(scores, self.gather_index)
 
   def model_scores(self, images, image_mask=None, **features) -> np.ndarray:
     return np.asarray(self._model_scores(self.variables, images, image_mask,
@@ -275,15 +268,11 @@ class Bundle:
   def captions(self, images, image_mask=None, **features) -> list[str]:
     """A captioner's sentences: uint8 images -> one caption per image
     (words joined by spaces, up to the first END)."""
-    if self.task != 'captioning':
-      raise ValueError(f'{self.directory} is a {self.task} bundle, not a '
-                       'captioner: use predict() for its scores.')
     return self.decode(self.predict(images, image_mask, **features))
 
   def decode(self, tokens) -> list[str]:
-    """Token ids [B, T] -> sentences."""
-    return [' '.join(self.vocabulary.decode(np.asarray(row, np.int64)))
-            for row in np.asarray(tokens)]
+    """A captioner's token ids [B, T] -> sentences."""
+    return self.task.decode(tokens)
 
   def to_model_order(self, scores) -> np.ndarray:
     """Bundle-order scores [N, T] -> model-order scores [N, C]."""

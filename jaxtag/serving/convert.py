@@ -3,10 +3,13 @@ r"""Turns a training run into an inference bundle (jaxtag/serving/bundle.py).
   python -m jaxtag.serving.convert --workdir RUN --out BUNDLE [--step N] \
       [--format bundle|stablehlo|onnx]
 
-Reads the run's config.json and its Orbax checkpoint (the latest, or
-`--step`), keeps the inference variables (params, batch_stats, constants;
-no optimiser state) and writes them with the tag list, preprocessing and
-thresholds. Thresholds in `thresholds.json`:
+Reads the run's config.json and, through the eval-only predictor
+(jaxtag/predictor.py: no train split, no optimiser), the inference
+variables of its Orbax checkpoint (the latest, or `--step`: params,
+batch_stats, constants; the optimiser state is never read), and writes
+them with the tag list, preprocessing and thresholds. What the labels and
+thresholds are is the run's task's to say (jaxtag/tasks/); for a tagger,
+thresholds in `thresholds.json` are:
 - `run`: the policy the run saved (its workdir's thresholds.json, fitted
   on the validation split at the end of training), in model order;
 - `by_category`: general and character values (config.eval.
@@ -36,15 +39,12 @@ import sys
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
 
-from jaxtag import evaluate as evaluate_lib
-from jaxtag import metrics as metrics_lib
+from jaxtag import config as config_lib
+from jaxtag import predictor as predictor_lib
 from jaxtag import thresholds as thresholds_lib
-from jaxtag import train
-from jaxtag.data import captions as captions_lib
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import stablehlo
 
@@ -52,38 +52,9 @@ FORMATS = ('bundle', 'stablehlo', 'onnx')
 _GRID_BINS = 100
 
 
-def precision_recall_per_tag(scores, labels, default,
-                             bins: int = _GRID_BINS) -> np.ndarray:
-  """[C]: per tag, the grid threshold j / bins (0 < j < bins) where the
-  predicted positives are closest in number to the true ones (precision =
-  tp / predicted, recall = tp / true: equal when those counts are). The
-  lowest of tied thresholds wins; a tag without positives gets `default`."""
-  scores = np.asarray(scores, np.float32)
-  targets = np.asarray(labels) > 0.5
-  pos, every = metrics_lib.bin_counts(scores, targets, np.ones_like(targets),
-                                      bins)
-  predicted = np.cumsum(every[:, ::-1], axis=1)[:, ::-1][:, 1:]
-  true = pos.sum(axis=1, keepdims=True)
-  best = (np.argmin(np.abs(predicted - true), axis=1) + 1) / bins
-  return np.where(true[:, 0] > 0, best, np.asarray(default, np.float64))
-
-
-def tuned_thresholds(eval_config, scores, labels, tag_metadata,
-                     run_record: dict) -> dict:
-  """thresholds.json's content, `per_tag` still in model order."""
-  by_category = {name: float(eval_config.category_thresholds[name])
-                 for name in ('general', 'character')}
-  category = thresholds_lib.category_values(eval_config,
-                                            tag_metadata.categories)
-  per_tag = {'category': category.tolist()}
-  if scores is not None:
-    per_tag['f1'] = np.where(
-        np.asarray(labels).sum(0) > 0,
-        thresholds_lib.best_f1_per_tag(scores, labels, 0.5),
-        category).tolist()
-    per_tag['precision_recall'] = precision_recall_per_tag(
-        scores, labels, category).tolist()
-  return {'run': run_record, 'by_category': by_category, 'per_tag': per_tag}
+# Kept here for their callers; they are the threshold policy's.
+precision_recall_per_tag = thresholds_lib.precision_recall_per_tag
+tuned_thresholds = thresholds_lib.tuned
 
 
 def read_run_config(workdir: str,
@@ -92,7 +63,9 @@ def read_run_config(workdir: str,
   if not path.exists():
     raise FileNotFoundError(f'{path} is missing: {workdir} is not a jaxtag '
                             'training workdir (train it with jaxtag.main).')
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  # A run of an earlier version keeps its results: its keys are moved.
+  config = ml_collections.ConfigDict(config_lib.upgrade(
+      json.loads(path.read_text())))
   if data_dir:
     config.dataset.data_dir = data_dir
   return config
@@ -111,65 +84,44 @@ def convert(workdir: str, out: str, *, step: int | None = None,
   if fmt not in FORMATS:
     raise ValueError(f'Unknown --format {fmt!r}; valid: {", ".join(FORMATS)}.')
   config = read_run_config(workdir, data_dir)
-  run = train.Run(config, workdir)
-  steps = saved_steps(epath.Path(run.checkpointer.directory))
+  predictor = predictor_lib.Predictor(config, workdir)
+  directory = predictor.checkpointer.directory
+  steps = saved_steps(epath.Path(directory))
   if not steps:
-    raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}: '
-                            'train the run first.')
+    raise FileNotFoundError(f'No checkpoint in {directory}: train the run '
+                            'first.')
   step = steps[-1] if step is None else int(step)
   if step not in steps:
-    raise ValueError(f'--step {step} is not in {run.checkpointer.directory}; '
-                     f'saved steps: {", ".join(map(str, steps))}.')
-  state = run.checkpointer.restore(step, run.abstract_state)
-  run.checkpointer.close()
+    raise ValueError(f'--step {step} is not in {directory}; saved steps: '
+                     f'{", ".join(map(str, steps))}.')
+  variables, _ = predictor.restore(step)
+  predictor.close()
 
-  # Validation scores tune the per-tag thresholds (multi-label tasks).
-  scores = labels = None
-  if run.objective.task == 'multi_label':
-    pred = evaluate_lib.predict(run.eval_step, state,
-                                run.eval_batches(config.dataset.eval_split),
-                                run.mesh, workdir, 'convert')
-    scores, labels = pred['scores'], pred['labels']
-  captioning = run.objective.task == 'captioning'
-  if captioning:
-    names = list(run.vocabulary.words)
-    categories = np.zeros(len(names), np.int64)
-    counts = np.zeros(len(names), np.int64)
-    thresholds = {'run': {'policy': 'none'}, 'by_category': {},
-                  'per_tag': {}}
-  elif (epath.Path(workdir) / thresholds_lib.FILENAME).exists():
-    run_record = thresholds_lib.load(workdir)
-  elif scores is not None:
-    logging.warning('%s has no thresholds.json (training did not finish); '
-                    'fitting config.eval.thresholds on the validation split.',
-                    workdir)
-    run_record = thresholds_lib.fit(config.eval, scores, labels, run.tags)
-  else:
-    run_record = {'policy': 'global', 'tags': run.tags.names,
-                  'per_tag': [float(config.eval.threshold)] * run.num_classes}
-  if not captioning:
-    names, categories, counts = (run.tags.names, run.tags.categories,
-                                 run.tags.counts)
-    thresholds = tuned_thresholds(config.eval, scores, labels, run.tags,
-                                  run_record)
-
-  variables = jax.device_get({'params': state.params,
-                              'batch_stats': state.batch_stats,
-                              'constants': state.constants})
+  # The task names the outputs and tunes the thresholds (a tagger's on the
+  # validation split's scores).
+  task = predictor.task
+  names, categories, counts = task.bundle_labels()
+  thresholds = task.bundle_thresholds(
+      config.eval, workdir,
+      lambda: predictor.predict(variables, config.dataset.eval_split,
+                                'convert'))
+  variables = jax.device_get({'params': variables.params,
+                              'batch_stats': variables.batch_stats,
+                              'constants': variables.constants})
   # Heads built from the dataset's tag statistics (a label graph) need them
   # again to be rebuilt.
   label_stats = None
-  if 'tag_metadata' in {f.name for f in dataclasses.fields(run.model.head)}:
-    label_stats = {'counts': run.tags.counts,
-                   'cooccurrence': run.tags.cooccurrence,
-                   'num_images': int(run.tags.num_images)}
+  tags = predictor.tags
+  if 'tag_metadata' in {f.name for f in
+                        dataclasses.fields(predictor.model.head)}:
+    label_stats = {'counts': tags.counts, 'cooccurrence': tags.cooccurrence,
+                   'num_images': int(tags.num_images)}
   bundle_lib.write_bundle(
       out, config=config, variables=variables, names=names,
       categories=categories, counts=counts, thresholds=thresholds,
       preprocess=bundle_lib.Preprocess.from_config(config),
       info={'step': step, 'workdir': str(workdir)}, label_stats=label_stats)
-  if captioning:
-    run.vocabulary.save(os.path.join(out, captions_lib.VOCAB_FILE))
+  task.write_bundle_files(out)
   logging.info('Wrote the bundle of %s step %d to %s', workdir, step, out)
   if fmt == 'stablehlo':
     stablehlo.export_bundle(bundle_lib.load_bundle(out), out)

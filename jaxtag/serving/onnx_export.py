@@ -136,9 +136,9 @@ def export_onnx(bundle, out_dir: str, *, image_size: int = 448) -> str:
   if image_size < 1:
     raise ValueError(f'image_size {image_size} (--image_size) must be '
                      'positive.')
-  if bundle.task == 'captioning':
-    _refuse(bundle.config.model.head, 'it decodes captions with a beam '
-            'search, a loop over words whose length depends on the image')
+  refusal = bundle.task.onnx_refusal()
+  if refusal:
+    _refuse(bundle.config.model.head, refusal)
   preprocess = bundle.preprocess
   proto = model_to_onnx(
       bundle.model, bundle.variables, bundle.objective.scores,

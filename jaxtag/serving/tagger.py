@@ -15,7 +15,8 @@ ends do.
 
 A captioner's bundle (`task == 'captioning'`) gives one
 `{'caption': 'a girl with ...'}` per image instead; thresholds do not
-apply to it.
+apply to it. What a result holds is the bundle's task's to say
+(jaxtag/tasks/: `results`, `thresholds`).
 """
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ class Tagger:
     return self.bundle.names
 
   @property
-  def task(self) -> str:
-    """'multi_label', 'single_label' or 'captioning' (the bundle's)."""
+  def task(self):
+    """The bundle's task (jaxtag/tasks/): equal to its name,
+    'multi_label', 'single_label' or 'captioning'."""
     return self.bundle.task
 
   def scores(self, images: Sequence[Any],
@@ -99,8 +101,7 @@ class Tagger:
         if progress is not None:
           progress(len(chunk))
     if out is None:
-      out = np.zeros((0, 0 if self.task == 'captioning' else len(self.names)),
-                     np.float32)
+      out = self.task.empty_scores(len(self.names))
     return out
 
   def _predict(self, prepared) -> np.ndarray:
@@ -117,40 +118,13 @@ class Tagger:
 
   def thresholds(self, scores) -> np.ndarray:
     """[N, tags]: each score's threshold after the overrides."""
-    if self.task == 'captioning':
-      raise ValueError(f'{self.bundle.directory} is a captioner: its '
-                       'captions have no thresholds.')
-    scores = np.asarray(scores, np.float32)
-    out = np.array(np.broadcast_to(
-        self.bundle.threshold_values(scores, self.policy), scores.shape))
-    if self.overrides['all'] is not None:
-      out[:] = self.overrides['all']
-    for name in ('general', 'character'):
-      if self.overrides[name] is not None:
-        out[:, self.groups[name]] = self.overrides[name]
-    return out
+    return self.task.thresholds(self, scores)
 
   def results(self, scores) -> list[dict[str, Any]]:
     """One dict per image: 'rating' (all four), 'general', 'character' (and
     'other' for further categories) of tag -> score; a captioner's
     {'caption': sentence}."""
-    if self.task == 'captioning':
-      return [{'caption': c} for c in self.bundle.decode(scores)]
-    scores = np.asarray(scores, np.float32)
-    thresholds = self.thresholds(scores)
-    names = self.names
-    out = []
-    for row, limit in zip(scores, thresholds):
-      result = {'rating': {names[i]: float(row[i])
-                           for i in self.groups['rating']}}
-      for group, index in self.groups.items():
-        if group == 'rating':
-          continue
-        keep = index if self.all_scores else index[row[index] >= limit[index]]
-        keep = keep[np.argsort(-row[keep], kind='stable')]
-        result[group] = {names[i]: float(row[i]) for i in keep}
-      out.append(result)
-    return out
+    return self.task.results(self, scores)
 
   def tag(self, images: Sequence[Any],
           progress: Callable[[int], None] | None = None

@@ -11,17 +11,17 @@ The head API, for a flax Module chosen by `config.model.head`:
   evaluation pads images inside their shape bucket).
 - Class attributes declare which batch keys the head receives; nothing
   else reaches it. `batch_features`: fed in training and prediction (for
-  example 'semantic'). `teacher_features`: fed only to the training pass
-  (for example 'label_sequence'), never to prediction.
+  example 'semantic', which a feature provider of config.model.features
+  may compute: jaxtag/models/features.py). `teacher_features`: fed only to
+  the training pass (for example 'label_sequence'), never to prediction.
 - An optional `predict(features, *, feature_mask, **batch_features)` is the
   prediction path when it differs from training (beam search, a fully
   convolutional test network).
-- A head may ask to be judged on random crops of each image instead of
-  the whole image: `Tagger.predict` then runs the backbone and the head's
-  `predict` on `test_crops` crops of side `test_crop_fraction` of the
-  image's shortest side, and averages the outputs (the 10-crop baseline
-  of heads/vallet.py). Crops are drawn from a fixed key: every evaluation
-  sees the same crops.
+- An optional `predict_image(backbone, image, *, image_mask,
+  **batch_features)` takes the whole prediction path, backbone included,
+  for a head judged on something else than the whole image: the 10-crop
+  baseline of heads/vallet.py runs the backbone on random crops (from a
+  fixed key: every evaluation sees the same crops) and averages.
 - Constants that are not trained (a label graph, a label order) live in the
   'constants' collection: `self.variable('constants', name, init_fn)`.
   They are saved and restored with the state and reach the compiled step

@@ -56,7 +56,7 @@ class LSTMDecoder(nn.Module):
   embed_dim: int = 64      # Wang et al.'s label embedding size
   lstm_dim: int = 512      # Wang et al.'s LSTM size
   beam_width: int = 3
-  # Tokens per beam at most: config.dataset.max_labels + 1 (the labels, END).
+  # Tokens per beam at most: the sequence's max_labels + 1 (labels, END).
   max_steps: int = 17
   teacher_features: ClassVar[tuple[str, ...]] = ('label_sequence',)
 

@@ -20,11 +20,12 @@ Scores are raw confidences, not probabilities, as in the paper; the
 
 The baseline of their Table 3 (prediction='crops') is the training network
 on `crops` random crops of each image, each of side `crop_fraction` of the
-image's shortest side (224 of 256 in the paper), with the confidences
-averaged. The head only sees features, so the crops are taken by
-`Tagger.predict` (jaxtag/models/tagger.py), which reads `test_crops` and
-`test_crop_fraction` from the head, runs backbone and `predict` on every
-crop and averages the outputs.
+shortest side of the batch (the image size the eval geometry resized to;
+224 of 256 in the paper), inside the real pixels, with the confidences
+averaged. The crops come before the backbone, so this path takes the
+image (`predict_image`, which the tagger calls with its backbone): all
+crops go through the backbone as one batch. They are drawn from a fixed
+key, so every evaluation of a checkpoint sees the same crops.
 
 Initialisation (their Sec. 2.4): Glorot kernels; biases 1 in the two hidden
 FC layers, 0 in the output layer (the uppermost).
@@ -37,10 +38,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtag.models import crops as crops_lib
 from jaxtag.models import layers
 from jaxtag.models import pooling
 
 PREDICTIONS = ('fcn', 'crops')
+# Fixed: every evaluation of a checkpoint sees the same crops.
+_CROP_SEED = 0
 
 
 def multiscale_average(maps, windows: Sequence[int], mask=None):
@@ -99,12 +103,8 @@ class ValletHead(nn.Module):
 
   @property
   def test_crops(self) -> int:
-    """Crops that Tagger.predict averages over; 0 for one full image."""
+    """Random crops a prediction averages over; 0 for one full image."""
     return self.crops if self.prediction == 'crops' else 0
-
-  @property
-  def test_crop_fraction(self) -> float:
-    return self.crop_fraction
 
   def _fc(self, x, train: bool):
     """The three FC layers on the last axis: on [B, D] the training
@@ -121,8 +121,26 @@ class ValletHead(nn.Module):
     return self._fc(features, train=False)
 
   def predict(self, features, *, feature_mask=None):
-    if self.prediction == 'crops':  # one crop; Tagger.predict averages them
+    if self.prediction == 'crops':  # one crop; predict_image averages them
       return {'scores': self(features, train=False, feature_mask=feature_mask)}
     maps = multiscale_average(self.confidence_maps(features), self.windows,
                               feature_mask)
     return {'scores': sum_kept(keep_best_label(maps), feature_mask)}
+
+  def predict_image(self, backbone, image, *, image_mask=None):
+    """The prediction path from the image: the test network on the whole
+    image ('fcn'), or the training network averaged over `crops` random
+    crops ('crops')."""
+    if not self.test_crops:
+      features = backbone(image, train=False)
+      mask = None
+      if image_mask is not None:
+        mask = pooling.downsample_mask(image_mask, *features.shape[1:3])
+      return self.predict(features, feature_mask=mask)
+    num = self.test_crops
+    size = int(round(min(image.shape[1:3]) * self.crop_fraction))
+    views = crops_lib.random_crops(image, image_mask, num=num, size=size,
+                                   key=jax.random.key(_CROP_SEED))
+    outputs = self.predict(backbone(views, train=False), feature_mask=None)
+    return jax.tree.map(
+        lambda x: jnp.mean(x.reshape(num, -1, *x.shape[1:]), axis=0), outputs)
