@@ -21,7 +21,7 @@ The variant is `CONTROL[.DATASET[.OPTION...]]`:
   gradient-norm clip at 10).
 
 The full comparison, 3 seeds of each control on each dataset (not yet run;
-hours on 2 cores):
+hours on 2 cores; `glove50` needs the `glove` extra):
 
   python -m jaxtag.data.build synthetic_anime/cooccur --data_dir DATA
   for d in default cooccur; do
@@ -34,10 +34,14 @@ hours on 2 cores):
       configs/graph_controls.py:mlgcn.$d.learned \
       configs/graph_controls.py:mlgcn.$d.reference_code \
       configs/graph_controls.py:addgcn.$d \
-      configs/graph_controls.py:addgcn_lowrank.$d \
-      configs/graph_controls.py:addgcn_caption.$d \
-      --config ... # addgcn_caption needs its captioner, see above
+      configs/graph_controls.py:addgcn_lowrank.$d
   done
+
+`addgcn_caption.$d` needs its captioner, which jaxtag.compare cannot pass
+to one config alone: set `config.model.semantic.captioner` in a copy of
+this file, or train it with `python -m jaxtag.main` in
+`runs/graph_controls_$d/graph_controls-addgcn_caption.$d-seed<k>` first
+(the comparison then reads its results.json).
 """
 import os
 
