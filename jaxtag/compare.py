@@ -12,11 +12,17 @@ stops and lists the differences. Then `DIR/compare.md` and
 and the test AP of the tags that are small or faint in the image, and
 `DIR/compare.png` shows the runs side by side (with the `plots` extra).
 
+`--seeds N` trains each config N times, with config.seed = 0 .. N-1, in
+`DIR/<file>-<variant>-seed<k>`; compare.md, compare.json ('summary') and
+compare.png then give each config's mean ± standard deviation (ddof 1)
+over its seeds, beside the per-seed runs in compare.json ('runs').
+
 `collect(workdir, names, tags)` returns the same results as a dict, for
 plots and notebooks.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -48,6 +54,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the comparison.')
 _NUM_EPOCHS = flags.DEFINE_float(
     'num_epochs', None, 'When set, every config trains this many epochs '
     '(config.num_epochs; config.num_train_steps unset): one budget for all.')
+_SEEDS = flags.DEFINE_integer(
+    'seeds', None, 'When set, each config trains with config.seed = 0 .. '
+    'N-1 in workdirs suffixed -seed<k>, and the table reports mean ± std.')
 _TAGS = flags.DEFINE_list('tags', list(SMALL_AND_FAINT_TAGS),
                           'Tags whose per-tag test AP is reported.')
 
@@ -94,6 +103,48 @@ def load_configs(specs: Sequence[str], data_dir: str | None,
       config.num_epochs = float(num_epochs)
     configs[name] = config
   return configs
+
+
+def with_seeds(configs: dict, seeds: int) -> dict:
+  """{name: config} -> {name-seed<k>: config with seed k}, k < seeds."""
+  if seeds < 1:
+    raise ValueError(f'--seeds must be at least 1 (got {seeds}).')
+  out = {}
+  for name, config in configs.items():
+    for k in range(seeds):
+      seeded = copy.deepcopy(config)
+      seeded.seed = k
+      out[f'{name}-seed{k}'] = seeded
+  return out
+
+
+def _mean_std(values) -> dict:
+  values = [v for v in values if v is not None and v == v]
+  if not values:
+    return {'mean': float('nan'), 'std': float('nan'), 'n': 0}
+  n = len(values)
+  mean = sum(values) / n
+  var = (sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+  return {'mean': mean, 'std': var ** 0.5, 'n': n}
+
+
+def summarize(results: dict, names: Sequence[str], seeds: int) -> list[dict]:
+  """Per config, the mean ± std (ddof 1) of each metric and per-tag AP
+  over the runs `name-seed<k>`, k < seeds, in `results['runs']`."""
+  by_name = {r['name']: r for r in results['runs']}
+  summary = []
+  for name in names:
+    runs = [by_name[f'{name}-seed{k}'] for k in range(seeds)]
+    metrics = dict.fromkeys(m for r in runs for m in r['metrics'])
+    tags = dict.fromkeys(t for r in runs for t in r['per_tag_ap'])
+    summary.append({
+        'name': name, 'seeds': seeds,
+        'metrics': {m: _mean_std([r['metrics'].get(m) for r in runs])
+                    for m in metrics},
+        'per_tag_ap': {t: _mean_std([r['per_tag_ap'].get(t) for r in runs])
+                       for t in tags},
+        'train_seconds': sum(r['train_seconds'] or 0 for r in runs)})
+  return summary
 
 
 def train_all(configs: dict, workdir: str) -> dict[str, float]:
@@ -151,7 +202,15 @@ def _pct(x) -> str:
   return '—' if x is None or x != x else f'{100 * x:.1f}'
 
 
+def _pct_pm(stat) -> str:
+  if stat is None or not stat['n']:
+    return '—'
+  return f'{100 * stat["mean"]:.1f} ± {100 * stat["std"]:.1f}'
+
+
 def to_markdown(results: dict) -> str:
+  if results.get('summary'):
+    return _summary_markdown(results)
   runs = results['runs']
   cols = [c for c in METRICS + TOP3 if any(c in r['metrics'] for r in runs)]
   lines = ['| Run | ' + ' | '.join(cols) + ' |',
@@ -175,22 +234,64 @@ def to_markdown(results: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _summary_markdown(results: dict) -> str:
+  summary = results['summary']
+  cols = [c for c in METRICS + TOP3 if any(c in r['metrics']
+                                          for r in summary)]
+  seeds = summary[0]['seeds']
+  lines = [f'Mean ± std over {seeds} seeds (config.seed = 0 .. {seeds - 1}).',
+           '', '| Run | ' + ' | '.join(cols) + ' |',
+           '|---|' + '---|' * len(cols)]
+  for r in summary:
+    lines.append(f'| {r["name"]} | ' + ' | '.join(
+        _pct_pm(r['metrics'].get(c)) for c in cols) + ' |')
+  tags = [t for t in results['tags'] if any(t in r['per_tag_ap']
+                                            for r in summary)]
+  if tags:
+    lines += ['', 'Test AP of small and faint tags:', '',
+              '| Run | ' + ' | '.join(tags) + ' |',
+              '|---|' + '---|' * len(tags)]
+    for r in summary:
+      lines.append(f'| {r["name"]} | ' + ' | '.join(
+          _pct_pm(r['per_tag_ap'].get(t)) for t in tags) + ' |')
+  lines += ['', 'Percent, on the test split; thresholds fitted on the '
+            'validation split. Train time per config, all seeds (s): '
+            + ', '.join(f'{r["name"]} {r["train_seconds"]:.0f}'
+                        for r in summary) + '.']
+  return '\n'.join(lines) + '\n'
+
+
 def compare(specs: Sequence[str], workdir: str, *, data_dir=None,
             num_epochs: float | None = None,
-            tags: Sequence[str] = SMALL_AND_FAINT_TAGS) -> dict:
+            tags: Sequence[str] = SMALL_AND_FAINT_TAGS,
+            seeds: int | None = None) -> dict:
   """Trains what is missing, then writes compare.md and compare.json."""
   configs = load_configs(specs, data_dir, num_epochs)
   check_equal_budgets(configs)
+  names = list(configs)
+  if seeds is not None:
+    configs = with_seeds(configs, seeds)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   wall = train_all(configs, workdir)
   results = collect(workdir, list(configs), tags)
+  if seeds is not None:
+    results['summary'] = summarize(results, names, seeds)
   results['wall_seconds_this_session'] = wall
   results['configs'] = list(specs)
   results['num_epochs'] = {n: c.num_epochs for n, c in configs.items()}
   folder = epath.Path(workdir)
   (folder / 'compare.json').write_text(json.dumps(results, indent=2))
   (folder / 'compare.md').write_text(to_markdown(results))
-  if plots.available():  # the runs side by side: compare.png
+  if plots.available() and seeds is not None:  # means, std as error bars
+    summary = results['summary']
+    plots.save_png(plots.compare_figure(
+        {r['name']: {m: v['mean'] for m, v in r['metrics'].items()}
+         for r in summary},
+        errors={r['name']: {m: v['std'] for m, v in r['metrics'].items()}
+                for r in summary},
+        title=f'Compared configs, test split, mean ± std of {seeds} seeds'),
+                   folder / 'compare.png')
+  elif plots.available():  # the runs side by side: compare.png
     plots.save_png(plots.compare_figure(
         {r['name']: r['metrics'] for r in results['runs']},
         title='Compared runs, test split'), folder / 'compare.png')
@@ -200,9 +301,11 @@ def compare(specs: Sequence[str], workdir: str, *, data_dir=None,
 def main(argv):
   if len(argv) < 2 or _WORKDIR.value is None:
     raise app.UsageError('usage: python -m jaxtag.compare CONFIG[:variant] '
-                         '... --workdir DIR [--data_dir D] [--tags a,b]')
+                         '... --workdir DIR [--data_dir D] [--tags a,b] '
+                         '[--seeds N]')
   results = compare(argv[1:], _WORKDIR.value, data_dir=flags.FLAGS.data_dir,
-                    num_epochs=_NUM_EPOCHS.value, tags=_TAGS.value)
+                    num_epochs=_NUM_EPOCHS.value, tags=_TAGS.value,
+                    seeds=_SEEDS.value)
   print(to_markdown(results))
 
 

@@ -10,9 +10,10 @@
     'mlgcn_code': A' = p A / (column sum of A + 1e-6) + I, as ML-GCN's
                   reference code (util.gen_A) computes it.
 - `normalize_adjacency`: D^-1/2 A D^-1/2 with D the row sums, once per run.
-  (ML-GCN's code multiplies its node features by D^-1/2 A^T D^-1/2, the
-  transpose; with the 'paper' scheme row i aggregates the tags that i
-  implies, which is the direction the paper describes.)
+  direction 'paper' (default): row i aggregates the tags that i implies,
+  the direction the paper describes. direction 'reference_code': the
+  transpose, D^-1/2 A^T D^-1/2, what ML-GCN's code (gen_adj) multiplies its
+  node features by: tag i aggregates the tags that imply it.
 - Dense numpy or scipy sparse in, the same kind out: a 10,000-tag graph at
   0.1% density is 100k entries, never C^2.
 - ML-GCN's `{'adj', 'nums'}` pickle, read and written.
@@ -36,6 +37,7 @@ from absl import logging
 from etils import epath
 
 SCHEMES = ('paper', 'mlgcn_code')
+DIRECTIONS = ('paper', 'reference_code')
 EMBEDDINGS = ('learned', 'cooccurrence', 'file', 'glove50')
 _COLUMN_EPS = 1e-6    # ML-GCN's gen_A
 # Above this many tags the SVD is scipy's truncated one, O(nnz) memory.
@@ -112,15 +114,23 @@ def _as_kind(x, like):
   return sp.csr_matrix(x) if sp.issparse(like) else np.asarray(x)
 
 
-def normalize_adjacency(a):
-  """D^-1/2 A D^-1/2, D = diag(row sums of A); rows summing to 0 stay 0."""
+def normalize_adjacency(a, direction: str = 'paper'):
+  """D^-1/2 A D^-1/2, D = diag(row sums of A); rows summing to 0 stay 0.
+
+  direction 'reference_code' returns the transpose (module docstring)."""
+  if direction not in DIRECTIONS:
+    raise ValueError(f'Unknown graph direction {direction!r} '
+                     '(config.model.head_kwargs.direction); valid: '
+                     f'{", ".join(DIRECTIONS)}.')
   rows = np.asarray(a.sum(axis=1), np.float64).ravel()
   inv_sqrt = np.divide(1.0, np.sqrt(rows), out=np.zeros_like(rows),
                        where=rows > 0)
   if sp.issparse(a):
     d = sp.diags(inv_sqrt)
-    return sp.csr_matrix(d @ a @ d)
-  return np.asarray(a) * inv_sqrt[:, None] * inv_sqrt[None, :]
+    out = sp.csr_matrix(d @ a @ d)
+    return sp.csr_matrix(out.T) if direction == 'reference_code' else out
+  out = np.asarray(a) * inv_sqrt[:, None] * inv_sqrt[None, :]
+  return out.T.copy() if direction == 'reference_code' else out
 
 
 def density(a) -> float:

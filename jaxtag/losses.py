@@ -22,13 +22,23 @@ def masked_mean(per_example, example_mask=None):
       jnp.sum(example_mask), 1.0)
 
 
+SIGMOID_BCE_REDUCTIONS = ('sum_over_tags', 'mean_over_tags')
+
+
 def sigmoid_bce(*, logits, labels, label_weights=None, label_mask=None,
-                example_mask=None):
+                example_mask=None, reduction='sum_over_tags'):
   """Binary cross-entropy per tag, summed over tags, averaged over images.
 
   label_weights: [C] per-tag weights; label_mask: [C] or [B, C], 0 ignores
   that label; example_mask: [B], 0 drops the row from sum and count.
+  reduction 'mean_over_tags' divides the per-image sum by C, as ML-GCN's
+  and ADD-GCN's reference code (MultiLabelSoftMarginLoss) do: the loss and
+  its gradient are C times smaller, so a clip_norm binds C times later.
   """
+  if reduction not in SIGMOID_BCE_REDUCTIONS:
+    raise ValueError(f'Unknown sigmoid_bce reduction {reduction!r} '
+                     '(config.loss.kwargs.reduction); valid: '
+                     f'{", ".join(SIGMOID_BCE_REDUCTIONS)}.')
   logits = logits.astype(jnp.float32)
   labels = labels.astype(jnp.float32)
   # log(1 + exp(-|x|)) form: finite for any logit.
@@ -38,7 +48,10 @@ def sigmoid_bce(*, logits, labels, label_weights=None, label_mask=None,
     per_label = per_label * jnp.asarray(label_weights, jnp.float32)
   if label_mask is not None:
     per_label = per_label * jnp.asarray(label_mask, jnp.float32)
-  return masked_mean(jnp.sum(per_label, axis=-1), example_mask)
+  per_image = jnp.sum(per_label, axis=-1)
+  if reduction == 'mean_over_tags':
+    per_image = per_image / per_label.shape[-1]
+  return masked_mean(per_image, example_mask)
 
 
 def softmax_ce(*, logits, labels, label_smoothing=0.0, example_mask=None):

@@ -87,22 +87,29 @@ class _OnLogits:
 
 @dataclasses.dataclass(frozen=True)
 class SigmoidBCE(_OnLogits):
-  """Sigmoid binary cross-entropy per tag (baseline, ML-GCN, ADD-GCN)."""
+  """Sigmoid binary cross-entropy per tag (baseline, ML-GCN, ADD-GCN).
+
+  reduction: 'sum_over_tags' (default) or 'mean_over_tags', the
+  references' scale (losses.sigmoid_bce)."""
   task: ClassVar[str] = 'multi_label'
   label_encoding: ClassVar[str] = 'multi_hot'
+  reduction: str = 'sum_over_tags'
 
   def primitive(self, logits, batch, example_mask):
     return losses.sigmoid_bce(logits=logits, labels=batch['labels'],
-                              example_mask=example_mask)
+                              example_mask=example_mask,
+                              reduction=self.reduction)
 
 
 @dataclasses.dataclass(frozen=True)
-class MultilabelSoftmax(SigmoidBCE):
+class MultilabelSoftmax(_OnLogits):
   """Vallet & Sakamoto's multi-label softmax, -log of the softmax mass on
   the label set (losses.multilabel_softmax), averaged over the images that
   have a label: an image without one has no defined loss and counts for
   nothing. Scores are the softmax, unless the head's prediction path gives
   its own (their test network gives summed confidences)."""
+  task: ClassVar[str] = 'multi_label'
+  label_encoding: ClassVar[str] = 'multi_hot'
   activation: ClassVar[Any] = staticmethod(
       functools.partial(jax.nn.softmax, axis=-1))
 

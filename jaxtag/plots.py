@@ -445,9 +445,12 @@ def _is_fraction_metric(name: str, values) -> bool:
 
 def compare_figure(results: Mapping[str, Mapping[str, float]], *,
                    metrics: Sequence[str] | None = None,
-                   title: str = 'Compared runs'):
+                   title: str = 'Compared runs',
+                   errors: Mapping[str, Mapping[str, float]] | None = None):
   """One panel per metric, one bar per run: {run: {metric: value}}.
-  Fractions in [0, 1] are shown as %; other metrics in their own units."""
+  Fractions in [0, 1] are shown as %; other metrics in their own units.
+  errors, in the same units as results (a std, say), are drawn as error
+  bars."""
   runs = list(results)
   if not runs:
     raise ValueError('compare_figure needs at least one run.')
@@ -465,7 +468,13 @@ def compare_figure(results: Mapping[str, Mapping[str, float]], *,
     percent = _is_fraction_metric(metric, finite)
     shown = [100 * v if percent else v for v in values]
     y = np.arange(len(runs))
-    ax.barh(y, np.nan_to_num(shown), color=colours)
+    xerr = None
+    if errors is not None:
+      xerr = [(100 if percent else 1) * errors.get(r, {}).get(metric, 0.0)
+              for r in runs]
+      xerr = np.nan_to_num(xerr)
+    ax.barh(y, np.nan_to_num(shown), color=colours, xerr=xerr,
+            ecolor='black', capsize=3)
     ax.set_yticks(y, runs)
     ax.set_ylim(len(runs) - 0.5, -0.5)
     top = max([abs(v) for v in shown if v == v] or [1.0])

@@ -243,3 +243,41 @@ def test_glove50_matches_the_wheels_vectors():
   np.testing.assert_allclose(z[1], vectors[hair])
   np.testing.assert_allclose(z[2], vectors[hair])
   assert report.unknown_words == ['qqqzzzx']
+
+
+# Three tags: tag 1 always comes with tag 0 (P(0|1) = 2/2 = 1), tag 0 with
+# tag 1 half the time (P(1|0) = 2/4); tag 2 is alone. At tau = .6 one link
+# survives, 1 -> 0. Paper scheme, p = .2: rows (.8 0 0), (.2 .8 0),
+# (0 0 .8); row sums .8, 1, .8; D^-1/2 A D^-1/2 keeps .2 / sqrt(.8 * 1) at
+# (1, 0) and puts 1, .8, 1 on the diagonal.
+COOC3 = np.array([[4, 2, 0], [2, 2, 0], [0, 0, 3]])
+COUNTS3 = np.array([4, 2, 3])
+LINK = 0.2 / np.sqrt(0.8)
+PAPER3 = np.array([[1.0, 0.0, 0.0],      # tag 1 aggregates tag 0, which
+                   [LINK, 0.8, 0.0],     # it implies
+                   [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize('kind', ['dense', 'sparse'])
+def test_graph_direction_by_hand(kind):
+  cooc = COOC3 if kind == 'dense' else sp.csr_matrix(COOC3)
+  a = label_graph.correlation_matrix(cooc, COUNTS3, tau=0.6, p=0.2)
+  got = {d: label_graph.normalize_adjacency(a, d)
+         for d in label_graph.DIRECTIONS}
+  dense = {d: g.toarray() if sp.issparse(g) else g for d, g in got.items()}
+  np.testing.assert_allclose(dense['paper'], PAPER3, atol=1e-12)
+  # The reference code's direction: tag 0 aggregates tag 1, which implies it.
+  np.testing.assert_allclose(dense['reference_code'], PAPER3.T, atol=1e-12)
+  with pytest.raises(ValueError, match='reference_code'):
+    label_graph.normalize_adjacency(a, 'forward')
+
+
+def test_reference_code_direction_is_the_reference_transcription():
+  cooc, counts = _random_stats(9, 60, seed=2)
+  adj = cooc.copy()
+  np.fill_diagonal(adj, 0)
+  ref = _mlgcn_gen_adj(_mlgcn_gen_a(adj.astype(float), counts, 0.4, 0.25))
+  a = label_graph.correlation_matrix(cooc, counts, tau=0.4, p=0.25,
+                                     scheme='mlgcn_code')
+  np.testing.assert_allclose(
+      label_graph.normalize_adjacency(a, 'reference_code'), ref, rtol=1e-12)

@@ -117,3 +117,31 @@ def test_sequence_ce_averages_valid_steps_only():
                                   target_mask=mask,
                                   example_mask=np.array([1.0, 0.0]))
   assert float(only_first) == pytest.approx(-np.mean(picked[:2]), rel=1e-6)
+
+
+def test_sigmoid_bce_mean_over_tags_divides_by_the_tag_count():
+  rng = np.random.default_rng(2)
+  logits = rng.standard_normal((5, 7)) * 3
+  labels = (rng.random((5, 7)) < 0.4).astype(np.float32)
+  rows = np.array([1, 1, 0, 1, 1], np.float32)
+  got = losses.sigmoid_bce(logits=jnp.asarray(logits), labels=labels,
+                           example_mask=rows, reduction='mean_over_tags')
+  ref = _bce_ref(logits, labels)[rows > 0].mean()   # over images and tags
+  assert float(got) == pytest.approx(ref, rel=1e-5)
+  with pytest.raises(ValueError, match='mean_over_tags'):
+    losses.sigmoid_bce(logits=jnp.asarray(logits), labels=labels,
+                       reduction='mean')
+
+
+def test_sigmoid_bce_objective_takes_the_reduction_kwarg():
+  from jaxtag import objectives
+  import ml_collections
+  rng = np.random.default_rng(3)
+  logits = rng.standard_normal((4, 6))
+  labels = (rng.random((4, 6)) < 0.5).astype(np.float32)
+  loss_config = ml_collections.ConfigDict(
+      {'name': 'sigmoid_bce', 'kwargs': {'reduction': 'mean_over_tags'}})
+  objective = objectives.get_objective(loss_config, 'multi_hot')
+  got, _ = objective.loss(jnp.asarray(logits), {'labels': labels})
+  assert float(got) == pytest.approx(_bce_ref(logits, labels).mean(),
+                                     rel=1e-5)

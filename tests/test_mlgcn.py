@@ -61,6 +61,24 @@ def test_forward_matches_numpy():
   assert w0.shape == (5, 6) and w1.shape == (6, 8)
 
 
+@pytest.mark.parametrize('adjacency', ['dense', 'sparse'])
+def test_reference_code_direction_propagates_over_the_transpose(adjacency):
+  tags = _tags(seed=3)
+  head = _head(tags, adjacency=adjacency, direction='reference_code')
+  f = _features()
+  variables = head.init(jax.random.key(0), f, train=False)
+  got = head.apply(variables, f, train=False)
+  a = label_graph.normalize_adjacency(label_graph.correlation_matrix(
+      tags.cooccurrence, tags.counts, tau=0.3, p=0.2)).T
+  assert not np.allclose(a, a.T)   # the direction matters on this graph
+  z = np.asarray(variables['constants']['embeddings'], np.float64)
+  w0 = np.asarray(variables['params']['gcn_0'], np.float64)
+  w1 = np.asarray(variables['params']['gcn_1'], np.float64)
+  classifiers = a @ (_leaky(a @ (z @ w0)) @ w1)
+  x = np.asarray(f, np.float64).max(axis=(1, 2))
+  np.testing.assert_allclose(got, x @ classifiers.T, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize('embedding', ['learned', 'cooccurrence'])
 def test_sparse_and_dense_give_equal_outputs_and_gradients(embedding):
   tags = _tags(sparse=True)

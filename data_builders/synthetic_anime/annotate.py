@@ -1,8 +1,11 @@
 """Samples what one synthetic illustration shows, before anything is drawn.
 
-`sample_scene(seed, split, index, drop_prob)` is pure: the same arguments
-give the same scene on any machine, which makes the shards reproducible and
-lets the builder compute the train split's tag statistics cheaply.
+`sample_scene(seed, split, index, drop_prob, structure)` is pure: the same
+arguments give the same scene on any machine, which makes the shards
+reproducible and lets the builder compute the train split's tag statistics
+cheaply. structure 'cooccur' draws the hard tags from the other tags and the
+archetypes and characters with a long tail (cooccur.py); 'default' draws
+them as they always were.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from data_builders.synthetic_anime import cooccur
 from data_builders.synthetic_anime import vocab
 
 SPLIT_IDS = {'train': 0, 'validation': 1, 'test': 2}
@@ -48,8 +52,12 @@ def _one_outfit(tags: set[str]) -> set[str]:
   return tags
 
 
-def _generic_figure(rng, gender: str) -> Figure:
-  table = vocab.GIRL_ARCHETYPES if gender == 'girl' else vocab.BOY_ARCHETYPES
+STRUCTURES = ('default', 'cooccur')
+
+
+def _generic_figure(rng, gender: str, girl_archetypes=None) -> Figure:
+  table = ((girl_archetypes or vocab.GIRL_ARCHETYPES) if gender == 'girl'
+           else vocab.BOY_ARCHETYPES)
   tags = {t for t, p in table[_choose(rng, table)][1].items()
           if rng.random() < p}
   tags |= {t for t, p in vocab.EXTRAS.items() if rng.random() < p}
@@ -106,20 +114,30 @@ def _caption(figures: list[Figure], background: set[str]) -> str:
   return ' '.join(parts) + ', ' + place
 
 
-def sample_scene(seed: int, split: str, index: int, drop_prob: float) -> Scene:
+def sample_scene(seed: int, split: str, index: int, drop_prob: float,
+                 structure: str = 'default') -> Scene:
+  if structure not in STRUCTURES:
+    raise ValueError(f'Unknown synthetic_anime structure {structure!r}; '
+                     f'valid: {", ".join(STRUCTURES)}.')
+  long_tail = structure == 'cooccur'
   rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 0])
   n = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
   names = list(vocab.CHARACTERS)
   figures, used = [], set()
   for _ in range(n):
     if rng.random() < 0.35:
-      name = names[rng.integers(len(names))]
+      name = names[rng.choice(len(names), p=cooccur.character_weights())
+                   if long_tail else rng.integers(len(names))]
       if name not in used:
         used.add(name)
         figures.append(_character_figure(rng, name))
         continue
-    figures.append(_generic_figure(rng, 'girl' if rng.random() < 0.8
-                                   else 'boy'))
+    figures.append(_generic_figure(
+        rng, 'girl' if rng.random() < 0.8 else 'boy',
+        cooccur.GIRL_ARCHETYPES if long_tail else None))
+  if long_tail:
+    for fig in figures:
+      fig.tags = cooccur.imply(rng, fig.tags, fig.gender)
   all_tags = set().union(*(f.tags for f in figures))
   if 'swimsuit' in all_tags and rng.random() < 0.8:
     background = {'sky', 'outdoors'}

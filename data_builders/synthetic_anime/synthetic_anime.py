@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import io
 import multiprocessing
+import json
 import os
 
 import numpy as np
@@ -23,6 +24,7 @@ from etils import epath
 
 from data_builders import deterministic_writer
 from data_builders.synthetic_anime import annotate
+from data_builders.synthetic_anime import cooccur as cooccur_lib
 from data_builders.synthetic_anime import faces as faces_lib
 from data_builders.synthetic_anime import render
 from data_builders.synthetic_anime import vocab
@@ -47,6 +49,7 @@ class SyntheticAnimeConfig(tfds.core.BuilderConfig):
   crop_size: int = 64       # faces: side of the stored crop
   face_jitter: float = 0.0   # faces: palette, blur and noise (faces.perturb)
   face_occlusion: float = 0.0  # faces: chance of an occluder per crop
+  structure: str = 'default'  # 'cooccur': implied tags (cooccur.py)
 
 
 class TagStatistics(tfds.core.Metadata):
@@ -57,6 +60,7 @@ class TagStatistics(tfds.core.Metadata):
     self.counts = None
     self.cooccurrence = None
     self.num_images = 0
+    self.report = None   # build_report.json, when the config makes one
 
   # Built in memory and written whole through epath, so that a gs:// data_dir
   # works and the bytes do not depend on whether the target can seek.
@@ -71,18 +75,57 @@ class TagStatistics(tfds.core.Metadata):
     (epath.Path(data_dir) / tag_metadata.LABEL_STATS).write_bytes(
         tag_metadata.label_stats_bytes(self.counts, self.cooccurrence,
                                        self.num_images))
+    if self.report is not None:
+      (epath.Path(data_dir) / BUILD_REPORT).write_text(
+          json.dumps(self.report, indent=2, sort_keys=True) + '\n')
 
   def load_metadata(self, data_dir):
     path = epath.Path(data_dir) / tag_metadata.LABEL_STATS
     if path.exists():
       self.counts, self.cooccurrence, self.num_images = (
           tag_metadata.load_label_stats(path))
+    report = epath.Path(data_dir) / BUILD_REPORT
+    if report.exists():
+      self.report = json.loads(report.read_text())
+
+
+BUILD_REPORT = 'build_report.json'
+
+
+def _scene(config, split, index):
+  return annotate.sample_scene(config.seed, split, index, config.drop_prob,
+                               config.structure)
+
+
+def _multi_hot(config, split, num, field):
+  out = np.zeros((num, len(vocab.TAGS)), np.int64)
+  for i in range(num):
+    out[i, getattr(_scene(config, split, i), field)] = 1
+  return out
+
+
+def label_structure_report(config) -> dict:
+  """Per tag, the test AP from the other true labels alone (cooccur.py)."""
+  train_x = _multi_hot(config, 'train', config.num_train, 'tags_clean')
+  train_y = _multi_hot(config, 'train', config.num_train, 'tags')
+  test_x = _multi_hot(config, 'test', config.num_test, 'tags_clean')
+  test_y = _multi_hot(config, 'test', config.num_test, 'tags')
+  ap = cooccur_lib.label_ceiling(train_x, train_y, test_x, test_y)
+  return {
+      'label_ceiling_ap': {t: (None if a != a else round(float(a), 6))
+                           for t, a in zip(vocab.TAGS, ap)},
+      'hard_tags': list(cooccur_lib.HARD_TAGS),
+      'implied_by': {t: list(g) for t, (g, _, _) in
+                     cooccur_lib.IMPLIED.items()},
+      'method': 'L2 logistic regression (C=1) from the other tags\' clean '
+                'labels to the stored label, fitted on train, AP on test',
+      'num_train': config.num_train, 'num_test': config.num_test}
 
 
 def _example(args):
   """Renders one example; None when rendering fails (skipped and counted)."""
   config, split, index = args
-  scene = annotate.sample_scene(config.seed, split, index, config.drop_prob)
+  scene = _scene(config, split, index)
   try:
     png, boxes = render.render(scene, size=config.image_size,
                                seed=config.seed,
@@ -101,6 +144,10 @@ def _example(args):
       'id': annotate.SPLIT_IDS[split] * 10_000_000 + index}
 
 
+# This module's docstring is the datasets' description in dataset_info.json:
+# editing it changes every config's build. The cooccur and cooccur_tiny
+# configs (tags implied by other tags, and build_report.json with the
+# label-structure ceiling) are documented in cooccur.py.
 class SyntheticAnime(tfds.core.GeneratorBasedBuilder):
   """Anime-like figures with general, character and rating tags."""
 
@@ -155,6 +202,17 @@ class SyntheticAnime(tfds.core.GeneratorBasedBuilder):
                            face_occlusion=0.4, version='1.1.0',
                            release_notes={'1.1.0': 'Palette jitter, blur, '
                                           'noise and occluders.'}),
+      # default's size and renderer; hard tags implied by other tags and a
+      # long tail (cooccur.py).
+      SyntheticAnimeConfig(name='cooccur', description='96 px, 12000/1000/'
+                           '2000 images whose small tags are implied by '
+                           'other tags (cooccur.py)', image_size=96,
+                           num_train=12000, num_validation=1000,
+                           num_test=2000, structure='cooccur'),
+      SyntheticAnimeConfig(name='cooccur_tiny', description='64 px, 256/64/'
+                           '64 images, as cooccur', image_size=64,
+                           num_train=256, num_validation=64, num_test=64,
+                           structure='cooccur'),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
@@ -203,12 +261,13 @@ class SyntheticAnime(tfds.core.GeneratorBasedBuilder):
     num_tags = len(vocab.TAGS)
     multi_hot = np.zeros((c.num_train, num_tags), np.int64)
     for i in range(c.num_train):
-      multi_hot[i, annotate.sample_scene(c.seed, 'train', i,
-                                         c.drop_prob).tags] = 1
+      multi_hot[i, _scene(c, 'train', i).tags] = 1
     stats = self.info.metadata
     stats.counts = multi_hot.sum(0)
     stats.cooccurrence = multi_hot.T @ multi_hot
     stats.num_images = c.num_train
+    if c.structure != 'default':
+      stats.report = label_structure_report(c)
 
   def _generate_examples(self, split, num_examples):
     c = self.builder_config

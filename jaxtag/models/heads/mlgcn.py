@@ -7,7 +7,8 @@ per tag, W [C, D]; an image's scores are x . W^T, x its pooled feature
 - The graph is `label_graph.correlation_matrix` of the train statistics,
   normalised once (`normalize_adjacency`), and kept in the 'constants'
   collection: saved with the state and passed to the compiled step as an
-  argument. Sparse: its non-zeros as `adjacency_values` [nnz] and
+  argument. `direction='reference_code'` propagates over its transpose,
+  as ML-GCN's code does (label_graph). Sparse: its non-zeros as `adjacency_values` [nnz] and
   `adjacency_indices` [nnz, 2], rebuilt as a BCOO in the step (memory
   O(nnz)); dense: `adjacency` [C, C].
 - `adjacency='auto'` takes the sparse product when C >= 1,000 and the
@@ -65,10 +66,12 @@ def _cached(fn, tags, *args):
   return _CACHE[key][1]
 
 
-def _graph(tags, tau, p, scheme):
+def _graph(tags, tau, p, scheme, direction):
   a = label_graph.correlation_matrix(sp.csr_matrix(tags.cooccurrence),
                                      tags.counts, tau=tau, p=p, scheme=scheme)
-  return sp.coo_matrix(label_graph.normalize_adjacency(a))
+  # Sorted (row, col) COO: the BCOO below is built with indices_sorted.
+  return sp.coo_matrix(sp.csr_matrix(
+      label_graph.normalize_adjacency(a, direction)))
 
 
 def _embeddings(tags, source, dim, path):
@@ -91,6 +94,7 @@ class MLGCNHead(nn.Module):
   tau: float = 0.4             # ML-GCN on COCO; the anime paper: 0.002
   p: float = 0.2
   scheme: str = 'paper'        # 'paper' | 'mlgcn_code' (label_graph)
+  direction: str = 'paper'     # 'paper' | 'reference_code' (transpose)
   adjacency: str = 'auto'      # 'auto' | 'sparse' | 'dense'
   gcn_dims: Sequence[int] = (1024,)
   negative_slope: float = 0.2
@@ -110,7 +114,8 @@ class MLGCNHead(nn.Module):
   def _adjacency(self):
     """The normalised graph as a callable h -> A h."""
     tags = self._tags()
-    graph = _cached(_graph, tags, self.tau, self.p, self.scheme)
+    graph = _cached(_graph, tags, self.tau, self.p, self.scheme,
+                    self.direction)
     c = self.num_classes
     if use_sparse(self.adjacency, c, label_graph.density(graph)):
       values = self.variable('constants', 'adjacency_values',
