@@ -10,7 +10,7 @@ The variant is `CONTROL[.DATASET[.OPTION...]]`:
   (configs/addgcn_danbooru.py:synthetic, exact graphs), `addgcn_lowrank`
   (its low-rank graphs), `addgcn_caption` (configs/addgcn_caption_danbooru.py
   :synthetic: caption features in the dynamic graph; it needs
-  `--config.model.semantic.captioner=RUN` or `.cache=DIR`).
+  `--config.model.features.semantic.captioner=RUN` or `.cache=DIR`).
 - DATASET: `default` (the default), `cooccur`, or `tiny` / `cooccur_tiny`
   (configs/default.py:tiny's small backbone and small heads, for tests).
 - OPTIONS, the references' choices: `learned`, `glove50` or `ppmi` (the
@@ -38,7 +38,7 @@ hours on 2 cores; `glove50` needs the `glove` extra):
   done
 
 `addgcn_caption.$d` needs its captioner, which jaxtag.compare cannot pass
-to one config alone: set `config.model.semantic.captioner` in a copy of
+to one config alone: set `config.model.features.semantic.captioner` in a copy of
 this file, or train it with `python -m jaxtag.main` in
 `runs/graph_controls_$d/graph_controls-addgcn_caption.$d-seed<k>` first
 (the comparison then reads its results.json).
