@@ -11,8 +11,9 @@ r"""Benchmarks: print figures and write them as JSON.
       --config.model.dtype=float32 --classes=80,1000,5000 --steps 1
   python -m jaxtag.bench --what=serve [--bundle BUNDLE] [--concurrency 1,8,64]
   python -m jaxtag.bench --what=serve --serve_args=--max_batch=1  # no batching
+  python -m jaxtag.bench --what=flops [--num_classes 10861]  # every family
   python -m jaxtag.bench --what=flops --families=vit_base_patch16 \
-      --image_sizes=224,384,448
+      --image_sizes=224,384,448 --flops_from=lowered,compiled
   python -m jaxtag.bench --what=decode [--steps 5]
 """
 import json
@@ -83,9 +84,10 @@ _FAMILIES = flags.DEFINE_list(
     'jaxtag/bench/flops.py FAMILIES).')
 _IMAGE_SIZES = flags.DEFINE_list('image_sizes', ['448'],
                                  '--what=flops: square image sizes.')
-_FLOPS_FROM = flags.DEFINE_enum(
-    'flops_from', 'lowered', ['lowered', 'compiled'], '--what=flops: cost '
-    'analysis of the HLO as lowered (quick) or as compiled.')
+_FLOPS_FROM = flags.DEFINE_list(
+    'flops_from', ['lowered'], '--what=flops: cost analysis of the HLO as '
+    'lowered (quick; the figures to quote) and/or as compiled for this '
+    'backend: lowered, compiled or lowered,compiled.')
 _OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
                            'JSON file that the figures are appended to.')
 
@@ -155,6 +157,7 @@ def main(argv):
         image_sizes=[int(s) for s in _IMAGE_SIZES.value],
         num_classes=_NUM_CLASSES.value or 10861, batch=_FLOP_BATCH.value,
         flops_from=_FLOPS_FROM.value)}
+    flops_bench.print_table(result)
   elif _WHAT.value == 'addgcn':
     if _CONFIG.value is None:
       raise app.UsageError('--config is required for --what=addgcn.')

@@ -1,4 +1,14 @@
-"""Models by name: `build_model(config.model, num_classes)` -> Tagger."""
+"""Models by name: `build_model(config.model, num_classes)` -> Tagger.
+
+The backbones in timm's layout (vit, eva02, convnext, swinv2) name their
+modules after timm's, and one rule maps a timm state dict onto the
+Tagger's parameters (jaxtag/models/timm_layout.py). timm's post-pool
+LayerNorm lives with whoever pools: the vision transformers pool inside
+the backbone (`global_pool` 'token' or 'avg', returning [B, 1, 1, D]), so
+their `fc_norm` is the backbone's; ConvNeXt returns its feature map and
+the head pools it (`config.model.pool`), so its `head.norm` is the linear
+head's `norm` field (`head_kwargs.norm=True`).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +16,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxtag.models import convnext
 from jaxtag.models import densenet
 from jaxtag.models import eva02
 from jaxtag.models import resnet
+from jaxtag.models import swinv2
 from jaxtag.models import vallet
 from jaxtag.models import vit
 from jaxtag.models.heads import HEADS
@@ -23,7 +35,10 @@ BACKBONES = {
     'densenet121': densenet.DenseNet121,
     'densenet169': densenet.DenseNet169,
     'vallet': vallet.Vallet,
-    # Vision transformers in timm's layout (jaxtag/models/vit.py, eva02.py).
+    # timm's layouts, so that timm weights map one to one
+    # (jaxtag/models/timm_layout.py). The vision transformers
+    # (jaxtag/models/vit.py, eva02.py) pool and apply fc_norm themselves;
+    # ConvNeXt's post-pool norm is the linear head's (head_kwargs.norm=True).
     'vit_small_patch16': vit.VitSmallPatch16,
     'vit_base_patch16': vit.VitBasePatch16,
     'vit_large_patch16': vit.VitLargePatch16,
@@ -31,6 +46,12 @@ BACKBONES = {
     'eva02_small_patch14': eva02.Eva02SmallPatch14,
     'eva02_base_patch14': eva02.Eva02BasePatch14,
     'eva02_large_patch14': eva02.Eva02LargePatch14,
+    'convnext_tiny': convnext.ConvNeXtTiny,
+    'convnext_small': convnext.ConvNeXtSmall,
+    'convnext_base': convnext.ConvNeXtBase,
+    'swinv2_tiny': swinv2.SwinV2Tiny,
+    'swinv2_small': swinv2.SwinV2Small,
+    'swinv2_base': swinv2.SwinV2Base,
 }
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
