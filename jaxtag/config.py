@@ -68,7 +68,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.crop = 'random_resized'               # 'random_resized' | 'random' | 'none'
   c.data.crop_scale = (0.5, 1.0)               # area fraction kept by the crop
   c.data.flip = True
-  c.data.interpolation = 'bilinear'            # 'bilinear' | 'area' (Pillow BOX)
+  c.data.interpolation = 'bilinear'            # 'bilinear' | 'area' (Pillow BOX) | 'bicubic'
   # Cartoonise every decoded image first (jaxtag/data/cartoonize.py): '' is
   # off, else the method ('opencv', 'onnx', 'callable'); its options
   # (CartoonizeOptions fields) in cartoonize_options.
