@@ -117,6 +117,9 @@ def defaults() -> ml_collections.ConfigDict:
   # `python -m jaxtag.serving.import_weights` (an .npz): the backbone's
   # parameters and batch-norm statistics, after config.init.path if both.
   c.init.backbone = ml_collections.FieldReference(None, field_type=str)
+  # The head under a new vocabulary: 'reset' (fresh) or 'match_by_name'
+  # (the trained rows of the tags both vocabularies share; warm_start.py).
+  c.init.head = 'reset'
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'sigmoid_bce'

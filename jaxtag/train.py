@@ -422,7 +422,7 @@ def starting_state(run: Trainable, config) -> TrainState:
   frozen captioner's (config.model.semantic.captioner)."""
   state = run.fresh_state()
   if config.init.path:
-    state = warm_start.apply(state, config.init)
+    state = warm_start.apply(state, config.init, run.tags.names)
   if config.init.backbone:
     state = warm_start.write(state, warm_start.read(config.init.backbone),
                              '^backbone/', config.init.backbone)

@@ -10,6 +10,19 @@ initialisation. `config.init.backbone` names backbone weights alone (such
 as the .npz of `python -m jaxtag.serving.import_weights`): every backbone
 parameter is taken from it. Resuming a workdir that has a checkpoint
 ignores `init`.
+
+`config.init.head` says what becomes of the head when the new run's
+vocabulary differs from the starting weights' (fine-tuning an imported WD
+v3 tagger on one's own tags):
+- 'reset' (default): the head starts fresh (unless `include` takes it
+  whole, which needs equal vocabularies);
+- 'match_by_name': each head parameter whose last axis is the class axis
+  (the linear head's kernel columns and bias) keeps the trained values of
+  the tags both vocabularies share, matched by tag name, and starts the
+  other tags fresh; head parameters without a class axis (a pooled-feature
+  norm) are taken whole. The starting weights must name their tags: the
+  `.npz` of `python -m jaxtag.serving.import_weights --timm` holds them
+  under the key 'tags' (the tag names in model order).
 """
 from __future__ import annotations
 
@@ -25,6 +38,9 @@ from etils import epath
 from jaxtag import checkpoint as checkpoint_lib
 
 COLLECTIONS = ('params', 'batch_stats')
+HEAD_MODES = ('reset', 'match_by_name')
+# The .npz key of the starting weights' tag names (model order).
+TAGS_KEY = 'tags'
 
 
 class InitError(ValueError):
@@ -55,6 +71,8 @@ def read(path: str) -> dict[str, dict[str, np.ndarray]]:
     with where.open('rb') as f, np.load(f) as data:
       flat = {k: np.asarray(data[k]) for k in data.files}
     out = {c: {} for c in COLLECTIONS}
+    if TAGS_KEY in flat:
+      out[TAGS_KEY] = [str(n) for n in flat.pop(TAGS_KEY)]
     for key, value in flat.items():
       collection, _, rest = key.partition(':')
       if rest and collection in out:  # 'batch_stats:backbone/...'
@@ -102,10 +120,66 @@ def select(target: dict[str, Any], source: dict[str, np.ndarray],
   return taken
 
 
-def apply(state, init_config):
-  """`state` with the selected subtrees replaced by the starting weights."""
-  return write(state, read(init_config.path), init_config.include,
-               init_config.path)
+def apply(state, init_config, tag_names=None):
+  """`state` with the selected subtrees replaced by the starting weights;
+  with `init_config.head == 'match_by_name'`, the head's rows of the tags
+  in `tag_names` (the new run's, model order) that the source has too."""
+  mode = init_config.get('head', 'reset')
+  if mode not in HEAD_MODES:
+    raise InitError(f'Unknown config.init.head {mode!r}; valid: '
+                    f'{", ".join(HEAD_MODES)}.')
+  loaded = read(init_config.path)
+  state = write(state, loaded, init_config.include, init_config.path)
+  if mode == 'match_by_name':
+    if tag_names is None:
+      raise InitError('config.init.head=match_by_name needs the run\'s tag '
+                      'names.')
+    state = match_head(state, loaded, list(tag_names), init_config.path)
+  return state
+
+
+def match_head(state, loaded, tag_names: list[str], source_name: str):
+  """`state` with its head's class rows taken from `loaded` where the tag
+  names match (see the module docstring); the others as they are."""
+  source_names = loaded.get(TAGS_KEY)
+  if source_names is None:
+    raise InitError(f'config.init.path {source_name} does not name its tags '
+                    f'(no {TAGS_KEY!r} entry), so config.init.head='
+                    'match_by_name cannot match them; use an .npz written by '
+                    'python -m jaxtag.serving.import_weights --timm, or '
+                    'config.init.head=reset.')
+  position = {name: i for i, name in enumerate(source_names)}
+  ours = np.array([i for i, n in enumerate(tag_names) if n in position],
+                  np.int64)
+  theirs = np.array([position[tag_names[i]] for i in ours], np.int64)
+  n_ours, n_theirs = len(tag_names), len(source_names)
+  taken = {}
+  for key, leaf in checkpoint_lib.flatten(state.params).items():
+    source = loaded['params'].get(key)
+    if not key.startswith('head/') or source is None:
+      continue
+    if leaf.shape[-1:] == (n_ours,) and source.shape[-1:] == (n_theirs,):
+      if leaf.shape[:-1] != source.shape[:-1]:
+        raise InitError(f'Head parameter {key}: config.init.path has shape '
+                        f'{source.shape}, the model {leaf.shape}; only the '
+                        'class axis (the last) may differ.')
+      value = np.array(jax.device_get(leaf))
+      value[..., ours] = source[..., theirs]
+      taken[key] = value
+    elif tuple(leaf.shape) == tuple(source.shape):
+      taken[key] = source
+    else:
+      raise InitError(f'Head parameter {key}: config.init.path has shape '
+                      f'{source.shape}, the model {leaf.shape}.')
+  if not taken:
+    raise InitError(f'config.init.path {source_name} holds no parameter of '
+                    'the model\'s head, so config.init.head=match_by_name '
+                    'has nothing to match.')
+  logging.info('Head: %d of %d tags matched by name in %s.', len(ours),
+               n_ours, source_name)
+  include = '^(' + '|'.join(re.escape(k) for k in taken) + ')$'
+  return write(state, {'params': taken, 'batch_stats': {}}, include,
+               source_name)
 
 
 def apply_renamed(state, path: str, renames) -> Any:

@@ -108,8 +108,9 @@ def test_imported_bundle_reproduces_timm(family, tmp_path):
   # The init file holds the same parameters.
   with np.load(summary['init']) as init:
     flat = bundle_lib.flatten(bundle.variables['params'])
-    assert sorted(init.files) == sorted(flat)
-    for key in init.files:
+    assert sorted(init.files) == sorted([*flat, 'tags'])
+    assert list(init['tags']) == [f'class_{i}' for i in range(5)]
+    for key in flat:
       np.testing.assert_array_equal(init[key], flat[key])
 
 

@@ -47,6 +47,7 @@ import safetensors.numpy
 
 from jaxtag import config as config_lib
 from jaxtag import models
+from jaxtag import warm_start
 from jaxtag.models import convnext
 from jaxtag.models import eva02
 from jaxtag.models import swinv2
@@ -332,7 +333,10 @@ def import_timm(directory: str, out: str) -> dict[str, Any]:
       info={'source': os.path.abspath(directory), 'timm': {
           'architecture': config['architecture'],
           'model_args': config.get('model_args') or {}}, 'wd': wd})
-  np.savez(os.path.join(out, INIT), **params)
+  # The tag names let config.init.head=match_by_name match a new
+  # vocabulary's rows (jaxtag/warm_start.py).
+  np.savez(os.path.join(out, INIT), **params,
+           **{warm_start.TAGS_KEY: np.array(names)})
   return {'bundle': out, 'init': os.path.join(out, INIT), 'wd': wd,
           'backbone': model.backbone, 'num_classes': model.num_classes,
           'parameters': int(sum(v.size for v in params.values()))}
