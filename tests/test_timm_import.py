@@ -41,7 +41,7 @@ WD_TAGS = [('9999999', 'general', 9, 100), ('9999998', 'sensitive', 9, 50),
 
 
 def timm_folder(family: str, directory, *, wd: bool = False,
-                **model_args) -> str:
+                pretrained_cfg=None, **model_args) -> str:
   """A timm hub folder of the family's fixture model."""
   weights, description, _, image = CASES[family]
   os.makedirs(directory, exist_ok=True)
@@ -59,6 +59,9 @@ def timm_folder(family: str, directory, *, wd: bool = False,
                                  'mean': [0.485, 0.456, 0.406],
                                  'std': [0.229, 0.224, 0.225]}}
   record['model_args'].update(model_args)
+  if wd:  # WD v3's pretrained_cfg (mean = std = 0.5), unless a test says
+    record['pretrained_cfg'].update(mean=[0.5] * 3, std=[0.5] * 3)
+  record['pretrained_cfg'].update(pretrained_cfg or {})
   with open(os.path.join(directory, 'config.json'), 'w') as f:
     json.dump(record, f)
   if wd:
@@ -131,7 +134,10 @@ def test_predict_normalises_uint8_rgb_as_timm(tmp_path):
 
 @pytest.mark.slow
 def test_wd_folder_gets_wd_tags_preprocessing_and_bgr(tmp_path):
-  folder = timm_folder('convnext', tmp_path / 'timm', wd=True)
+  # Unequal channel statistics: WD normalises RGB, then flips to BGR.
+  mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.3, 0.5, 0.7])
+  folder = timm_folder('convnext', tmp_path / 'timm', wd=True,
+                       pretrained_cfg={'mean': list(mean), 'std': list(std)})
   summary = timm_bundle.import_timm(folder, str(tmp_path / 'bundle'))
   assert summary['wd']
   bundle = bundle_lib.load_bundle(str(tmp_path / 'bundle'))
@@ -142,14 +148,13 @@ def test_wd_folder_gets_wd_tags_preprocessing_and_bgr(tmp_path):
   pre = bundle.preprocess
   assert (pre.channel_order, pre.interpolation, pre.geometry, pre.size,
           pre.pad_colour) == ('BGR', 'bicubic', 'pad', 224, (255, 255, 255))
-  assert pre.mean == pre.std == (0.5, 0.5, 0.5)
   # WD's thresholds per category.
   np.testing.assert_allclose(bundle.threshold_values(np.zeros((1, 7))),
                              [0.35, 0.35, 1.0, 1.0, 0.35, 0.35, 0.85])
-  # RGB uint8 in; the model sees BGR in [-1, 1].
+  # RGB uint8 in; the model sees the normalised image in BGR order.
   pixels = np.random.default_rng(1).integers(0, 256, (2, 48, 48, 3),
                                              np.uint8)
-  x = (pixels[..., ::-1] / 127.5 - 1.0).astype(np.float32)
+  x = ((pixels / 255.0 - mean) / std)[..., ::-1].astype(np.float32)
   logits = np.asarray(bundle.model.apply(bundle.variables, x, train=False))
   scores = bundle.predict(pixels)
   np.testing.assert_allclose(scores[:, [0, 1, 4, 5, 6]], _sigmoid(logits),

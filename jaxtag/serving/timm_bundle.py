@@ -15,8 +15,12 @@ Preprocessing written into preprocess.json:
 - With selected_tags.csv (a WD v3 tagger), WD's inference conventions
   (SmilingWolf's wd-tagger scripts): the image composited on white, padded
   to a white square, resized bicubically to the pretrained_cfg input size,
-  scaled to [-1, 1] (mean = std = 0.5), then given to the model in BGR
-  order. The tag list, categories (9 rating, 0 general, 4 character) and
+  normalised with the pretrained_cfg mean and std (0.5 for WD v3: [-1, 1]),
+  then given to the model in BGR order (wdv3_timm.py flips the channels of
+  the normalised tensor; the bundle flips the pixels first and stores mean
+  and std in BGR order, which is the same). jaxtag's 'pad' geometry resizes
+  the longest side and then pads, where WD pads and then resizes: the two
+  differ only in the pixels at the image's border. The tag list, categories (9 rating, 0 general, 4 character) and
   counts are the CSV's; thresholds are WD's defaults per category (general
   0.35, character 0.85; config.eval.category_thresholds).
 - Without it, timm's own: RGB, the pretrained_cfg `mean`, `std`,
@@ -221,18 +225,22 @@ def _preprocess(model: TimmModel, wd: bool) -> bundle_lib.Preprocess:
   if size[1] != size[2]:
     raise TimmImportError(f'pretrained_cfg input_size {size}: the bundle '
                           'serves square inputs.')
-  if wd:
-    return bundle_lib.Preprocess(
-        size=int(size[1]), geometry='pad', interpolation='bicubic',
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), channel_order='BGR')
   interpolation = cfg.get('interpolation', 'bicubic')
   if interpolation not in ('bilinear', 'bicubic'):
     interpolation = 'bicubic'
+  default = (0.5, 0.5, 0.5) if wd else (0.485, 0.456, 0.406), (
+      (0.5, 0.5, 0.5) if wd else (0.229, 0.224, 0.225))
+  mean = tuple(float(v) for v in cfg.get('mean', default[0]))
+  std = tuple(float(v) for v in cfg.get('std', default[1]))
+  if wd:
+    # WD normalises RGB, then flips to BGR: the model's order is BGR, and
+    # so is that of the per-channel values the bundle applies after its flip.
+    return bundle_lib.Preprocess(
+        size=int(size[1]), geometry='pad', interpolation=interpolation,
+        mean=mean[::-1], std=std[::-1], channel_order='BGR')
   return bundle_lib.Preprocess(
       size=int(size[1]), geometry='square', interpolation=interpolation,
-      mean=tuple(float(v) for v in cfg.get('mean', (0.485, 0.456, 0.406))),
-      std=tuple(float(v) for v in cfg.get('std', (0.229, 0.224, 0.225))),
-      channel_order='RGB')
+      mean=mean, std=std, channel_order='RGB')
 
 
 def read_wd_tags(path: str, num_classes: int):
