@@ -59,7 +59,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.crop = 'random_resized'               # 'random_resized' | 'random' | 'none'
   c.data.crop_scale = (0.5, 1.0)               # area fraction kept by the crop
   c.data.flip = True
-  c.data.interpolation = 'bilinear'            # 'bilinear' | 'area' (Pillow BOX)
+  c.data.interpolation = 'bilinear'            # 'bilinear' | 'area' (Pillow BOX) | 'bicubic'
   # Cartoonise every decoded image first (jaxtag/data/cartoonize.py): '' is
   # off, else the method ('opencv', 'onnx', 'callable'); its options
   # (CartoonizeOptions fields) in cartoonize_options.
@@ -104,6 +104,9 @@ def defaults() -> ml_collections.ConfigDict:
   # `python -m jaxtag.serving.import_weights` (an .npz): the backbone's
   # parameters and batch-norm statistics, after config.init.path if both.
   c.init.backbone = ml_collections.FieldReference(None, field_type=str)
+  # The head under a new vocabulary: 'reset' (fresh) or 'match_by_name'
+  # (the trained rows of the tags both vocabularies share; warm_start.py).
+  c.init.head = 'reset'
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'sigmoid_bce'

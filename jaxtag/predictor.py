@@ -156,7 +156,7 @@ class Predictable:
 
   def init_sources(self) -> list[warm_start.Source]:
     """Starting weights: config.init's, then the feature providers'."""
-    return (warm_start.sources(self.config.init)
+    return (warm_start.sources(self.config.init, self.tags.names)
             + features_lib.init_sources(self.providers))
 
   def fresh_variables(self) -> Variables:

@@ -15,6 +15,19 @@ Every starting weight is a `Source`: config.init gives up to two
 (`sources`), and the model's feature providers add theirs (a frozen
 captioner's encoder, renamed into the tagger's constants: jaxtag/models/
 features.py). `apply_sources` applies them in that order.
+
+`config.init.head` says what becomes of the head when the new run's
+vocabulary differs from the starting weights' (fine-tuning an imported WD
+v3 tagger on one's own tags):
+- 'reset' (default): the head starts fresh (unless `include` takes it
+  whole, which needs equal vocabularies);
+- 'match_by_name': each head parameter whose last axis is the class axis
+  (the linear head's kernel columns and bias) keeps the trained values of
+  the tags both vocabularies share, matched by tag name, and starts the
+  other tags fresh; head parameters without a class axis (a pooled-feature
+  norm) are taken whole. The starting weights must name their tags: the
+  `.npz` of `python -m jaxtag.serving.import_weights --timm` holds them
+  under the key 'tags' (the tag names in model order).
 """
 from __future__ import annotations
 
@@ -32,6 +45,9 @@ from jaxtag import checkpoint as checkpoint_lib
 
 # What a checkpoint or .npz offers: trained parameters, batch statistics.
 COLLECTIONS = ('params', 'batch_stats')
+HEAD_MODES = ('reset', 'match_by_name')
+# The .npz key of the starting weights' tag names (model order).
+TAGS_KEY = 'tags'
 
 
 class InitError(ValueError):
@@ -56,14 +72,22 @@ class Source:
   include: str = ''
   renames: tuple[tuple[str, str], ...] = ()
   what: str = 'config.init.path'
+  # config.init.head and the new run's tag names (model order), for
+  # 'match_by_name' (see the module docstring).
+  head: str = 'reset'
+  tag_names: tuple[str, ...] | None = None
 
 
-def sources(init_config) -> list[Source]:
-  """The Sources of config.init: `path` with its `include`, then
-  `backbone` (every backbone parameter)."""
+def sources(init_config, tag_names=None) -> list[Source]:
+  """The Sources of config.init: `path` with its `include` (and its `head`
+  mode, which matches rows by `tag_names`), then `backbone` (every
+  backbone parameter)."""
   out = []
   if init_config.path:
-    out.append(Source(init_config.path, init_config.include))
+    out.append(Source(init_config.path, init_config.include,
+                      head=init_config.get('head', 'reset'),
+                      tag_names=None if tag_names is None else tuple(
+                          tag_names)))
   if init_config.backbone:
     out.append(Source(init_config.backbone, '^backbone/',
                       what='config.init.backbone'))
@@ -76,7 +100,7 @@ def apply_sources(state, starting: list[Source]):
     if source.renames:
       state = apply_renamed(state, source)
     else:
-      state = write(state, read(source.path), source.include, source.path)
+      state = _apply_source(state, source)
   return state
 
 
@@ -104,6 +128,8 @@ def read(path: str) -> dict[str, dict[str, np.ndarray]]:
     with where.open('rb') as f, np.load(f) as data:
       flat = {k: np.asarray(data[k]) for k in data.files}
     out = {c: {} for c in COLLECTIONS}
+    if TAGS_KEY in flat:
+      out[TAGS_KEY] = [str(n) for n in flat.pop(TAGS_KEY)]
     for key, value in flat.items():
       collection, _, rest = key.partition(':')
       if rest and collection in out:  # 'batch_stats:backbone/...'
@@ -151,10 +177,70 @@ def select(target: dict[str, Any], source: dict[str, np.ndarray],
   return taken
 
 
-def apply(state, init_config):
-  """`state` with the selected subtrees replaced by the starting weights."""
-  return write(state, read(init_config.path), init_config.include,
-               init_config.path)
+def apply(state, init_config, tag_names=None):
+  """`state` with config.init's starting weights (see `sources`)."""
+  return apply_sources(state, sources(init_config, tag_names))
+
+
+def _apply_source(state, source: Source):
+  """`state` with the entries `source.include` selects replaced by the
+  starting weights; with `source.head == 'match_by_name'`, also the head's
+  rows of the tags in `source.tag_names` that the source has too."""
+  if source.head not in HEAD_MODES:
+    raise InitError(f'Unknown config.init.head {source.head!r}; valid: '
+                    f'{", ".join(HEAD_MODES)}.')
+  loaded = read(source.path)
+  state = write(state, loaded, source.include, source.path)
+  if source.head == 'match_by_name':
+    if source.tag_names is None:
+      raise InitError("config.init.head=match_by_name needs the run's tag "
+                      'names.')
+    state = match_head(state, loaded, list(source.tag_names), source.path)
+  return state
+
+
+def match_head(state, loaded, tag_names: list[str], source_name: str):
+  """`state` with its head's class rows taken from `loaded` where the tag
+  names match (see the module docstring); the others as they are."""
+  source_names = loaded.get(TAGS_KEY)
+  if source_names is None:
+    raise InitError(f'config.init.path {source_name} does not name its tags '
+                    f'(no {TAGS_KEY!r} entry), so config.init.head='
+                    'match_by_name cannot match them; use an .npz written by '
+                    'python -m jaxtag.serving.import_weights --timm, or '
+                    'config.init.head=reset.')
+  position = {name: i for i, name in enumerate(source_names)}
+  ours = np.array([i for i, n in enumerate(tag_names) if n in position],
+                  np.int64)
+  theirs = np.array([position[tag_names[i]] for i in ours], np.int64)
+  n_ours, n_theirs = len(tag_names), len(source_names)
+  taken = {}
+  for key, leaf in checkpoint_lib.flatten(state.params).items():
+    source = loaded['params'].get(key)
+    if not key.startswith('head/') or source is None:
+      continue
+    if leaf.shape[-1:] == (n_ours,) and source.shape[-1:] == (n_theirs,):
+      if leaf.shape[:-1] != source.shape[:-1]:
+        raise InitError(f'Head parameter {key}: config.init.path has shape '
+                        f'{source.shape}, the model {leaf.shape}; only the '
+                        'class axis (the last) may differ.')
+      value = np.array(jax.device_get(leaf))
+      value[..., ours] = source[..., theirs]
+      taken[key] = value
+    elif tuple(leaf.shape) == tuple(source.shape):
+      taken[key] = source
+    else:
+      raise InitError(f'Head parameter {key}: config.init.path has shape '
+                      f'{source.shape}, the model {leaf.shape}.')
+  if not taken:
+    raise InitError(f'config.init.path {source_name} holds no parameter of '
+                    'the model\'s head, so config.init.head=match_by_name '
+                    'has nothing to match.')
+  logging.info('Head: %d of %d tags matched by name in %s.', len(ours),
+               n_ours, source_name)
+  include = '^(' + '|'.join(re.escape(k) for k in taken) + ')$'
+  return write(state, {'params': taken, 'batch_stats': {}}, include,
+               source_name)
 
 
 def apply_renamed(state, source: Source) -> Any:

@@ -103,7 +103,8 @@ def random_crop_box(height: int, width: int, rng: np.random.Generator,
 # each output pixel is the mean of the input pixels its footprint covers
 # (weighted at the edges), which is OpenCV's INTER_AREA when shrinking, the
 # interpolation Vallet & Sakamoto resize with.
-INTERPOLATIONS = {'bilinear': Image.BILINEAR, 'area': Image.BOX}
+INTERPOLATIONS = {'bilinear': Image.BILINEAR, 'area': Image.BOX,
+                  'bicubic': Image.BICUBIC}
 
 
 def resample(interpolation: str) -> int:

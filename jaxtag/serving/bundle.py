@@ -150,8 +150,9 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 class Preprocess:
   """How an image becomes the model's input, as the run evaluated it.
 
-  Pixels enter `Bundle.predict` as uint8 in `channel_order`; the model
-  normalises them as (x / 255 - mean) / std itself.
+  Pixels enter `Bundle.predict` as uint8 RGB; the model normalises them
+  as (x / 255 - mean) / std itself and sees them in `channel_order` (BGR
+  for imported WD v3 taggers, jaxtag/serving/timm_bundle.py).
   """
   size: int
   geometry: str = 'square'            # square | pad | native (data/geometry.py)
@@ -183,7 +184,10 @@ class Preprocess:
 
 
 def normalize(image, preprocess: Preprocess, dtype):
-  """uint8 pixels -> (x / 255 - mean) / std in the model's compute dtype."""
+  """uint8 RGB pixels -> (x / 255 - mean) / std in the model's compute
+  dtype, in the channel order the model was trained with."""
+  if preprocess.channel_order == 'BGR':
+    image = image[..., ::-1]
   scale = jnp.asarray([1.0 / (255.0 * s) for s in preprocess.std], jnp.float32)
   shift = jnp.asarray([m / s for m, s in zip(preprocess.mean, preprocess.std)],
                       jnp.float32)

@@ -1,7 +1,18 @@
-r"""torchvision ImageNet weights -> jaxtag backbone parameters.
+r"""torchvision ImageNet weights -> jaxtag backbone parameters; timm models
+(WD v3 taggers among them) -> a serving bundle.
 
   python -m jaxtag.serving.import_weights --arch resnet50 resnet50.pth \
       --out runs/imagenet/resnet50.npz
+  python -m jaxtag.serving.import_weights --timm DIR --out BUNDLE
+
+`--timm DIR`: a timm hub folder (model.safetensors, config.json and, for
+the WD v3 taggers, selected_tags.csv) of a vit_*, eva02_*, convnext_* or
+swinv2_* model becomes a bundle that jaxtag.tag and jaxtag.serve load, with
+BUNDLE/init.npz for fine-tuning (`--config.init.path=BUNDLE/init.npz`,
+`config.init.head`); jaxtag/serving/timm_bundle.py documents the
+conventions.
+
+The torchvision form:
 
 reads a torchvision state dict (`.safetensors`, or a `.pth` in torch's zip
 format, read without torch; torch itself is used where it is installed)
@@ -305,12 +316,29 @@ def import_weights(path: str, arch: str, out: str) -> dict[str, np.ndarray]:
 
 
 def _define_flags():
-  global _ARCH, _OUT_FILE
+  global _ARCH, _OUT_FILE, _TIMM
   _ARCH = flags.DEFINE_enum('arch', None, ARCHS, 'torchvision architecture.')
-  _OUT_FILE = flags.DEFINE_string('out', None, 'The .npz file to write.')
+  _OUT_FILE = flags.DEFINE_string('out', None, 'The .npz file to write '
+                                  '(with --timm: the bundle folder).')
+  _TIMM = flags.DEFINE_string('timm', None, 'A timm model folder '
+                              '(model.safetensors, config.json).')
 
 
 def main(argv):
+  if _TIMM.value:
+    if len(argv) != 1 or not _OUT_FILE.value:
+      raise app.UsageError('python -m jaxtag.serving.import_weights --timm '
+                           'DIR --out BUNDLE')
+    from jaxtag.serving import timm_bundle  # pylint: disable=C0415
+    try:
+      done = timm_bundle.import_timm(_TIMM.value, _OUT_FILE.value)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+      raise SystemExit(f'Error: {e}') from e
+    print(f'Wrote the bundle {done["bundle"]}: {done["backbone"]}, '
+          f'{done["parameters"]:,} parameters, {done["num_classes"]} tags'
+          f'{" (WD v3 conventions)" if done["wd"] else ""}. Fine-tune from '
+          f'it with --config.init.path={done["init"]}.')
+    return
   if len(argv) != 2 or not _ARCH.value or not _OUT_FILE.value:
     raise app.UsageError('python -m jaxtag.serving.import_weights --arch '
                          'ARCH FILE.{pth,safetensors} --out OUT.npz')

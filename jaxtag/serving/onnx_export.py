@@ -82,7 +82,7 @@ def check_exportable(model, head_name: str) -> None:
 
 
 def serving_fn(model, variables, scores_fn, *, mean: Sequence[float],
-               std: Sequence[float]):
+               std: Sequence[float], channel_order: str = 'RGB'):
   """BGR 0-255 float32 [B, S, S, 3] -> the objective's scores [B, C] in
   model order, plus a zero column (the score of a missing rating)."""
   model = _float32(model)
@@ -90,8 +90,10 @@ def serving_fn(model, variables, scores_fn, *, mean: Sequence[float],
   shift = np.asarray([m / s for m, s in zip(mean, std)], np.float32)
 
   def fn(image):
-    # The same arithmetic as jaxtag.train.normalize, on RGB.
-    x = jnp.flip(image, axis=-1) * scale - shift
+    # The same arithmetic as jaxtag.train.normalize, in the model's channel
+    # order (BGR as it comes for imported WD v3 taggers).
+    x = image if channel_order == 'BGR' else jnp.flip(image, axis=-1)
+    x = x * scale - shift
     scores = scores_fn(model.apply(variables, x, method='predict'))
     scores = scores.astype(jnp.float32)
     return jnp.concatenate([scores, jnp.zeros((scores.shape[0], 1), jnp.float32)], axis=1)
@@ -99,13 +101,14 @@ def serving_fn(model, variables, scores_fn, *, mean: Sequence[float],
 
 
 def model_to_onnx(model, variables, scores_fn, *, gather_index, mean, std,
-                  image_size: int, head_name: str,
-                  doc: str = '') -> onnx.ModelProto:
+                  image_size: int, head_name: str, doc: str = '',
+                  channel_order: str = 'RGB') -> onnx.ModelProto:
   """The ONNX graph of `model.predict` + `scores_fn`, with outputs in the
   order `gather_index` (model columns; the model's class count is the
   zero column)."""
   check_exportable(model, head_name)
-  fn = serving_fn(model, variables, scores_fn, mean=mean, std=std)
+  fn = serving_fn(model, variables, scores_fn, mean=mean, std=std,
+                  channel_order=channel_order)
   (batch,) = jax.export.symbolic_shape('batch')
   index = np.asarray(gather_index, np.int64)
 
@@ -144,6 +147,7 @@ def export_onnx(bundle, out_dir: str, *, image_size: int = 448) -> str:
       bundle.model, bundle.variables, bundle.objective.scores,
       gather_index=bundle.gather_index, mean=preprocess.mean,
       std=preprocess.std, image_size=image_size,
+      channel_order=preprocess.channel_order,
       head_name=bundle.config.model.head,
       doc='jaxtag tagger: BGR 0-255 NHWC in, tag scores in '
           'selected_tags.csv order out.')

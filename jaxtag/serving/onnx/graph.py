@@ -88,6 +88,10 @@ class Graph:
     if isinstance(d, (int, np.integer)):
       return np.array([d], np.int64)
     key = str(d)
+    if key not in self._dim_tensors and key not in self._dim_sources:
+      linear = self._linear_dim(d)
+      if linear is not None:
+        self._dim_tensors[key] = linear
     if key not in self._dim_tensors:
       if key not in self._dim_sources:
         raise UnsupportedError(
@@ -98,6 +102,26 @@ class Graph:
       shape = self.node('Shape', [source], start=axis, end=axis + 1)
       self._dim_tensors[key] = shape
     return self._dim_tensors[key]
+
+  def _linear_dim(self, d) -> Any:
+    """k * n + c of one input size n (windows of a batch: 16 * batch), or
+    None for another expression."""
+    names = getattr(d, 'get_vars', lambda: ())()
+    if len(names) != 1:
+      return None
+    (name,) = names
+    if name not in self._dim_sources:
+      return None
+    c, c_k, c_2k = (int(d._evaluate({name: n})) for n in (0, 1, 2))  # pylint: disable=protected-access
+    k = c_k - c
+    if c_2k != c + 2 * k:
+      return None
+    size = self.dim(name)
+    if k != 1:
+      size = self.node('Mul', [size, np.array([k], np.int64)])
+    if c:
+      size = self.node('Add', [size, np.array([c], np.int64)])
+    return size
 
   def shape(self, shape: Sequence[Any]) -> Any:
     """A 1-D int64 tensor (a constant where every size is known)."""

@@ -103,6 +103,12 @@ def _rsqrt(g, eqn, x):
   return g.node('Reciprocal', [g.node('Sqrt', [x])])
 
 
+@rule('erfc')
+def _erfc(g, eqn, x):
+  # timm's exact GELU in flax: x * erfc(-x / sqrt 2) / 2.
+  return g.node('Sub', [np.asarray(1, _out(eqn).dtype), g.node('Erf', [x])])
+
+
 @rule('square')
 def _square(g, eqn, x):
   return g.node('Mul', [x, x])
@@ -184,6 +190,49 @@ def _transpose_rule(g, eqn, x):
 @rule('concatenate')
 def _concatenate(g, eqn, *xs):
   return g.node('Concat', list(xs), axis=int(eqn.params['dimension']))
+
+
+@rule('stack')
+def _stack(g, eqn, *xs):
+  axis = np.array([eqn.params['axis']], np.int64)
+  return g.node('Concat', [g.node('Unsqueeze', [x, axis]) if not _const(x)
+                           else np.expand_dims(x, int(axis[0])) for x in xs],
+                axis=int(eqn.params['axis']))
+
+
+@rule('split')
+def _split(g, eqn, x):
+  sizes = np.array(eqn.params['sizes'], np.int64)
+  return g.node('Split', [x, sizes], num_outputs=len(sizes),
+                axis=int(eqn.params['axis']))
+
+
+@rule('gather')
+def _gather(g, eqn, x, indices):
+  """A gather at one constant start point: a slice (what jnp indexing with
+  static indices becomes once the batch size is symbolic)."""
+  dn = eqn.params['dimension_numbers']
+  if (not _const(indices) or np.ndim(indices) != 1
+      or dn.operand_batching_dims or dn.start_indices_batching_dims):
+    raise UnsupportedError('gather other than at one constant start point')
+  shape = eqn.invars[0].aval.shape
+  sizes = eqn.params['slice_sizes']
+  starts, limits, axes = [], [], []
+  for axis, start in zip(dn.start_index_map, np.asarray(indices)):
+    size = int(sizes[axis])
+    # The start is clamped into the operand, as XLA does.
+    start = int(min(max(int(start), 0), int(shape[axis]) - size))
+    starts.append(start)
+    limits.append(start + size)
+    axes.append(int(axis))
+  for axis, size in enumerate(sizes):
+    if axis not in axes and size is not shape[axis] and size != shape[axis]:
+      raise UnsupportedError('gather of part of an axis it does not index')
+  y = g.node('Slice', [x, np.array(starts, np.int64),
+                       np.array(limits, np.int64), np.array(axes, np.int64)])
+  if dn.collapsed_slice_dims:
+    y = g.node('Squeeze', [y, np.array(dn.collapsed_slice_dims, np.int64)])
+  return y
 
 
 @rule('rev')

@@ -79,7 +79,9 @@ class _Translator:
 
   def equation(self, eqn, ins) -> list[Any]:
     name = eqn.primitive.name
-    if self._foldable(eqn, ins):
+    # A wrapper's body folds equation by equation (binding a custom_jvp
+    # call again needs what tracing consumed).
+    if name not in _INLINED and self._foldable(eqn, ins):
       outs = eqn.primitive.bind(*ins, **eqn.params)
       outs = outs if eqn.primitive.multiple_results else [outs]
       return [np.asarray(jax.device_get(o)) for o in outs]
