@@ -7,6 +7,17 @@ about 10 s) and trains 8 epochs in about 9 minutes on 2 CPU cores.
   python -m jaxtag.main --config configs/default.py:tiny --workdir runs/tiny
 
 trains a width-1/8 network on `synthetic_anime/tiny` for 8 steps, for tests.
+
+  python -m jaxtag.main --config configs/default.py:wd --workdir runs/wd
+
+is the default run meant for WD-tagger front ends (ONNX export): it
+evaluates with the WD preprocessing contract, eval geometry 'pad' and the
+'bicubic' filter (jaxtag/data/geometry.py), so thresholds fitted on
+validation hold in those clients. Bicubic is the filter of SmilingWolf's
+demo app, the WD models' reference front end, which pads first as the
+contract does: its pixels then equal jaxtag.tag's. kohya's script (OpenCV
+INTER_AREA when shrinking) and ComfyUI (Lanczos) differ from it by a few
+levels of 255 at most.
 """
 from jaxtag import config as config_lib
 
@@ -52,7 +63,10 @@ def get_config(arg=None):
     config.eval_every_steps = 4
     config.checkpoint_every_steps = 4
     config.eval.batch_size = 32
+  elif arg == 'wd':
+    config.eval.geometry = 'pad'
+    config.data.interpolation = 'bicubic'
   elif arg is not None:
     raise ValueError(f'Unknown variant {arg!r} of configs/default.py; '
-                     'valid: tiny (or none).')
+                     'valid: tiny, wd (or none).')
   return config

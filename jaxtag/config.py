@@ -59,7 +59,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.crop = 'random_resized'               # 'random_resized' | 'random' | 'none'
   c.data.crop_scale = (0.5, 1.0)               # area fraction kept by the crop
   c.data.flip = True
-  c.data.interpolation = 'bilinear'            # 'bilinear' | 'area' (Pillow BOX) | 'bicubic'
+  # 'bilinear' | 'area' (Pillow BOX) | 'bicubic' | 'lanczos'; runs meant for
+  # WD front ends use 'bicubic' with eval.geometry 'pad' (configs/default.py:wd).
+  c.data.interpolation = 'bilinear'
   # Cartoonise every decoded image first (jaxtag/data/cartoonize.py): '' is
   # off, else the method ('opencv', 'onnx', 'callable'); its options
   # (CartoonizeOptions fields) in cartoonize_options.
@@ -151,8 +153,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.eval.category_thresholds = ml_collections.ConfigDict({
       name: {'general': 0.35, 'character': 0.85}.get(name, 0.5)
       for name in CATEGORIES.values()})
-  # 'square' (resize to image_size^2), 'pad' (longest side to image_size,
-  # padded white to a square), 'native' (shortest side to image_size, aspect
+  # 'square' (resize to image_size^2), 'pad' (the WD contract: EXIF turn,
+  # alpha on white, padded white to a square, resized to image_size), 'native' (shortest side to image_size, aspect
   # kept, batched in buckets of these longest/shortest ratios).
   c.eval.geometry = 'square'
   c.eval.bucket_aspects = (1.0, 1.5, 2.0)

@@ -233,7 +233,8 @@ def test_wd_client_on_exported_files_matches_jaxtag_tagger(tmp_path):
                           image_size=bundle.preprocess.size)
   with open(os.path.join(out_dir, 'selected_tags.csv')) as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == ['tag_id', 'name', 'category', 'count']
+  assert list(rows[0]) == ['tag_id', 'name', 'category', 'count',
+                          'jaxtag_category']
   assert [r['name'] for r in rows[:4]] == ['general', 'sensitive',
                                            'questionable', 'explicit']
   paths = _write_images(str(tmp_path))

@@ -291,9 +291,19 @@ def test_pad_geometry_centres_the_image_on_white():
   bucket, pixels, mask = images_lib.Geometry(preprocess)(
       Image.new('RGB', (40, 20), (0, 0, 0)))
   assert bucket == 0 and mask is None and pixels.shape == (32, 32, 3)
-  # 40 x 20 -> 32 x 16, rows 8..23 of the square.
-  assert (pixels[:8] == 255).all() and (pixels[24:] == 255).all()
-  assert (pixels[8:24] == 0).all()
+  # Padded first to 40 x 40 (rows 10..29 black), then resized to 32: rows
+  # 8..23; the filter blends the two rows on each edge.
+  assert (pixels[:7] == 255).all() and (pixels[25:] == 255).all()
+  assert (pixels[9:23] == 0).all()
+  # The contract's order: EXIF turn, alpha on white, pad, resize.
+  rgba = Image.new('RGBA', (20, 40), (0, 0, 0, 0))
+  exif = Image.Exif()
+  exif[0x0112] = 6   # turned 90 degrees: shown 40 x 20
+  buffer = io.BytesIO()
+  rgba.save(buffer, 'PNG', exif=exif.tobytes())
+  image = images_lib.open_image(buffer)
+  assert image.size == (40, 20) and image.mode == 'RGB'
+  assert (np.asarray(image) == 255).all()
 
 
 # ---------------------------------------------------- a trained run (slow) ---

@@ -2,8 +2,13 @@
 
 Chosen by `config.eval.geometry` (training always uses square crops):
 - `square`: the whole image resized to size x size (aspect not kept).
-- `pad`: the longest side resized to `size`, aspect kept, centred on a white
-  size x size canvas (the WD tagger convention).
+- `pad`: the WD tagger contract (`pad` below, the one function that
+  jaxtag.tag, jaxtag.serve and evaluation call): the image, upright by its
+  EXIF orientation (`upright`) and with any alpha composited on white
+  (`to_rgb`), is centred on a white square of its longest side, which is
+  then resized to size x size with the stated filter. Padding before the
+  resize, as SmilingWolf's wd-tagger demo app does, makes the pixels equal
+  that app's for the same filter (bicubic, the WD configs' default).
 - `native`: the shortest side resized to `size`, aspect kept. Images are
   batched by shape bucket so that a split compiles one program per bucket,
   not one per image: bucket r of `config.eval.bucket_aspects` holds images
@@ -20,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 GEOMETRIES = ('square', 'pad', 'native')
 # Backbones downsample by 32; bucket sides that are multiples of it map
@@ -78,17 +84,52 @@ def square(image: Image.Image, size: int,
   return np.asarray(image.resize((size, size), resample), np.uint8)
 
 
-def pad(image: Image.Image, size: int,
-        resample: int = Image.BILINEAR) -> np.ndarray:
+def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
+  """Any Pillow image as RGB; transparency composited on `background`."""
+  if image.mode == 'RGB':
+    return image
+  if image.mode.startswith('I') or image.mode == 'F':
+    # 16/32-bit integers and floats: full scale is 65535, or 255 for
+    # integers that stay below it, or 1.0 for floats that do.
+    pixels = np.asarray(image, np.float64)
+    if image.mode == 'F':
+      top = 1.0 if pixels.max(initial=0.0) <= 1.0 else 255.0
+    else:
+      top = 255.0 if pixels.max(initial=0.0) <= 255.0 else 65535.0
+    image = Image.fromarray(
+        np.clip(np.round(pixels / top * 255.0), 0, 255).astype(np.uint8))
+  if image.mode == 'P' and 'transparency' in image.info:
+    image = image.convert('RGBA')
+  if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+    rgba = image.convert('RGBA')
+    canvas = Image.new('RGBA', rgba.size, (*background, 255))
+    return Image.alpha_composite(canvas, rgba).convert('RGB')
+  return image.convert('RGB')
+
+
+def upright(image: Image.Image) -> Image.Image:
+  """The image turned as its EXIF orientation says (itself when it has
+  none), as cameras and browsers show it."""
+  return ImageOps.exif_transpose(image)
+
+
+def pad_square(image: Image.Image) -> Image.Image:
+  """An RGB image centred on a white square of its longest side."""
   width, height = image.size
-  scale = size / max(width, height)
-  w = max(1, round(width * scale))
-  h = max(1, round(height * scale))
-  canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
-  top, left = (size - h) // 2, (size - w) // 2
-  canvas[top:top + h, left:left + w] = np.asarray(
-      image.resize((w, h), resample), np.uint8)
+  side = max(width, height)
+  if width == height:
+    return image
+  canvas = Image.new('RGB', (side, side), (PAD_VALUE,) * 3)
+  canvas.paste(image, ((side - width) // 2, (side - height) // 2))
   return canvas
+
+
+def pad(image: Image.Image, size: int,
+        resample: int = Image.BICUBIC) -> np.ndarray:
+  """The `pad` geometry of an upright RGB image (`upright`, `to_rgb`):
+  padded to a centred white square, then resized to size x size."""
+  return np.asarray(pad_square(to_rgb(image)).resize((size, size), resample),
+                    np.uint8)
 
 
 def native(image: Image.Image, shape: tuple[int, int],

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from jaxtag.data import geometry as geometry_lib
+
 
 def decode_png(data: bytes) -> Image.Image:
   """Decodes PNG/JPEG bytes to RGB; raises on a corrupt image."""
@@ -39,14 +41,17 @@ def open_image(data: bytes) -> Image.Image:
   return Image.open(io.BytesIO(data))
 
 
-def decode_scaled(image: Image.Image, scale: int = 1) -> Image.Image:
+def decode_scaled(image: Image.Image, scale: int = 1,
+                  upright: bool = False) -> Image.Image:
   """Decodes an opened image to RGB; raises on a corrupt image.
 
   A JPEG with scale 2, 4 or 8 is decoded that many times smaller (Pillow's
   draft: libjpeg's DCT scaling), to ceil(side / scale) pixels a side, the
   pixel at (x, y) of the full decode falling at (x / scale, y / scale).
   Pillow offers no reduced decoding for WebP or PNG: any other image, and
-  scale 1, decode in full.
+  scale 1, decode in full. Transparency is composited on white; with
+  `upright`, the image is turned as its EXIF orientation says (evaluation:
+  the WD preprocessing contract, jaxtag/data/geometry.py).
   """
   if scale > 1 and image.format == 'JPEG':
     width, height = image.size
@@ -54,7 +59,9 @@ def decode_scaled(image: Image.Image, scale: int = 1) -> Image.Image:
     image.draft(image.mode if image.mode in ('RGB', 'L') else None,
                 (width // scale, height // scale))
   image.load()  # decode now, so a truncated file fails here
-  return image.convert('RGB') if image.mode != 'RGB' else image
+  if upright:
+    image = geometry_lib.upright(image)
+  return geometry_lib.to_rgb(image)
 
 
 def decode_image(data: bytes, shortest: int | None = None,
@@ -102,9 +109,13 @@ def random_crop_box(height: int, width: int, rng: np.random.Generator,
 # config.data.interpolation -> Pillow filter. 'area' is Pillow's BOX filter:
 # each output pixel is the mean of the input pixels its footprint covers
 # (weighted at the edges), which is OpenCV's INTER_AREA when shrinking, the
-# interpolation Vallet & Sakamoto resize with.
+# interpolation Vallet & Sakamoto resize with. 'bicubic' is the filter of
+# SmilingWolf's wd-tagger demo app after it pads to a square (its reference
+# front end), 'lanczos' that of ComfyUI-WD14-Tagger and of kohya's script
+# when it enlarges; Pillow widens every filter's support when shrinking, so
+# all four are antialiased.
 INTERPOLATIONS = {'bilinear': Image.BILINEAR, 'area': Image.BOX,
-                  'bicubic': Image.BICUBIC}
+                  'bicubic': Image.BICUBIC, 'lanczos': Image.LANCZOS}
 
 
 def resample(interpolation: str) -> int:

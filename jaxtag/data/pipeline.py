@@ -228,7 +228,10 @@ class _Loader:
     try:
       image = ops.open_image(example['image'])  # the header only
       box, flip, scale = self._plan(*image.size, g)
-      image = ops.decode_scaled(image, scale)
+      # The pad geometry's contract turns images by their EXIF orientation;
+      # the others keep the stored orientation their shape buckets assume.
+      image = ops.decode_scaled(
+          image, scale, upright=not self.train and self.geometry == 'pad')
     except Exception as e:  # pylint: disable=broad-except
       # Pillow raises several types for corrupt or truncated data. (A tag id
       # outside the vocabulary raised above: the dataset is wrong, not one

@@ -134,7 +134,7 @@ def convert(workdir: str, out: str, *, step: int | None = None,
           f'extra (pip install "jaxtag[onnx]"): {e}. The bundle itself was '
           f'written to {out}.') from e
     onnx_export.export_onnx(bundle_lib.load_bundle(out), out,
-                            image_size=image_size or 448)
+                            image_size=image_size)
   return out
 
 
@@ -153,7 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--data_dir', default=None,
                       help="TFDS data_dir, when not the run's own.")
   parser.add_argument('--image_size', type=int, default=None,
-                      help='ONNX input size (default 448).')
+                      help='ONNX input size (default: the training size; 448 for kohya).')
   return parser.parse_args(argv)
 
 

@@ -1,8 +1,9 @@
 """Images for serving: any Pillow mode to RGB, then the run's eval geometry.
 
-Transparent images (RGBA, LA, palette with transparency) are composited on
-white, the pad colour of the WD taggers; 16-bit and float images are scaled
-to 8 bits. The geometry (square, pad, native) and interpolation are those
+Files are turned by their EXIF orientation; transparent images (RGBA, LA,
+palette with transparency) are composited on white, the pad colour of the
+WD taggers; 16-bit and float images are scaled to 8 bits
+(jaxtag/data/geometry.py: `upright`, `to_rgb`). The geometry (square, pad, native) and interpolation are those
 the run was evaluated with (jaxtag/data/geometry.py), so served scores
 equal evaluated ones.
 """
@@ -20,34 +21,21 @@ EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif', '.tif',
               '.tiff', '.avif', '.jxl')
 
 
-def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
-  """Any Pillow image as RGB; transparency composited on `background`."""
-  if image.mode == 'RGB':
-    return image
-  if image.mode.startswith('I') or image.mode == 'F':
-    # 16/32-bit integers and floats: full scale is 65535, or 255 for
-    # integers that stay below it, or 1.0 for floats that do.
-    pixels = np.asarray(image, np.float64)
-    if image.mode == 'F':
-      top = 1.0 if pixels.max(initial=0.0) <= 1.0 else 255.0
-    else:
-      top = 255.0 if pixels.max(initial=0.0) <= 255.0 else 65535.0
-    image = Image.fromarray(
-        np.clip(np.round(pixels / top * 255.0), 0, 255).astype(np.uint8))
-  if image.mode == 'P' and 'transparency' in image.info:
-    image = image.convert('RGBA')
-  if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
-    rgba = image.convert('RGBA')
-    canvas = Image.new('RGBA', rgba.size, (*background, 255))
-    return Image.alpha_composite(canvas, rgba).convert('RGB')
-  return image.convert('RGB')
+to_rgb = geometry_lib.to_rgb
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+  """A decoded file's image as the model sees it: turned by its EXIF
+  orientation, then RGB with alpha on white (jaxtag.tag, jaxtag.serve)."""
+  return to_rgb(geometry_lib.upright(image))
 
 
 def open_image(path: str) -> Image.Image:
-  """Decodes a file now (a truncated one fails here) and returns RGB."""
+  """Decodes a file now (a truncated one fails here) and returns it
+  upright (EXIF orientation) in RGB."""
   with Image.open(path) as image:
     image.load()
-    return to_rgb(image)
+    return upright_rgb(image)
 
 
 def from_array(array) -> Image.Image:

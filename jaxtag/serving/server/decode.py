@@ -49,7 +49,7 @@ def decode_image(body: bytes, *, max_bytes: int, max_pixels: int):
               f'({pixels / 1e6:.1f} megapixels); this server takes at most '
               f'{max_pixels / 1e6:.1f} (--max_megapixels).')
         image.load()
-        return images_lib.to_rgb(image)
+        return images_lib.upright_rgb(image)
   except RequestError:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
