@@ -115,7 +115,11 @@ def _images(folder):
   rgba[:40], rgba[-40:], rgba[:, :40], rgba[:, -40:] = 255, 255, 255, 255
   rgba[:40, :, 3] = rgba[-40:, :, 3] = rgba[:, :40, 3] = rgba[:, -40:, 3] = 0
   save('transparent.png', Image.fromarray(rgba, 'RGBA'))
-  save('palette.png', Image.fromarray(noise(256, 180)).quantize(64))
+  # Without dithering: ComfyUI resizes before it pads, on another pixel
+  # grid than pad-then-resize, and a dither's pixel-level noise turns that
+  # shift into differences a random head amplifies past the 0.02 margin.
+  save('palette.png', Image.fromarray(noise(256, 180)).quantize(
+      64, dither=Image.Dither.NONE))
   # 16-bit values that stay within 8 bits: every front end converts them
   # as Pillow does (saturating above 255); jaxtag keeps them as they are.
   deep = noise(240, 240, 1).astype(np.uint16)
