@@ -12,8 +12,9 @@ from typing import Any, Sequence
 
 import ml_collections
 
-# Sub-dicts whose keys belong to a chosen part (a backbone, a head, a loss):
-# the part itself checks them against its own fields.
+# Sub-dicts whose keys belong to a chosen part (a backbone, a head, a loss,
+# a label encoder, feature providers): the part itself checks them against
+# its own fields, so a method's options never enter this schema.
 FREE_FORM = frozenset({
     'model.backbone_kwargs', 'model.head_kwargs', 'model.features',
     'loss.kwargs', 'dataset.label_encoding_kwargs',

@@ -25,6 +25,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from jaxtag import serve
+from jaxtag import tasks
 from jaxtag.serving.server import app as app_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ class FakeTagger:
   groups = {'rating': np.arange(4), 'general': np.array([4, 5, 6]),
             'character': np.array([7])}
   limits = np.array([0, 0, 0, 0, 0.3, 0.5, 0.7, 0.9], np.float32)
-  task = 'multi_label'
+  task = tasks.MultiLabel()
 
   def __init__(self):
     self.bundle = FakeBundle(len(self.names))

@@ -44,7 +44,8 @@ def test_unknown_override_is_rejected_with_valid_keys(tmp_path):
       cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert 'config.model.backbon' in proc.stderr
-  assert 'backbone, backbone_kwargs, dtype, head, head_kwargs, pool' in (
+  assert ('backbone, backbone_kwargs, dtype, features, head, head_kwargs, '
+          'pool') in (
       proc.stderr)
 
 

@@ -278,6 +278,8 @@ def test_task_outputs_for_the_tag_command():
   assert captioner.text_file({'caption': 'a girl'}, 'x, y\n',
                              None) == 'x, y\na girl'
   assert captioner.text_file({'caption': 'a girl'}, '  ', None) == 'a girl'
+  assert captioner.text_file({'caption': 'a girl'}, 'x\r\n',
+                             None) == 'x\na girl'
   assert captioner.csv_header() == ['file', 'caption']
   assert captioner.csv_row({'file': 'a.png', 'caption': 'a girl'}) == [
       'a.png', 'a girl']

@@ -218,28 +218,27 @@ def test_tagger_overrides_thresholds_by_category(random_bundle):
   assert everything['general'] == {} and everything['character'] == {}
 
 
-def test_the_tasks_server_record_is_the_taggers_result(random_bundle):
-  """What jaxtag.serve answers for one image: the tagger's result, and with
+def test_the_tasks_server_records_are_the_taggers_results(random_bundle):
+  """What jaxtag.serve answers per image: the tagger's result, and with
   scores every score and threshold, handed to the page's own summary."""
   tagger = tagger_lib.Tagger(random_bundle[3], general_threshold=0.3)
-  image = _images(1)[0]
+  images = list(_images(2))
+  scores = tagger.scores(images)
   seen = []
 
-  def page_extras(scores, thresholds):
-    seen.append((scores, thresholds))
+  def page_extras(row_scores, row_thresholds):
+    seen.append((row_scores, row_thresholds))
     return 'every score', 'per category'
 
-  plain = tagger.task.serve_record(tagger, image, 'a.png', with_scores=False,
-                                   page_extras=page_extras)
-  assert plain == {'file': 'a.png', **tagger.tag([image])[0]}
-  assert not seen
-  full = tagger.task.serve_record(tagger, image, 'a.png', with_scores=True,
-                                  page_extras=page_extras)
-  assert full == {**plain, 'scores': 'every score',
-                  'thresholds': 'per category'}
-  scores = tagger.scores([image])
-  np.testing.assert_array_equal(seen[0][0], scores[0])
-  np.testing.assert_array_equal(seen[0][1], tagger.thresholds(scores)[0])
+  records = tagger.task.serve_records(
+      tagger, scores, [('a.png', False), ('b.png', True)], page_extras)
+  results = tagger.results(scores)
+  assert records == [{'file': 'a.png', **results[0]},
+                     {'file': 'b.png', **results[1], 'scores': 'every score',
+                      'thresholds': 'per category'}]
+  assert len(seen) == 1
+  np.testing.assert_array_equal(seen[0][0], scores[1])
+  np.testing.assert_array_equal(seen[0][1], tagger.thresholds(scores)[1])
   assert (seen[0][1][tagger.groups['general']] == 0.3).all()
 
 

@@ -113,8 +113,9 @@ def bundle_hash(directory: str) -> str:
 
 def unsupported_reason(bundle) -> str | None:
   """Why the bundle has no ONNX form for tagging; None when it has one."""
-  if bundle.task == 'captioning':
-    return 'it is a captioner (its beam search is a loop)'
+  refusal = bundle.task.onnx_refusal()   # a captioner's beam search
+  if refusal:
+    return refusal
   if bundle.preprocess.geometry == 'native':
     return 'its geometry is native (inputs of several shapes and a mask)'
   return None

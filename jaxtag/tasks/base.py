@@ -17,7 +17,7 @@ it instead of comparing names. The methods fall in four groups:
 - tag and serve (jaxtag/serving/tagger.py, jaxtag/tag.py, jaxtag/serve.py):
   `empty_scores`, `thresholds`, `results` (one dict per image),
   `ignored_tag_options`, `text_file` (a .txt caption), `csv_header` and
-  `csv_row`, `serve_record` (the server's JSON for one image).
+  `csv_row`, `serve_records` (the server's JSON records).
 
 A Task compares equal to its name, so `task == 'captioning'` reads as it
 did when tasks were strings.
@@ -152,9 +152,11 @@ class Task:
     """One row of `jaxtag.tag --format csv` for a record {'file', **result}."""
     raise NotImplementedError
 
-  def serve_record(self, tagger, image, filename: str, *, with_scores: bool,
-                   page_extras: Callable | None = None) -> dict[str, Any]:
-    """The server's JSON for one image: {'file', **result}, and with
-    `with_scores` what `page_extras(scores, thresholds)` returns as
-    'scores' and 'thresholds' (for tasks that have them)."""
+  def serve_records(self, tagger, scores, requests,
+                    page_extras: Callable | None = None) -> list[dict]:
+    """The server's JSON records: one per row of `scores` [N, tags] and
+    (filename, with_scores) of `requests`, {'file', **result} with the
+    `tagger`'s results (and thresholds); with
+    `with_scores`, what `page_extras(row scores, row thresholds)` returns
+    as 'scores' and 'thresholds' (for tasks that have them)."""
     raise NotImplementedError

@@ -146,7 +146,7 @@ class Captioning(base.Task):
     del tags_text
     text = result['caption']
     if existing and existing.strip():
-      text = existing.rstrip('\n') + '\n' + text
+      text = existing.rstrip('\r\n') + '\n' + text
     return text
 
   def csv_header(self):
@@ -155,7 +155,7 @@ class Captioning(base.Task):
   def csv_row(self, record):
     return [record['file'], record['caption']]
 
-  def serve_record(self, tagger, image, filename, *, with_scores,
-                   page_extras=None):
-    del with_scores, page_extras   # a sentence has no scores
-    return {'file': filename, **self.results(tagger, tagger.scores([image]))[0]}
+  def serve_records(self, tagger, scores, requests, page_extras=None):
+    del page_extras   # a sentence has no scores
+    return [{'file': name, **result} for (name, _), result in
+            zip(requests, tagger.results(scores))]

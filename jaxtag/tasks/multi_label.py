@@ -152,15 +152,17 @@ class MultiLabel(base.Task):
     return [record['file'], top, ', '.join(record['general']),
             ', '.join(record['character'])]
 
-  def serve_record(self, tagger, image, filename, *, with_scores,
-                   page_extras=None):
-    scores = tagger.scores([image])
-    record = {'file': filename, **self.results(tagger, scores)[0]}
-    if with_scores and page_extras is not None:
-      thresholds = self.thresholds(tagger, scores)
-      record['scores'], record['thresholds'] = page_extras(scores[0],
-                                                           thresholds[0])
-    return record
+  def serve_records(self, tagger, scores, requests, page_extras=None):
+    results = tagger.results(scores)
+    thresholds = tagger.thresholds(scores)
+    out = []
+    for row, (name, with_scores) in enumerate(requests):
+      record = {'file': name, **results[row]}
+      if with_scores and page_extras is not None:
+        record['scores'], record['thresholds'] = page_extras(
+            scores[row], thresholds[row])
+      out.append(record)
+    return out
 
 
 def _category_name(category) -> str:

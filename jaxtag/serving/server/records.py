@@ -18,20 +18,11 @@ class TagService:
 
   def records(self, scores: np.ndarray,
               requests: Sequence[tuple[str, bool]]) -> list[dict[str, Any]]:
-    """One record per row of `scores` and (filename, with_scores)."""
-    results = self.tagger.results(scores)
-    if self.tagger.task == 'captioning':   # {'file', 'caption'}
-      return [{'file': name, **result}
-              for (name, _), result in zip(requests, results)]
-    thresholds = self.tagger.thresholds(scores)
-    out = []
-    for row, (name, with_scores) in enumerate(requests):
-      record = {'file': name, **results[row]}
-      if with_scores:
-        record['scores'], record['thresholds'] = self.page_extras(
-            scores[row], thresholds[row])
-      out.append(record)
-    return out
+    """One record per row of `scores` and (filename, with_scores), as the
+    bundle's task makes them (jaxtag/tasks/: a captioner's have no
+    scores)."""
+    return self.tagger.task.serve_records(self.tagger, scores, requests,
+                                          self.page_extras)
 
   def tag(self, image, filename: str, with_scores: bool) -> dict[str, Any]:
     """The record of one image, tagged now (no batching)."""
