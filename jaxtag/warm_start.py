@@ -88,7 +88,7 @@ def sources(init_config, tag_names=None) -> list[Source]:
                       head=init_config.get('head', 'reset'),
                       tag_names=None if tag_names is None else tuple(
                           tag_names)))
-  if init_config.backbone:
+  if init_config.get('backbone'):
     out.append(Source(init_config.backbone, '^backbone/',
                       what='config.init.backbone'))
   return out

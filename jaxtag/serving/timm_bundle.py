@@ -55,6 +55,7 @@ from jaxtag import warm_start
 from jaxtag.models import convnext
 from jaxtag.models import eva02
 from jaxtag.models import swinv2
+from jaxtag.models import timm_layout
 from jaxtag.models import transformer as tfm
 from jaxtag.models import vit
 from jaxtag.serving import bundle as bundle_lib
@@ -274,11 +275,11 @@ def convert_weights(model: TimmModel, state_dict, source: str):
   converted = _CONVERTERS[model.family](state_dict)
   tagger = build(model)
   size = tfm.pair(model.backbone_kwargs.get('img_size', 64))
-  shapes = tfm.param_shapes(jax.eval_shape(
+  shapes = timm_layout.param_shapes(jax.eval_shape(
       lambda: tagger.init(jax.random.key(0),
                           jnp.zeros((1, *size, 3), jnp.float32),
                           train=False)))
-  problems = tfm.mismatches(
+  problems = timm_layout.mismatches(
       {k: tuple(np.shape(v)) for k, v in converted.items()}, shapes)
   if problems:
     raise TimmImportError(
