@@ -43,7 +43,7 @@ def test_the_semantic_cache_builds_its_dataset(tiny_captioner_run, tmp_path):
   workdir, _ = tiny_captioner_run
   from jaxtag import config as config_lib
   config = config_lib.load_config_file('configs/default.py:tiny')
-  config.model.semantic.captioner = workdir
+  config.model.features.semantic.captioner = workdir
   caches = {}
   for name, data_dir in (('session', tiny_captioner_run[1].dataset.data_dir),
                          ('fresh', str(tmp_path / 'fresh'))):
