@@ -153,8 +153,11 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
 
-  def check_compatible(self, step: int, abstract_state: Any) -> None:
-    """Compares stored shapes with the model's before any array is read."""
+  def check_compatible(self, step: int, abstract_state: Any, *,
+                       partial: bool = False) -> None:
+    """Compares stored shapes with the model's before any array is read;
+    with `partial`, `abstract_state` is a part of the saved state (params,
+    batch statistics, constants) and the rest may be stored beside it."""
     where = self.directory / str(step)
     # Without its _METADATA, Orbax describes a step from its array store,
     # which lacks some leaves: damage, not another model.
@@ -164,10 +167,14 @@ class Checkpointer:
     expected = _shapes(abstract_state)
     problems = [f'{k}: checkpoint {stored[k]} vs model {v}'
                 for k, v in expected.items() if k in stored and stored[k] != v]
-    missing = sorted(set(expected) ^ set(stored))
+    if partial:
+      missing = [f'not in the checkpoint: {m}'
+                 for m in sorted(set(expected) - set(stored))]
+    else:
+      missing = [f'only in one of them: {m}'
+                 for m in sorted(set(expected) ^ set(stored))]
     if problems or missing:
-      detail = '; '.join(problems[:5] + [f'only in one of them: {m}'
-                                         for m in missing[:5]])
+      detail = '; '.join(problems[:5] + missing[:5])
       raise ShapeMismatchError(
           f'The checkpoint in {where} does not fit this model ({detail}). It '
           'was written by another model or tag vocabulary: use a fresh '
@@ -290,20 +297,7 @@ class Checkpointer:
     statistics, constants) from `step`, into its shardings; the rest of
     the state (the optimiser's) is never read."""
     where = self.directory / str(step)
-    _read_json(step, where / 'state' / '_METADATA')
-    with _reading(step, where / 'state'):
-      stored = _shapes(self._manager.item_metadata(step)['state'])
-    expected = _shapes(abstract)
-    problems = [f'{k}: checkpoint {stored[k]} vs model {v}'
-                for k, v in expected.items() if k in stored and stored[k] != v]
-    missing = sorted(set(expected) - set(stored))
-    if problems or missing:
-      detail = '; '.join(problems[:5] + [f'not in the checkpoint: {m}'
-                                         for m in missing[:5]])
-      raise ShapeMismatchError(
-          f'The checkpoint in {where} does not fit this model ({detail}). It '
-          'was written by another model or tag vocabulary: restore the '
-          'config that wrote it.')
+    self.check_compatible(step, abstract, partial=True)
     restore_args = jax.tree.map(
         lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)
     with ocp.PyTreeCheckpointer() as checkpointer, _reading(step,

@@ -208,25 +208,31 @@ def _pct_pm(stat) -> str:
   return f'{100 * stat["mean"]:.1f} ± {100 * stat["std"]:.1f}'
 
 
-def to_markdown(results: dict) -> str:
-  if results.get('summary'):
-    return _summary_markdown(results)
-  runs = results['runs']
-  cols = [c for c in METRICS + TOP3 if any(c in r['metrics'] for r in runs)]
+def _tables(rows: list[dict], tags: list[str], fmt) -> list[str]:
+  """The metric table and the small tags' AP table of `rows` (runs, or
+  per-config summaries), each cell written by `fmt`."""
+  cols = [c for c in METRICS + TOP3 if any(c in r['metrics'] for r in rows)]
   lines = ['| Run | ' + ' | '.join(cols) + ' |',
            '|---|' + '---|' * len(cols)]
-  for r in runs:
+  for r in rows:
     lines.append(f'| {r["name"]} | ' + ' | '.join(
-        _pct(r['metrics'].get(c)) for c in cols) + ' |')
-  tags = [t for t in results['tags'] if any(t in r['per_tag_ap']
-                                            for r in runs)]
+        fmt(r['metrics'].get(c)) for c in cols) + ' |')
+  tags = [t for t in tags if any(t in r['per_tag_ap'] for r in rows)]
   if tags:
     lines += ['', 'Test AP of small and faint tags:', '',
               '| Run | ' + ' | '.join(tags) + ' |',
               '|---|' + '---|' * len(tags)]
-    for r in runs:
+    for r in rows:
       lines.append(f'| {r["name"]} | ' + ' | '.join(
-          _pct(r['per_tag_ap'].get(t)) for t in tags) + ' |')
+          fmt(r['per_tag_ap'].get(t)) for t in tags) + ' |')
+  return lines
+
+
+def to_markdown(results: dict) -> str:
+  if results.get('summary'):
+    return _summary_markdown(results)
+  runs = results['runs']
+  lines = _tables(runs, results['tags'], _pct)
   lines += ['', 'Percent, on the test split; thresholds fitted on the '
             'validation split. Train time per run (s): ' + ', '.join(
                 f'{r["name"]} {r["train_seconds"]:.0f}' for r in runs
@@ -236,24 +242,9 @@ def to_markdown(results: dict) -> str:
 
 def _summary_markdown(results: dict) -> str:
   summary = results['summary']
-  cols = [c for c in METRICS + TOP3 if any(c in r['metrics']
-                                          for r in summary)]
   seeds = summary[0]['seeds']
   lines = [f'Mean ± std over {seeds} seeds (config.seed = 0 .. {seeds - 1}).',
-           '', '| Run | ' + ' | '.join(cols) + ' |',
-           '|---|' + '---|' * len(cols)]
-  for r in summary:
-    lines.append(f'| {r["name"]} | ' + ' | '.join(
-        _pct_pm(r['metrics'].get(c)) for c in cols) + ' |')
-  tags = [t for t in results['tags'] if any(t in r['per_tag_ap']
-                                            for r in summary)]
-  if tags:
-    lines += ['', 'Test AP of small and faint tags:', '',
-              '| Run | ' + ' | '.join(tags) + ' |',
-              '|---|' + '---|' * len(tags)]
-    for r in summary:
-      lines.append(f'| {r["name"]} | ' + ' | '.join(
-          _pct_pm(r['per_tag_ap'].get(t)) for t in tags) + ' |')
+           '', *_tables(summary, results['tags'], _pct_pm)]
   lines += ['', 'Percent, on the test split; thresholds fitted on the '
             'validation split. Train time per config, all seeds (s): '
             + ', '.join(f'{r["name"]} {r["train_seconds"]:.0f}'
