@@ -13,6 +13,7 @@ from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import config as config_lib
 from jaxtag import sharding
 from jaxtag import train
+from jaxtag.data import tag_metadata as tag_metadata_lib
 
 
 def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
@@ -58,7 +59,7 @@ def _independent_test_map(config, workdir, read_params):
   source = builder.as_data_source('test')
   size = config.data.image_size
   images, labels = [], []
-  num_classes = len(train.tag_metadata_lib.load_tag_metadata(
+  num_classes = len(tag_metadata_lib.load_tag_metadata(
       builder.data_dir).names)
   for i in range(len(source)):
     record = source[i]
@@ -101,7 +102,7 @@ def test_tiny_end_to_end_writes_outputs(tiny_config, tmp_path, read_params):
   assert results['metrics']['num_examples'] == 64  # every test image once
   rows = open(os.path.join(workdir, 'results_per_tag.csv')).read().splitlines()
   assert rows[0].startswith('tag,category,train_count')
-  assert len(rows) - 1 == len(train.tag_metadata_lib.load_tag_metadata(
+  assert len(rows) - 1 == len(tag_metadata_lib.load_tag_metadata(
       _dataset_dir(tiny_config)).names)
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
 
@@ -133,7 +134,7 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch,
   # The runs really trained: parameters moved away from the initialisation.
   init = jax.device_get(train.Trainable(
       tiny_config, sharding.create_mesh(), num_classes=len(
-          train.tag_metadata_lib.load_tag_metadata(
+          tag_metadata_lib.load_tag_metadata(
               _dataset_dir(tiny_config)).names),
       num_train_steps=8).fresh_state().params)
   moved = [np.abs(x - y).max() for x, y in zip(jax.tree.leaves(a),
