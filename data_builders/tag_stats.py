@@ -1,6 +1,7 @@
 """The metadata every jaxtag builder writes beside dataset_info.json.
 
-- `selected_tags.csv` (tag_id,name,category,count) in label order;
+- `selected_tags.csv` (tag_id,name,category,count) in label order; tag_id
+  is the tag's id in its source, NO_TAG_ID (-1) when it has none;
 - `label_stats.npz`: the train split's tag counts and sparse co-occurrence
   (format in jaxtag/data/tag_metadata.py, which also reads it);
 - `build_report.json`: skip counts per reason, the options used, examples
@@ -36,6 +37,7 @@ CATEGORY_NAMES = {'general': GENERAL, 'artist': ARTIST,
                   'meta': META, 'rating': RATING}
 
 TagRow = tag_metadata.TagRow
+NO_TAG_ID = tag_metadata.NO_TAG_ID   # tag_id of a tag its source gives none
 read_selected_tags = tag_metadata.read_selected_tags
 
 
@@ -161,7 +163,7 @@ def read_vocabulary(path: epath.PathLike) -> list[TagRow]:
   text = files.read_text(path)
   if path.suffix == '.txt':
     names = [line.strip() for line in text.splitlines()]
-    return [TagRow(i, n, GENERAL, 0) for i, n in enumerate(names) if n]
+    return [TagRow(NO_TAG_ID, n, GENERAL, 0) for n in names if n]
   return tag_metadata.parse_selected_tags(text, path)
 
 

@@ -51,8 +51,39 @@ def test_wd_order_puts_the_four_ratings_first_then_general_then_character():
   assert [r['index_in_model'] for r in rows] == [1, -1, -1, 5, 0, 3, 4, 6, 8,
                                                  9, 2, 7]
   assert [r['count'] for r in rows][:5] == [2, 0, 0, 6, 1]
-  assert [r['tag_id'] for r in rows] == list(range(12))
+  # No ids given: every row says it has none.
+  assert [r['tag_id'] for r in rows] == [-1] * 12
   assert [r['category'] for r in rows] == [9] * 4 + [0] * 6 + [4] * 2
+
+
+def test_wd_order_moves_each_tag_id_with_its_tag():
+  ids = [470575, 9999999, 14620, 402217, 15080, 9999998, 1386, 16369,
+         212816, 515193]   # model order, as fx.NAMES
+  rows = bundle_lib.wd_order(fx.NAMES, fx.CATEGORIES, np.ones(10), ids)
+  by_name = dict(zip(fx.NAMES, ids))
+  # The ratings the model lacks (sensitive, questionable) have none.
+  assert [r['tag_id'] for r in rows] == [
+      9999999, -1, -1, 9999998, 470575, 402217, 15080, 1386, 212816, 515193,
+      14620, 16369]
+  for row in rows[4:]:
+    assert row['tag_id'] == by_name[row['name']]
+    assert ids[row['index_in_model']] == row['tag_id']
+
+
+def test_an_older_bundles_renumbered_tag_ids_read_as_none(tmp_path):
+  rows = bundle_lib.wd_order(fx.NAMES, fx.CATEGORIES, np.ones(10))
+  info = {'index_in_model': [r['index_in_model'] for r in rows]}
+  old = [{**r, 'tag_id': i} for i, r in enumerate(rows)]   # as written before
+  (tmp_path / 'selected_tags.csv').write_text(bundle_lib.tags_csv(old))
+  read = bundle_lib.read_tags(str(tmp_path), info)
+  assert [r['tag_id'] for r in read] == [-1] * 12
+  assert [r['name'] for r in read] == [r['name'] for r in rows]
+  # Real ids are read as written.
+  ids = [r['tag_id'] + 100 for r in old]
+  (tmp_path / 'selected_tags.csv').write_text(bundle_lib.tags_csv(
+      [{**r, 'tag_id': i} for r, i in zip(rows, ids)]))
+  assert [r['tag_id'] for r in bundle_lib.read_tags(str(tmp_path), info)
+          ] == ids
 
 
 def test_a_rating_that_is_not_a_wd_rating_is_an_error():
@@ -64,9 +95,9 @@ def test_selected_tags_csv_has_the_wd_header(random_bundle):
   with open(os.path.join(random_bundle[0], 'selected_tags.csv')) as f:
     lines = f.read().splitlines()
   assert lines[0] == 'tag_id,name,category,count'
-  assert lines[1:5] == ['0,general,9,90', '1,sensitive,9,0',
-                        '2,questionable,9,0', '3,explicit,9,50']
-  assert lines[5] == '4,1girl,0,100'
+  assert lines[1:5] == ['-1,general,9,90', '-1,sensitive,9,0',
+                        '-1,questionable,9,0', '-1,explicit,9,50']
+  assert lines[5] == '-1,1girl,0,100'
 
 
 # -------------------------------------------------------------- variables ---

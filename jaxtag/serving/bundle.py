@@ -9,7 +9,11 @@ Files (written by `jaxtag.serving.convert`, read by `load_bundle`):
 - `selected_tags.csv` (`tag_id,name,category,count`) in the WD tagger order:
   the 4 rating tags first (general, sensitive, questionable, explicit), then
   every general tag, then every character tag, then tags of any other
-  category. Front ends index the outputs by these rows.
+  category. Front ends index the outputs by these rows. `tag_id` is the
+  dataset's (the Danbooru id, or a WD csv's), -1 where the dataset knows
+  none; it is metadata, the row's place is what indexes the outputs.
+  Bundles written before ids were kept numbered the rows 0..C-1; such a
+  column is read as -1.
 - `bundle.json`: for each row, its column in the model's output
   (`index_in_model`, -1 for a rating the model lacks, which scores 0), and
   the step and workdir it came from.
@@ -73,14 +77,21 @@ def rating_name(name: str) -> str:
   return name.split(':', 1)[1] if name.startswith('rating:') else name
 
 
-def wd_order(names, categories, counts) -> list[dict[str, Any]]:
+def wd_order(names, categories, counts, tag_ids=None) -> list[dict[str, Any]]:
   """Bundle rows in the WD order, each with its `index_in_model`.
 
   Ratings the model lacks get index -1 (they score 0). A rating tag whose
   name is none of the four WD ratings is an error: front ends read exactly
-  four ratings.
+  four ratings. `tag_ids` [C] (model order; None: none known) become the
+  rows' `tag_id`; a rating the model lacks, or a tag without one, has
+  NO_TAG_ID.
   """
   categories = [int(c) for c in categories]
+  no_id = tag_metadata_lib.NO_TAG_ID
+  ids = ([no_id] * len(names) if tag_ids is None
+         else [int(i) for i in tag_ids])
+  if len(ids) != len(names):
+    raise ValueError(f'{len(ids)} tag ids for {len(names)} tags.')
   ratings = {}
   for i, (name, category) in enumerate(zip(names, categories)):
     if category == RATING:
@@ -91,17 +102,16 @@ def wd_order(names, categories, counts) -> list[dict[str, Any]]:
             f' is none of the WD ratings {", ".join(WD_RATINGS)}; rename it '
             '(optionally with a "rating:" prefix) in the dataset.')
       ratings[wd] = i
-  rows = [{'name': wd, 'category': RATING,
+  rows = [{'tag_id': ids[ratings[wd]] if wd in ratings else no_id,
+           'name': wd, 'category': RATING,
            'index_in_model': ratings.get(wd, -1),
            'count': int(counts[ratings[wd]]) if wd in ratings else 0}
           for wd in WD_RATINGS]
   others = sorted({c for c in categories} - {RATING, GENERAL, CHARACTER})
   for category in (GENERAL, CHARACTER, *others):
-    rows += [{'name': names[i], 'category': category, 'index_in_model': i,
-              'count': int(counts[i])}
+    rows += [{'tag_id': ids[i], 'name': names[i], 'category': category,
+              'index_in_model': i, 'count': int(counts[i])}
              for i, c in enumerate(categories) if c == category]
-  for tag_id, row in enumerate(rows):
-    row['tag_id'] = tag_id
   return rows
 
 
@@ -328,6 +338,10 @@ def read_tags(directory: str, info: dict) -> list[dict[str, Any]]:
     rows = [{'tag_id': int(r['tag_id']), 'name': r['name'],
              'category': int(r['category']), 'count': int(r['count'])}
             for r in reader]
+  # An older bundle's renumbered 0..C-1 says nothing about the tags.
+  for row, tag_id in zip(rows, tag_metadata_lib.known_tag_ids(
+      [r['tag_id'] for r in rows])):
+    row['tag_id'] = int(tag_id)
   index = info['index_in_model']
   if len(index) != len(rows):
     raise ValueError(f'{path} has {len(rows)} tags but {INFO} maps '
@@ -372,14 +386,18 @@ def load_bundle(directory: str) -> Bundle:
 
 def write_bundle(directory: str, *, config, variables, names, categories,
                  counts, thresholds: dict, preprocess: Preprocess,
-                 info: dict, label_stats: dict | None = None) -> list[dict]:
+                 info: dict, label_stats: dict | None = None,
+                 tag_ids=None) -> list[dict]:
   """Writes every bundle file; returns the bundle's tag rows.
+
+  `tag_ids`: the tags' source ids in model order (NO_TAG_ID where
+  unknown), or None when the dataset has none.
 
   `thresholds['per_tag']` values are in model order here and are written in
   bundle order (a missing rating gets 1.0: it never fires).
   """
   os.makedirs(directory, exist_ok=True)
-  rows = wd_order(names, categories, counts)
+  rows = wd_order(names, categories, counts, tag_ids)
   index = [r['index_in_model'] for r in rows]
   flat = flatten({c: variables.get(c, {}) for c in COLLECTIONS})
   safetensors.numpy.save_file(

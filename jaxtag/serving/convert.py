@@ -118,7 +118,8 @@ def convert(workdir: str, out: str, *, step: int | None = None,
                    'num_images': int(tags.num_images)}
   bundle_lib.write_bundle(
       out, config=config, variables=variables, names=names,
-      categories=categories, counts=counts, thresholds=thresholds,
+      categories=categories, counts=counts, tag_ids=task.bundle_tag_ids(),
+      thresholds=thresholds,
       preprocess=bundle_lib.Preprocess.from_config(config),
       info={'step': step, 'workdir': str(workdir)}, label_stats=label_stats)
   task.write_bundle_files(out)

@@ -28,7 +28,8 @@ WD taggers load the result unchanged:
   character for a general tag. Tags of any other category (copyright,
   artist, meta) are therefore placed at the end of the general block with
   category 0; `jaxtag_category` keeps every tag's real category. `tag_id`
-  is the Danbooru id where the dataset recorded it.
+  is the bundle's: the Danbooru id where the dataset recorded it, else -1
+  (the clients read only name and category).
 
 The graph is the jaxpr of that serving function translated one primitive
 at a time (jaxtag/serving/onnx/translate.py says why), so every backbone

@@ -74,6 +74,9 @@ class MultiLabel(base.Task):
   def bundle_labels(self):
     return list(self.tags.names), self.tags.categories, self.tags.counts
 
+  def bundle_tag_ids(self):
+    return self.tags.tag_ids
+
   def bundle_thresholds(self, eval_config, workdir, predict):
     """`run`: the policy the run saved (fitted on the validation split when
     training did not finish); `by_category`; `per_tag`: `category`, `f1`
