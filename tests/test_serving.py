@@ -25,6 +25,7 @@ from jaxtag.data import sources
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert as convert_lib
 from jaxtag.serving import images as images_lib
+from jaxtag.serving import onnx_export
 from jaxtag.serving import stablehlo
 from jaxtag.serving import tagger as tagger_lib
 
@@ -68,6 +69,53 @@ def test_wd_order_moves_each_tag_id_with_its_tag():
   for row in rows[4:]:
     assert row['tag_id'] == by_name[row['name']]
     assert ids[row['index_in_model']] == row['tag_id']
+
+
+def test_other_categories_sit_between_general_and_character_as_exported():
+  names = ['rating:general', 'reimu', 'touhou', '1girl', 'zun', 'solo']
+  categories = [9, 4, 3, 0, 1, 0]
+  rows = bundle_lib.wd_order(names, categories, np.ones(6))
+  assert [r['name'] for r in rows] == [
+      'general', 'sensitive', 'questionable', 'explicit', '1girl', 'solo',
+      'zun', 'touhou', 'reimu']
+  # The ONNX export keeps this order: its csv can stand for the bundle's.
+  assert onnx_export.wd_rows(rows) == list(range(len(rows)))
+
+
+def test_the_onnx_exports_csv_reads_as_the_bundles_own(tmp_path):
+  names = ['rating:general', 'reimu', 'touhou', '1girl', 'zun', 'solo']
+  categories = [9, 4, 3, 0, 1, 0]
+  rows = bundle_lib.wd_order(names, categories, np.arange(6) + 1,
+                             [-1, 14620, 1403, 470575, 99001, 212816])
+  info = {'index_in_model': [r['index_in_model'] for r in rows],
+          'model_tags': names}
+  onnx_export.write_tags_csv(str(tmp_path / 'selected_tags.csv'),
+                             onnx_export.wd_tags(rows))
+  read = bundle_lib.read_tags(str(tmp_path), info)
+  # The real categories come back from jaxtag_category.
+  assert read == rows
+  # A csv whose rows are not bundle.json's is refused.
+  swapped = [rows[0], rows[1], rows[2], rows[3], rows[5], rows[4],
+             *rows[6:]]
+  (tmp_path / 'selected_tags.csv').write_text(bundle_lib.tags_csv(swapped))
+  with pytest.raises(ValueError, match="names 'solo' where bundle.json"):
+    bundle_lib.read_tags(str(tmp_path), info)
+
+
+def test_onnx_columns_of_an_older_bundles_order():
+  """Bundles once listed other categories after the characters; the graph
+  exported from one has them before, and the ONNX backend reorders."""
+  import types
+  from jaxtag.serving import backends
+  tags = [{'name': n, 'category': c} for n, c in [
+      ('general', 9), ('1girl', 0), ('reimu', 4), ('touhou', 3), ('zun', 1)]]
+  graph = onnx_export.wd_rows(tags)          # bundle row of each column
+  columns = backends.graph_columns(types.SimpleNamespace(tags=tags))
+  out = np.array([graph])                    # graph column j scores row graph[j]
+  assert out[:, columns].tolist() == [[0, 1, 2, 3, 4]]
+  assert backends.graph_columns(types.SimpleNamespace(
+      tags=bundle_lib.wd_order(['1girl', 'zun', 'reimu'], [0, 1, 4],
+                               np.ones(3)))) is None
 
 
 def test_an_older_bundles_renumbered_tag_ids_read_as_none(tmp_path):

@@ -8,8 +8,11 @@ Files (written by `jaxtag.serving.convert`, read by `load_bundle`):
   flax Tagger.
 - `selected_tags.csv` (`tag_id,name,category,count`) in the WD tagger order:
   the 4 rating tags first (general, sensitive, questionable, explicit), then
-  every general tag, then every character tag, then tags of any other
-  category. Front ends index the outputs by these rows. `tag_id` is the
+  every general tag, then tags of any other category, then every character
+  tag: the order of the ONNX export (jaxtag/serving/onnx_export.py), whose
+  csv (with a `jaxtag_category` column) may replace this one when
+  `convert --format onnx` writes into the bundle. Front ends index the
+  outputs by these rows. `tag_id` is the
   dataset's (the Danbooru id, or a WD csv's), -1 where the dataset knows
   none; it is metadata, the row's place is what indexes the outputs.
   Bundles written before ids were kept numbered the rows 0..C-1; such a
@@ -67,6 +70,9 @@ COLLECTIONS = ('params', 'batch_stats', 'constants')
 RATING, GENERAL, CHARACTER = 9, 0, 4
 WD_RATINGS = ('general', 'sensitive', 'questionable', 'explicit')
 TAG_COLUMNS = ('tag_id', 'name', 'category', 'count')
+# The ONNX export's csv adds each tag's real category (its `category` says
+# 0 for tags of categories WD front ends do not know).
+EXPORT_CATEGORY = 'jaxtag_category'
 
 
 # ---------------------------------------------------------------- tag order ---
@@ -108,7 +114,8 @@ def wd_order(names, categories, counts, tag_ids=None) -> list[dict[str, Any]]:
            'count': int(counts[ratings[wd]]) if wd in ratings else 0}
           for wd in WD_RATINGS]
   others = sorted({c for c in categories} - {RATING, GENERAL, CHARACTER})
-  for category in (GENERAL, CHARACTER, *others):
+  # Other categories before the characters, as the ONNX export has them.
+  for category in (GENERAL, *others, CHARACTER):
     rows += [{'tag_id': ids[i], 'name': names[i], 'category': category,
               'index_in_model': i, 'count': int(counts[i])}
              for i, c in enumerate(categories) if c == category]
@@ -332,11 +339,14 @@ def read_tags(directory: str, info: dict) -> list[dict[str, Any]]:
   path = os.path.join(directory, TAGS)
   with open(path, encoding='utf-8', newline='') as f:
     reader = csv.DictReader(f)
-    if tuple(reader.fieldnames or ()) != TAG_COLUMNS:
+    columns = tuple(reader.fieldnames or ())
+    if columns not in (TAG_COLUMNS, TAG_COLUMNS + (EXPORT_CATEGORY,)):
       raise ValueError(f'{path} has columns {reader.fieldnames}; expected '
-                       f'{",".join(TAG_COLUMNS)}.')
+                       f'{",".join(TAG_COLUMNS)} (with {EXPORT_CATEGORY} '
+                       'when the ONNX export wrote it).')
+    category = EXPORT_CATEGORY if EXPORT_CATEGORY in columns else 'category'
     rows = [{'tag_id': int(r['tag_id']), 'name': r['name'],
-             'category': int(r['category']), 'count': int(r['count'])}
+             'category': int(r[category]), 'count': int(r['count'])}
             for r in reader]
   # An older bundle's renumbered 0..C-1 says nothing about the tags.
   for row, tag_id in zip(rows, tag_metadata_lib.known_tag_ids(
@@ -347,8 +357,16 @@ def read_tags(directory: str, info: dict) -> list[dict[str, Any]]:
     raise ValueError(f'{path} has {len(rows)} tags but {INFO} maps '
                      f'{len(index)}: the bundle files come from different '
                      'conversions.')
+  model_tags = info.get('model_tags')
   for row, i in zip(rows, index):
     row['index_in_model'] = int(i)
+    # A csv of other rows (an export of an older bundle's order written
+    # over this one) would name the outputs wrongly.
+    if model_tags and i >= 0 and row['name'] not in (
+        model_tags[i], rating_name(model_tags[i])):
+      raise ValueError(f'{path} names {row["name"]!r} where {INFO} has '
+                       f'{model_tags[i]!r}: the csv is not this bundle\'s. '
+                       'Convert the run again.')
   return rows
 
 
