@@ -12,6 +12,7 @@ from PIL import Image
 from jaxtag import models
 from jaxtag import serve
 from jaxtag import tag
+from jaxtag import tasks
 from jaxtag.data import captions
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert
@@ -108,8 +109,9 @@ def test_a_sentence_is_appended_on_its_own_line(tmp_path):
   image = tmp_path / 'a.png'
   (tmp_path / 'a.txt').write_text('kept line\n')
   args = tag.parse_args([str(image), '--bundle', 'B', '--append_existing'])
-  tag.write_caption(str(image), {'caption': 'one girl'}, args)
+  task = tasks.Captioning(vocabulary=None)   # a sentence needs no words
+  tag.write_caption(task, str(image), {'caption': 'one girl'}, args)
   assert (tmp_path / 'a.txt').read_text() == 'kept line\none girl'
   args = tag.parse_args([str(image), '--bundle', 'B', '--overwrite'])
-  tag.write_caption(str(image), {'caption': 'two boys'}, args)
+  tag.write_caption(task, str(image), {'caption': 'two boys'}, args)
   assert (tmp_path / 'a.txt').read_text() == 'two boys'

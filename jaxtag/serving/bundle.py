@@ -338,6 +338,16 @@ def read_tags(directory: str, info: dict) -> list[dict[str, Any]]:
   return rows
 
 
+def read_task(directory: str):
+  """The task (jaxtag/tasks/) of the bundle in `directory`, from its
+  config alone: what shapes its output, without loading the model."""
+  directory = os.fspath(directory)
+  config = ml_collections.ConfigDict(_read_json(directory, CONFIG))
+  objective = objectives.get_objective(config.loss,
+                                       config.dataset.label_encoding)
+  return tasks.for_bundle(objective.task, directory)
+
+
 def load_bundle(directory: str) -> Bundle:
   """Rebuilds the model from config.json and loads its variables."""
   directory = os.fspath(directory)
