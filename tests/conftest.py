@@ -7,6 +7,11 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 
 import pytest  # noqa: E402  (after the XLA flags on purpose)
+from absl import flags  # noqa: E402
+
+# The test session is the program: it has no command-line flags to parse, and
+# grain reads its absl flags when a test starts worker processes.
+flags.FLAGS.mark_as_parsed()
 
 
 @pytest.fixture(scope='session')

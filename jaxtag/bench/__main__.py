@@ -20,37 +20,43 @@ from ml_collections import config_flags
 
 from jaxtag import storage
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file of the model to benchmark.', lock_config=True)
-_WHAT = flags.DEFINE_enum('what', 'train',
-                          ['train', 'metrics', 'predict', 'mlgcn', 'addgcn'],
-                          'train: the train step (and the pipeline with '
-                          '--pipeline); metrics: the metric suite at 50k x 10k;'
-                          ' predict: FLOPs and time of the prediction path; '
-                          'mlgcn: the ML-GCN head\'s share of the train step '
-                          '(--classes) and BCOO vs dense graph products; '
-                          'addgcn: the ADD-GCN head\'s share of the train '
-                          'step, exact vs low-rank graphs (--classes).')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
-_NUM_CLASSES = flags.DEFINE_integer(
-    'num_classes', None, 'Tags in the head (default: the dataset\'s tag list '
-    'when --pipeline, else 1000).')
-_PIPELINE = flags.DEFINE_bool('pipeline', False,
-                              'Also time the whole input pipeline + step '
-                              '(builds the config\'s dataset if missing).')
-_CLASSES = flags.DEFINE_list(
-    'classes', None, '--what=mlgcn|addgcn: numbers of tags (default '
-    '80,1000,10000 for mlgcn, 80,1000,5000 for addgcn).')
-_TIME_BATCH = flags.DEFINE_integer(
-    'time_batch', None, '--what=mlgcn|addgcn: batch of the timed steps '
-    '(default 4 for mlgcn, 1 for addgcn; mlgcn counts FLOPs at '
-    'config.batch_size).')
-_FLOP_BATCH = flags.DEFINE_integer(
-    'flop_batch', 2, '--what=addgcn: batch of the compiled steps whose FLOPs '
-    'are counted.')
-_OUT = flags.DEFINE_string('out', 'runs/bench/results.json',
-                           'JSON file that the figures are appended to.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when run as a command, not when imported."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file of the model to benchmark.',
+      lock_config=True)
+  flags.DEFINE_enum('what', 'train',
+                    ['train', 'metrics', 'predict', 'mlgcn', 'addgcn'],
+                    'train: the train step (and the pipeline with '
+                    '--pipeline); metrics: the metric suite at 50k x 10k;'
+                    ' predict: FLOPs and time of the prediction path; '
+                    'mlgcn: the ML-GCN head\'s share of the train step '
+                    '(--classes) and BCOO vs dense graph products; '
+                    'addgcn: the ADD-GCN head\'s share of the train '
+                    'step, exact vs low-rank graphs (--classes).')
+  flags.DEFINE_integer('steps', 20, 'Timed steps.')
+  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
+  flags.DEFINE_integer(
+      'num_classes', None, 'Tags in the head (default: the dataset\'s tag '
+      'list when --pipeline, else 1000).')
+  flags.DEFINE_bool('pipeline', False,
+                    'Also time the whole input pipeline + step '
+                    '(builds the config\'s dataset if missing).')
+  flags.DEFINE_list(
+      'classes', None, '--what=mlgcn|addgcn: numbers of tags (default '
+      '80,1000,10000 for mlgcn, 80,1000,5000 for addgcn).')
+  flags.DEFINE_integer(
+      'time_batch', None, '--what=mlgcn|addgcn: batch of the timed steps '
+      '(default 4 for mlgcn, 1 for addgcn; mlgcn counts FLOPs at '
+      'config.batch_size).')
+  flags.DEFINE_integer(
+      'flop_batch', 2, '--what=addgcn: batch of the compiled steps whose '
+      'FLOPs are counted.')
+  flags.DEFINE_string('out', 'runs/bench/results.json',
+                      'JSON file that the figures are appended to.')
 
 
 def _append(path: str, record: dict) -> None:
@@ -62,73 +68,74 @@ def _append(path: str, record: dict) -> None:
 
 
 def _classes(default: str) -> list[int]:
-  return [int(c) for c in (_CLASSES.value or default.split(','))]
+  return [int(c) for c in (FLAGS.classes or default.split(','))]
 
 
 def main(argv):
   del argv
   from jaxtag import distributed
   distributed.maybe_initialize()
-  if _WHAT.value == 'metrics':
+  if FLAGS.what == 'metrics':
     from jaxtag.bench import metrics as metrics_bench
     result = {'benchmark': 'metrics', **metrics_bench.run()}
-  elif _WHAT.value == 'predict':
-    if _CONFIG.value is None:
+  elif FLAGS.what == 'predict':
+    if FLAGS.config is None:
       raise app.UsageError('--config is required for --what=predict.')
     from jaxtag.bench import predict as predict_bench
     result = {'benchmark': 'predict', **predict_bench.run(
-        _CONFIG.value, num_classes=_NUM_CLASSES.value or 1000,
-        steps=_STEPS.value, warmup=_WARMUP.value)}
-  elif _WHAT.value == 'mlgcn':
-    if _CONFIG.value is None:
+        FLAGS.config, num_classes=FLAGS.num_classes or 1000,
+        steps=FLAGS.steps, warmup=FLAGS.warmup)}
+  elif FLAGS.what == 'mlgcn':
+    if FLAGS.config is None:
       raise app.UsageError('--config is required for --what=mlgcn.')
     from jaxtag.bench import mlgcn as mlgcn_bench
-    config = _CONFIG.value
+    config = FLAGS.config
     result = {'benchmark': 'mlgcn', 'backbone': config.model.backbone,
               'image_size': config.data.image_size,
               'device_kind': jax.devices()[0].device_kind,
               'head_share': mlgcn_bench.head_share(
                   config, num_classes=_classes('80,1000,10000'),
-                  flop_batch=config.batch_size, time_batch=_TIME_BATCH.value or 4,
-                  steps=_STEPS.value,
+                  flop_batch=config.batch_size, time_batch=FLAGS.time_batch or 4,
+                  steps=FLAGS.steps,
                   head_kwargs={'tau': 0.4, 'gcn_dims': (1024,),
                                'embedding': 'learned'}),
               'products': mlgcn_bench.product_times(
                   (256, 1000, 2000, 4000), (0.001, 0.003, 0.01, 0.05),
                   width=512)}
-  elif _WHAT.value == 'addgcn':
-    if _CONFIG.value is None:
+  elif FLAGS.what == 'addgcn':
+    if FLAGS.config is None:
       raise app.UsageError('--config is required for --what=addgcn.')
     from jaxtag.bench import addgcn as addgcn_bench
-    config = _CONFIG.value
+    config = FLAGS.config
     result = {'benchmark': 'addgcn', 'backbone': config.model.backbone,
               'image_size': config.data.image_size,
               'head_kwargs': dict(config.model.head_kwargs),
               'device_kind': jax.devices()[0].device_kind,
               'head_share': addgcn_bench.head_share(
                   config, num_classes=_classes('80,1000,5000'),
-                  flop_batch=_FLOP_BATCH.value, time_batch=_TIME_BATCH.value or 1,
-                  steps=_STEPS.value,
+                  flop_batch=FLAGS.flop_batch, time_batch=FLAGS.time_batch or 1,
+                  steps=FLAGS.steps,
                   head_kwargs=dict(config.model.head_kwargs))}
   else:
-    if _CONFIG.value is None:
+    if FLAGS.config is None:
       raise app.UsageError('--config is required for --what=train.')
     from jaxtag.bench import train as train_bench
-    num_classes = _NUM_CLASSES.value
-    if num_classes is None and _PIPELINE.value:
+    num_classes = FLAGS.num_classes
+    if num_classes is None and FLAGS.pipeline:
       from jaxtag.data import sources, tag_metadata
-      _, builder = sources.open_split(_CONFIG.value.dataset,
-                                      _CONFIG.value.dataset.train_split)
+      _, builder = sources.open_split(FLAGS.config.dataset,
+                                      FLAGS.config.dataset.train_split)
       num_classes = len(tag_metadata.load_tag_metadata(builder.data_dir).names)
     result = {'benchmark': 'train', **train_bench.run(
-        _CONFIG.value, num_classes=num_classes or 1000, steps=_STEPS.value,
-        warmup=_WARMUP.value, with_pipeline=_PIPELINE.value)}
+        FLAGS.config, num_classes=num_classes or 1000, steps=FLAGS.steps,
+        warmup=FLAGS.warmup, with_pipeline=FLAGS.pipeline)}
   for key, value in result.items():
     print(f'{key:>32}: {value:.4g}' if isinstance(value, float)
           else f'{key:>32}: {value}')
-  _append(_OUT.value, result)
-  print(f'appended to {_OUT.value}')
+  _append(FLAGS.out, result)
+  print(f'appended to {FLAGS.out}')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -23,15 +23,19 @@ from absl import app
 from absl import flags
 from PIL import Image
 
-_WORK = flags.DEFINE_string('work', None, 'Scratch folder (dumps, datasets).')
-_POSTS = flags.DEFINE_integer('posts', 20000, 'Posts in the generated dump.')
-_RESIZE = flags.DEFINE_integer('resize', 448,
-                               'Longest side of the resized build.')
-_DISTINCT = flags.DEFINE_integer(
-    'distinct_images', 512, 'Different JPEGs written (files reuse them in '
-    'turn; decoding time does not depend on which).')
-_OUT = flags.DEFINE_string('out', 'runs/bench/builders.json',
-                           'JSON file the figures are appended to.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when run as a command, not when imported."""
+  flags.DEFINE_string('work', None, 'Scratch folder (dumps, datasets).')
+  flags.DEFINE_integer('posts', 20000, 'Posts in the generated dump.')
+  flags.DEFINE_integer('resize', 448, 'Longest side of the resized build.')
+  flags.DEFINE_integer(
+      'distinct_images', 512, 'Different JPEGs written (files reuse them in '
+      'turn; decoding time does not depend on which).')
+  flags.DEFINE_string('out', 'runs/bench/builders.json',
+                      'JSON file the figures are appended to.')
 
 
 def _jpeg(rng: np.random.Generator, side: int = 512) -> bytes:
@@ -148,29 +152,30 @@ def part_b_fixtures(work: str) -> list[tuple[str, str]]:
 
 def main(argv):
   del argv
-  if not _WORK.value:
+  if not FLAGS.work:
     raise app.UsageError('--work DIR is required (scratch space).')
-  work = _WORK.value
+  work = FLAGS.work
   results = fixture_builds(work)
-  dump = os.path.join(work, f'danbooru_{_POSTS.value}')
+  dump = os.path.join(work, f'danbooru_{FLAGS.posts}')
   if not os.path.exists(os.path.join(dump, 'metadata')):
     start = time.perf_counter()
-    write_danbooru_dump(dump, _POSTS.value, _DISTINCT.value)
+    write_danbooru_dump(dump, FLAGS.posts, FLAGS.distinct_images)
     print(f'wrote the dump in {time.perf_counter() - start:.0f} s')
-  for options in ({}, {'resize': _RESIZE.value}):
+  for options in ({}, {'resize': FLAGS.resize}):
     results.append(timed_build('danbooru', dump,
                                os.path.join(work, 'dump_data'), options))
     shutil.rmtree(os.path.join(work, 'dump_data'), ignore_errors=True)
   for r in results:
     print(json.dumps(r))
-  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
+  os.makedirs(os.path.dirname(FLAGS.out) or '.', exist_ok=True)
   records = []
-  if os.path.exists(_OUT.value):
-    with open(_OUT.value) as f:
+  if os.path.exists(FLAGS.out):
+    with open(FLAGS.out) as f:
       records = json.load(f)
-  with open(_OUT.value, 'w') as f:
+  with open(FLAGS.out, 'w') as f:
     json.dump(records + results, f, indent=1)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

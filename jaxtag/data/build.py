@@ -182,12 +182,14 @@ def parse_set_flags(pairs) -> dict[str, str]:
   return options
 
 
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'Where TFDS data goes (default: TFDS default).')
-_MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', None, 'The folder with the raw dataset (real datasets).')
-_SET = flags.DEFINE_multi_string(
-    'set', [], 'key=value: an option of the builder config (repeatable).')
+def _define_flags():
+  """Defined only when run as a command, not when the library imports it."""
+  flags.DEFINE_string('data_dir', None,
+                      'Where TFDS data goes (default: TFDS default).')
+  flags.DEFINE_string('manual_dir', None,
+                      'The folder with the raw dataset (real datasets).')
+  flags.DEFINE_multi_string(
+      'set', [], 'key=value: an option of the builder config (repeatable).')
 
 
 def main(argv):
@@ -195,11 +197,13 @@ def main(argv):
     raise app.UsageError('usage: python -m jaxtag.data.build NAME[/CONFIG] '
                          '[--manual_dir DIR] [--data_dir DIR] '
                          '[--set key=value ...]')
-  builder = get_builder(argv[1], _DATA_DIR.value, parse_set_flags(_SET.value))
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  builder = get_builder(argv[1], FLAGS.data_dir, parse_set_flags(FLAGS.set))
   start = time.perf_counter()
-  ensure_built(builder, _MANUAL_DIR.value)
+  ensure_built(builder, FLAGS.manual_dir)
   print(f'{argv[1]}: {builder.data_dir} ({time.perf_counter() - start:.1f} s)')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
