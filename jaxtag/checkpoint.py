@@ -13,39 +13,34 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxtag import storage
+from jaxtag import trees
 
 
 class ShapeMismatchError(ValueError):
   """A checkpoint was written by another model or vocabulary."""
 
 
-def _key_name(key) -> str:
-  for attr in ('name', 'key', 'idx'):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def path_name(path) -> str:
-  """A leaf's key path as 'params/backbone/.../kernel'."""
-  return '/'.join(_key_name(k) for k in path)
-
-
-def flatten(tree: Any) -> dict[str, Any]:
-  """'params/backbone/.../kernel' -> leaf; dataclass and dict trees alike."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {path_name(path): leaf for path, leaf in flat}
-
-
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {k: tuple(getattr(leaf, 'shape', ()))
-          for k, leaf in flatten(tree).items()}
+          for k, leaf in trees.flatten(tree).items()}
+
+
+def read_numpy(state_dir: epath.PathLike) -> dict[str, Any]:
+  """A checkpoint's `state` folder as nested dicts of numpy arrays, read on
+  the host alone: no model, no shardings, no devices."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(state_dir).item_metadata.tree
+    as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        restore_args=as_numpy))
 
 
 class Checkpointer:

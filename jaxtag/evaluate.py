@@ -22,11 +22,11 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxtag import config as config_lib
 from jaxtag import metrics as metrics_lib
 from jaxtag import sharding
 from jaxtag import thresholds as thresholds_lib
 from jaxtag.data import captions as captions_lib
+from jaxtag.data import tag_metadata as tag_metadata_lib
 
 ROW_KEYS = ('scores', 'labels', 'mask', 'index')
 
@@ -208,7 +208,7 @@ def write_results(workdir: str, name: str, result: dict, pred: dict, *, tags,
 
 
 def _category_name(category) -> str:
-  return config_lib.CATEGORIES.get(int(category), str(int(category)))
+  return tag_metadata_lib.CATEGORIES.get(int(category), str(int(category)))
 
 
 def write_per_tag_csv(path, pred: dict[str, np.ndarray], tag_metadata) -> None:

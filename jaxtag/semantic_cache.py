@@ -26,10 +26,10 @@ from etils import epath
 from ml_collections import config_flags
 
 from jaxtag import models
-from jaxtag import train
 from jaxtag.data import labels
 from jaxtag.data import pipeline
 from jaxtag.data import sources
+from jaxtag.data.normalize import normalize
 from jaxtag.models import semantic as semantic_lib
 
 
@@ -54,7 +54,7 @@ def write_cache(config, out: str, splits=None) -> dict[str, float]:
   variables = semantic_lib.frozen_variables(
       module, config.model.semantic.captioner, (1, size, size, 3))
   preprocess = functools.partial(
-      train.normalize, mean=tuple(config.data.mean),
+      normalize, mean=tuple(config.data.mean),
       std=tuple(config.data.std), dtype=jnp.float32)
   apply = jax.jit(lambda v, image: module.apply(v, preprocess(image)))
   splits = splits or (config.dataset.train_split, config.dataset.eval_split,

@@ -37,6 +37,7 @@ from jaxtag.data import captions as captions_lib
 from jaxtag.data import device_feed as data_feed
 from jaxtag.data import geometry as geometry_lib
 from jaxtag.data import labels as labels_lib
+from jaxtag.data.normalize import normalize
 from jaxtag.data import ops
 from jaxtag.data import pipeline
 from jaxtag.data import sources
@@ -62,13 +63,6 @@ class TrainState:
 
 
 # ----------------------------------------------------------------- steps ---
-
-
-def normalize(image, *, mean, std, dtype):
-  """uint8 pixels -> (x / 255 - mean) / std in the compute dtype, on device."""
-  scale = jnp.asarray([1.0 / (255.0 * s) for s in std], jnp.float32)
-  shift = jnp.asarray([m / s for m, s in zip(mean, std)], jnp.float32)
-  return (image.astype(jnp.float32) * scale - shift).astype(dtype)
 
 
 def _variables(state):

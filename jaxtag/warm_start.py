@@ -18,11 +18,11 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from jaxtag import checkpoint as checkpoint_lib
+from jaxtag import trees
 
 COLLECTIONS = ('params', 'batch_stats')
 
@@ -66,13 +66,8 @@ def read(path: str) -> dict[str, dict[str, np.ndarray]]:
   if state_dir is None:
     raise FileNotFoundError(f'config.init.path {path} holds no checkpoint '
                             '(no state/ nor checkpoints/<step>/state).')
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(state_dir).item_metadata.tree
-    as_numpy = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        restore_args=as_numpy))
-  return {c: checkpoint_lib.flatten(state.get(c, {})) for c in COLLECTIONS}
+  state = checkpoint_lib.read_numpy(state_dir)
+  return {c: trees.flatten(state.get(c, {})) for c in COLLECTIONS}
 
 
 def select(target: dict[str, Any], source: dict[str, np.ndarray],
@@ -114,11 +109,16 @@ def apply_renamed(state, path: str, renames) -> Any:
   the source's parameters and batch-norm statistics, and every target
   parameter under a target prefix must be found (a frozen sub-model)."""
   loaded = read(path)
-  moved = {c: {dst + k[len(src):]: v for k, v in loaded[c].items()
-               for src, dst in renames if k.startswith(src)}
-           for c in COLLECTIONS}
+  moved = {c: renamed(loaded[c], renames) for c in COLLECTIONS}
   include = '^(' + '|'.join(re.escape(dst) for _, dst in renames) + ')'
   return write(state, moved, include, path)
+
+
+def renamed(flat: dict[str, Any], renames) -> dict[str, Any]:
+  """The entries of `flat` under a source prefix of `renames` ((source
+  prefix, target prefix), ...), put under the target prefix."""
+  return {dst + k[len(src):]: v for k, v in flat.items()
+          for src, dst in renames if k.startswith(src)}
 
 
 def write(state, loaded, include: str, source_name: str):
@@ -126,22 +126,19 @@ def write(state, loaded, include: str, source_name: str):
   replaced = {}
   for collection in COLLECTIONS:
     tree = getattr(state, collection)
-    target = checkpoint_lib.flatten(tree)
-    taken = select(target, loaded[collection], include, collection)
+    taken = select(trees.flatten(tree), loaded[collection], include,
+                   collection)
     replaced[collection] = len(taken)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    new_leaves = []
-    for path, leaf in leaves:
-      key = checkpoint_lib.path_name(path)
-      if key in taken:
-        value = taken[key].astype(leaf.dtype)
-        # Every process holds the same file: each fills its own shards.
-        new_leaves.append(jax.make_array_from_callback(
-            value.shape, leaf.sharding, lambda index, v=value: v[index]))
-      else:
-        new_leaves.append(leaf)
-    state = state.replace(**{collection: jax.tree_util.tree_unflatten(
-        treedef, new_leaves)})
+
+    def take(key, leaf, taken=taken):
+      if key not in taken:
+        return leaf
+      value = taken[key].astype(leaf.dtype)
+      # Every process holds the same file: each fills its own shards.
+      return jax.make_array_from_callback(
+          value.shape, leaf.sharding, lambda index: value[index])
+
+    state = state.replace(**{collection: trees.map_with_names(take, tree)})
   logging.info('Started from %s: %d parameter(s), %d batch-norm '
                'statistic(s) matching %r.', source_name,
                replaced['params'], replaced['batch_stats'], include)

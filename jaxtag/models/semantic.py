@@ -118,26 +118,24 @@ def frozen_variables(module: CaptionSemantics, captioner_workdir: str,
                      image_shape) -> dict:
   """The module's variables filled from the captioner's latest checkpoint
   (RENAMES, less the 'semantic/' prefix the tagger adds)."""
-  from jaxtag import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from jaxtag import trees  # pylint: disable=g-import-not-at-top
   from jaxtag import warm_start  # pylint: disable=g-import-not-at-top
   template = jax.eval_shape(module.init, jax.random.key(0),
                             jnp.zeros(image_shape, jnp.float32))
   loaded = warm_start.read(captioner_workdir)
+  renames = [(src, dst.removeprefix('semantic/')) for src, dst in RENAMES]
   out = {}
   for collection, tree in template.items():
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    values = []
-    for path, leaf in leaves:
-      key = checkpoint_lib.path_name(path)
-      source = next((src + key[len(dst) - len('semantic/'):]
-                     for src, dst in RENAMES
-                     if key.startswith(dst[len('semantic/'):])), None)
-      if source is None or source not in loaded[collection]:
-        raise ValueError(f'The captioner in {captioner_workdir} has no '
-                         f'{collection}/{source or key}; is it a '
+    moved = warm_start.renamed(loaded[collection], renames)
+
+    def fill(key, leaf, moved=moved, collection=collection):
+      if key not in moved:
+        raise ValueError(f'The captioner in {captioner_workdir} has nothing '
+                         f'for {collection}/semantic/{key}; is it a '
                          'show_attend_tell run of the same architecture?')
-      values.append(jnp.asarray(loaded[collection][source], leaf.dtype))
-    out[collection] = jax.tree_util.tree_unflatten(treedef, values)
+      return jnp.asarray(moved[key], leaf.dtype)
+
+    out[collection] = trees.map_with_names(fill, tree)
   return out
 
 

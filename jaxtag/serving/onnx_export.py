@@ -37,6 +37,7 @@ from absl import app
 from absl import flags
 
 from jaxtag import models
+from jaxtag.data.normalize import normalize
 from jaxtag.serving.onnx import UnsupportedError
 from jaxtag.serving.onnx import to_onnx
 
@@ -86,12 +87,10 @@ def serving_fn(model, variables, scores_fn, *, mean: Sequence[float],
   """BGR 0-255 float32 [B, S, S, 3] -> the objective's scores [B, C] in
   model order, plus a zero column (the score of a missing rating)."""
   model = _float32(model)
-  scale = np.asarray([1.0 / (255.0 * s) for s in std], np.float32)
-  shift = np.asarray([m / s for m, s in zip(mean, std)], np.float32)
 
   def fn(image):
-    # The same arithmetic as jaxtag.train.normalize, on RGB.
-    x = jnp.flip(image, axis=-1) * scale - shift
+    x = normalize(jnp.flip(image, axis=-1), mean=mean, std=std,
+                  dtype=jnp.float32)
     scores = scores_fn(model.apply(variables, x, method='predict'))
     scores = scores.astype(jnp.float32)
     return jnp.concatenate([scores, jnp.zeros((scores.shape[0], 1), jnp.float32)], axis=1)
