@@ -24,7 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _env(devices: int) -> dict:
   env = dict(os.environ)
   env['JAX_PLATFORMS'] = 'cpu'
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  # As conftest.py compiles: without LLVM's optimisations.
+  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
+                      '--xla_backend_optimization_level=0')
   env['PYTHONUNBUFFERED'] = '1'
   for key in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES',
               'JAX_PROCESS_ID'):
