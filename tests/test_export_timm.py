@@ -17,8 +17,6 @@ from jaxtag.serving import stablehlo
 from jaxtag.serving import timm_bundle
 
 FAMILIES = sorted(timm_fixtures.CASES)
-# ONNX input sides: a multiple of every family's patch and window grid.
-SIZES = {'vit': 32, 'eva02': 32, 'convnext': 64, 'swinv2': 64}
 
 
 def _bundle(family, tmp_path, wd=False):
@@ -44,9 +42,10 @@ def test_onnx_matches_jax(family, tmp_path):
   # ConvNeXt, timm's RGB conventions for the others.
   wd = family == 'convnext'
   bundle = _bundle(family, tmp_path, wd=wd)
-  size = SIZES[family]
-  path = onnx_export.export_onnx(bundle, str(tmp_path / 'onnx'),
-                                 image_size=size)
+  # At the training size the graph is the model alone (no resize), so it
+  # must give the flax model's scores on the same pixels.
+  size = bundle.preprocess.size
+  path = onnx_export.export_onnx(bundle, str(tmp_path / 'onnx'))
   proto = onnx.load(path)
   onnx.checker.check_model(proto, full_check=True)
   session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])

@@ -178,12 +178,15 @@ def test_imported_wd_bundle_tags_through_jaxtag_tag(tmp_path):
   assert status == 0
   (record,) = [json.loads(line) for line in out.read_text().splitlines()]
   # The same scores as the bundle on the image prepared by hand as WD's
-  # convention asks: bicubic, padded white to a square (jaxtag resizes the
-  # longest side first, then pads).
+  # own app does: pasted centred on a white square of its longest side
+  # (30 x 40 -> 40 x 40, 5 columns of white each side), then resized
+  # bicubic to the model's 224.
   bundle = bundle_lib.load_bundle(str(tmp_path / 'bundle'))
   image = Image.open(images / 'a.png').convert('RGB')
-  pixels = np.full((1, 224, 224, 3), 255, np.uint8)
-  pixels[0, :, 28:196] = np.asarray(image.resize((168, 224), Image.BICUBIC))
+  square = np.full((40, 40, 3), 255, np.uint8)
+  square[:, 5:35] = np.asarray(image)
+  pixels = np.asarray(Image.fromarray(square).resize((224, 224),
+                                                     Image.BICUBIC))[None]
   expected = dict(zip(bundle.names, bundle.predict(pixels)[0]))
   scores = _find_scores(record)
   for name in ('1girl', 'solo', 'hatsune_miku'):

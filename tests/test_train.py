@@ -68,7 +68,7 @@ def test_tiny_end_to_end_writes_outputs(tiny_config, tmp_path,
   assert results['metrics']['num_examples'] == 64  # every test image once
   rows = open(os.path.join(workdir, 'results_per_tag.csv')).read().splitlines()
   assert rows[0].startswith('tag,category,train_count')
-  assert len(rows) - 1 == len(train.tag_metadata_lib.load_tag_metadata(
+  assert len(rows) - 1 == len(tag_metadata.load_tag_metadata(
       _dataset_dir(tiny_config)).names)
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
 
@@ -100,7 +100,7 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch,
   # The runs really trained: parameters moved away from the initialisation.
   init = jax.device_get(train.Trainable(
       tiny_config, sharding.create_mesh(), num_classes=len(
-          train.tag_metadata_lib.load_tag_metadata(
+          tag_metadata.load_tag_metadata(
               _dataset_dir(tiny_config)).names),
       num_train_steps=8).fresh_state().params)
   moved = [np.abs(x - y).max() for x, y in zip(jax.tree.leaves(a),
