@@ -3,9 +3,7 @@ server give the sentences its checkpoint decodes, read independently."""
 import io
 import os
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
@@ -28,17 +26,10 @@ def caption_bundle(tiny_captioner_run, tmp_path_factory):
   return workdir, out, config
 
 
-def _checkpoint_captions(workdir, config, images):
+def _checkpoint_captions(workdir, config, images, read_state):
   """Sentences from the checkpoint through the model's own predict and the
   run's vocabulary, without the serving code."""
-  root = os.path.join(workdir, 'checkpoints')
-  step = max(int(d) for d in os.listdir(root) if d.isdigit())
-  path = os.path.join(root, str(step), 'state')
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(path).item_metadata.tree
-    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        restore_args=jax.tree.map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)))
+  state, _ = read_state(workdir)
   vocab = captions.Vocabulary.load(os.path.join(workdir, 'caption_vocab.json'))
   model = models.build_model(config.model, len(vocab))
   x = (images.astype(np.float32) / 255 - np.asarray(config.data.mean)
@@ -60,10 +51,10 @@ def _images(n=3, size=32):
 
 @pytest.mark.slow
 def test_caption_bundle_tagger_command_and_server(caption_bundle, tmp_path,
-                                                  capsys):
+                                                  capsys, read_state):
   workdir, out, config = caption_bundle
   images = _images()
-  want = _checkpoint_captions(workdir, config, images)
+  want = _checkpoint_captions(workdir, config, images, read_state)
   assert all(isinstance(c, str) for c in want) and any(want)
 
   bundle = bundle_lib.load_bundle(out)

@@ -24,6 +24,12 @@ LABEL_STATS = 'label_stats.npz'
 SELECTED_TAGS = 'selected_tags.csv'
 _HEADER = ('tag_id', 'name', 'category', 'count')
 
+# Danbooru's tag categories by id, as selected_tags.csv writes them (9 is the
+# WD taggers' rating category).
+GENERAL, ARTIST, COPYRIGHT, CHARACTER, META, RATING = 0, 1, 3, 4, 5, 9
+CATEGORIES = {GENERAL: 'general', ARTIST: 'artist', COPYRIGHT: 'copyright',
+              CHARACTER: 'character', META: 'meta', RATING: 'rating'}
+
 
 @dataclasses.dataclass
 class TagMetadata:
