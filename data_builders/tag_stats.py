@@ -31,10 +31,10 @@ from jaxtag.data import tag_metadata
 BUILD_REPORT = 'build_report.json'
 
 # Danbooru's tag categories (9 is the WD taggers' rating category).
-GENERAL, ARTIST, COPYRIGHT, CHARACTER, META, RATING = 0, 1, 3, 4, 5, 9
-CATEGORY_NAMES = {'general': GENERAL, 'artist': ARTIST,
-                  'copyright': COPYRIGHT, 'character': CHARACTER,
-                  'meta': META, 'rating': RATING}
+GENERAL, ARTIST, COPYRIGHT, CHARACTER, META, RATING = (
+    tag_metadata.GENERAL, tag_metadata.ARTIST, tag_metadata.COPYRIGHT,
+    tag_metadata.CHARACTER, tag_metadata.META, tag_metadata.RATING)
+CATEGORY_NAMES = {name: i for i, name in tag_metadata.CATEGORIES.items()}
 
 TagRow = tag_metadata.TagRow
 NO_TAG_ID = tag_metadata.NO_TAG_ID   # tag_id of a tag its source gives none

@@ -51,8 +51,10 @@ def _define_flags():
                     'KEY=VALUE,... fields of CartoonizeOptions for the '
                     'adapted runs (config.data.cartoonize_options); unset: '
                     'FLAT_STYLE for the embedded variants.')
+  flags.DEFINE_string('data_dir', None,
+                      'TFDS data_dir (default: TFDS default).')
   flags.mark_flags_as_required(['workdir'])
-# --data_dir (TFDS data_dir) is jaxtag.data.build's flag.
+
 
 PHOTO = {'synthetic': 'synthetic_anime/photo',
          'tiny': 'synthetic_anime/photo_tiny'}

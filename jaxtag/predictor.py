@@ -42,6 +42,7 @@ from jaxtag import thresholds as thresholds_lib
 from jaxtag import warm_start
 from jaxtag.data import encoders
 from jaxtag.data import geometry as geometry_lib
+from jaxtag.data.normalize import normalize
 from jaxtag.data import ops
 from jaxtag.data import pipeline
 from jaxtag.data import sources
@@ -61,13 +62,6 @@ def variables_of(state) -> Variables:
   """The Variables of a TrainState (or of Variables): the same arrays."""
   return Variables(params=state.params, batch_stats=state.batch_stats,
                    constants=state.constants)
-
-
-def normalize(image, *, mean, std, dtype):
-  """uint8 pixels -> (x / 255 - mean) / std in the compute dtype, on device."""
-  scale = jnp.asarray([1.0 / (255.0 * s) for s in std], jnp.float32)
-  shift = jnp.asarray([m / s for m, s in zip(mean, std)], jnp.float32)
-  return (image.astype(jnp.float32) * scale - shift).astype(dtype)
 
 
 def init_variables(rng, *, model, input_spec, feature_keys) -> Variables:

@@ -31,6 +31,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from jaxtag import predictor as predictor_lib
+from jaxtag.data.normalize import normalize
 
 
 def _define_flags():
@@ -62,7 +63,7 @@ def write_cache(config, out: str, splits=None,
   model = predictor.model
   # Normalised in float32 whatever the tagger's compute dtype.
   preprocess = functools.partial(
-      predictor_lib.normalize, mean=tuple(config.data.mean),
+      normalize, mean=tuple(config.data.mean),
       std=tuple(config.data.std), dtype=jnp.float32)
   apply = jax.jit(lambda v, image: model.apply(
       {'params': v.params, 'batch_stats': v.batch_stats,

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -17,10 +18,10 @@ import safetensors.numpy
 from PIL import Image
 
 import serving_fixtures as fx
-from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import evaluate as evaluate_lib
 from jaxtag import sharding
 from jaxtag import train
+from jaxtag import trees
 from jaxtag.data import sources
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert as convert_lib
@@ -155,9 +156,9 @@ def test_params_file_holds_the_inference_variables_exactly(random_bundle):
   directory, _, state, _ = random_bundle
   stored = safetensors.numpy.load_file(os.path.join(directory,
                                                     'params.safetensors'))
-  expected = checkpoint_lib.flatten(
+  expected = flax.traverse_util.flatten_dict(
       {'params': state.params, 'batch_stats': state.batch_stats,
-       'constants': state.constants})
+       'constants': state.constants}, sep='/')
   assert sorted(stored) == sorted(expected)
   assert not any('opt_state' in k or k.startswith('step') for k in stored)
   for key, value in expected.items():
@@ -167,13 +168,27 @@ def test_params_file_holds_the_inference_variables_exactly(random_bundle):
 def test_flatten_and_unflatten_are_inverse():
   tree = {'params': {'a': {'kernel': np.ones((2, 3))}, 'b': np.zeros(4)},
           'constants': {'order': np.arange(3)}}
-  flat = bundle_lib.flatten(tree)
-  assert sorted(flat) == ['constants/order', 'params/a/kernel', 'params/b']
-  back = bundle_lib.unflatten(flat)
-  assert back['batch_stats'] == {}
-  np.testing.assert_array_equal(back['params']['a']['kernel'], np.ones((2, 3)))
+  flat = trees.flatten(tree)
+  # flax's own flattening is the reference, for every key and leaf.
+  reference = flax.traverse_util.flatten_dict(tree, sep='/')
+  assert sorted(flat) == sorted(reference) == [
+      'constants/order', 'params/a/kernel', 'params/b']
+  assert all(flat[key] is leaf for key, leaf in reference.items())
+  back = trees.unflatten(flat)
+  assert jax.tree.structure(back) == jax.tree.structure(tree)
+  assert all(a is b for a, b in zip(jax.tree.leaves(back),
+                                    jax.tree.leaves(tree)))
+  # Dataclass trees (a TrainState) flatten by field name.
+  state = State(params={'w': np.ones(2)}, step=np.int32(3))
+  assert sorted(trees.flatten(state)) == ['params/w', 'step']
   with pytest.raises(ValueError, match='contains "/"'):
-    bundle_lib.flatten({'a/b': np.ones(1)})
+    trees.flatten({'a/b': np.ones(1)})
+
+
+@flax.struct.dataclass
+class State:
+  params: dict
+  step: np.ndarray
 
 
 # ------------------------------------------------------------- predictions ---

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from jaxtag import tag as tag_lib
+from jaxtag import trees
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import timm_bundle
 
@@ -111,7 +112,7 @@ def test_imported_bundle_reproduces_timm(family, tmp_path):
   assert bundle.names[4:] == [f'class_{i}' for i in range(5)]
   # The init file holds the same parameters.
   with np.load(summary['init']) as init:
-    flat = bundle_lib.flatten(bundle.variables['params'])
+    flat = trees.flatten(bundle.variables['params'])
     assert sorted(init.files) == sorted([*flat, 'tags'])
     assert list(init['tags']) == [f'class_{i}' for i in range(5)]
     for key in flat:

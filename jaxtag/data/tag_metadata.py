@@ -32,6 +32,12 @@ _HEADER = ('tag_id', 'name', 'category', 'count')
 # A tag without an id in its source (no Danbooru tag has a negative id).
 NO_TAG_ID = -1
 
+# Danbooru's tag categories by id, as selected_tags.csv writes them (9 is the
+# WD taggers' rating category).
+GENERAL, ARTIST, COPYRIGHT, CHARACTER, META, RATING = 0, 1, 3, 4, 5, 9
+CATEGORIES = {GENERAL: 'general', ARTIST: 'artist', COPYRIGHT: 'copyright',
+              CHARACTER: 'character', META: 'meta', RATING: 'rating'}
+
 
 @dataclasses.dataclass
 class TagMetadata:

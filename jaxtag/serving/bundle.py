@@ -54,7 +54,9 @@ from jaxtag import models
 from jaxtag import objectives
 from jaxtag import tasks
 from jaxtag import thresholds as thresholds_lib
+from jaxtag import trees
 from jaxtag.data import tag_metadata as tag_metadata_lib
+from jaxtag.data.normalize import normalize
 
 PARAMS = 'params.safetensors'
 CONFIG = 'config.json'
@@ -67,7 +69,8 @@ FORMAT_VERSION = 1
 
 COLLECTIONS = ('params', 'batch_stats', 'constants')
 # Danbooru category ids (as selected_tags.csv writes them) and the WD order.
-RATING, GENERAL, CHARACTER = 9, 0, 4
+RATING, GENERAL, CHARACTER = (tag_metadata_lib.RATING, tag_metadata_lib.GENERAL,
+                              tag_metadata_lib.CHARACTER)
 WD_RATINGS = ('general', 'sensitive', 'questionable', 'explicit')
 TAG_COLUMNS = ('tag_id', 'name', 'category', 'count')
 # The ONNX export's csv adds each tag's real category (its `category` says
@@ -131,35 +134,6 @@ def tags_csv(rows) -> str:
   return out.getvalue()
 
 
-# -------------------------------------------------------------- variables ---
-
-
-def flatten(tree, prefix: str = '') -> dict[str, np.ndarray]:
-  """{'params': {'head': {'kernel': x}}} -> {'params/head/kernel': x}."""
-  out = {}
-  for key, value in tree.items():
-    if '/' in str(key):
-      raise ValueError(f'Variable name {key!r} contains "/", which the bundle '
-                       'uses to separate nested keys.')
-    path = f'{prefix}{key}'
-    if isinstance(value, dict) or hasattr(value, 'items'):
-      out.update(flatten(value, path + '/'))
-    else:
-      out[path] = np.asarray(value)
-  return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {c: {} for c in COLLECTIONS}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split('/')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
 # ------------------------------------------------------------ preprocess ---
 
 
@@ -198,17 +172,6 @@ class Preprocess:
 
   def to_json(self) -> dict:
     return {**dataclasses.asdict(self), 'input': 'uint8 NHWC, 0-255'}
-
-
-def normalize(image, preprocess: Preprocess, dtype):
-  """uint8 RGB pixels -> (x / 255 - mean) / std in the model's compute
-  dtype, in the channel order the model was trained with."""
-  if preprocess.channel_order == 'BGR':
-    image = image[..., ::-1]
-  scale = jnp.asarray([1.0 / (255.0 * s) for s in preprocess.std], jnp.float32)
-  shift = jnp.asarray([m / s for m, s in zip(preprocess.mean, preprocess.std)],
-                      jnp.float32)
-  return (image.astype(jnp.float32) * scale - shift).astype(dtype)
 
 
 # ------------------------------------------------------------------ bundle ---
@@ -260,8 +223,12 @@ class Bundle:
           'them as keyword arguments to predict().')
     dtype = models.DTYPES[self.config.model.dtype]
     spatial = {} if image_mask is None else {'image_mask': image_mask}
+    if self.preprocess.channel_order == 'BGR':
+      # The channel order the model was trained with (imported WD v3).
+      images = images[..., ::-1]
     outputs = self.model.apply(
-        variables, normalize(images, self.preprocess, dtype),
+        variables, normalize(images, mean=self.preprocess.mean,
+                             std=self.preprocess.std, dtype=dtype),
         method='predict', **spatial,
         **{k: features[k] for k in self.predict_keys})
     return self.objective.scores(outputs)
@@ -370,6 +337,16 @@ def read_tags(directory: str, info: dict) -> list[dict[str, Any]]:
   return rows
 
 
+def read_task(directory: str):
+  """The task (jaxtag/tasks/) of the bundle in `directory`, from its
+  config alone: what shapes its output, without loading the model."""
+  directory = os.fspath(directory)
+  config = ml_collections.ConfigDict(_read_json(directory, CONFIG))
+  objective = objectives.get_objective(config.loss,
+                                       config.dataset.label_encoding)
+  return tasks.for_bundle(objective.task, directory)
+
+
 def load_bundle(directory: str) -> Bundle:
   """Rebuilds the model from config.json and loads its variables."""
   directory = os.fspath(directory)
@@ -391,8 +368,8 @@ def load_bundle(directory: str) -> Bundle:
         counts=counts, cooccurrence=cooccurrence, num_images=num_images)
   model = models.build_model(config.model, int(info['num_classes']),
                              tag_metadata=metadata)
-  variables = unflatten(safetensors.numpy.load_file(
-      os.path.join(directory, PARAMS)))
+  variables = {c: {} for c in COLLECTIONS} | trees.unflatten(
+      safetensors.numpy.load_file(os.path.join(directory, PARAMS)))
   variables = jax.tree.map(jnp.asarray, variables)
   return Bundle(directory=directory, config=config, model=model,
                 variables=variables, tags=tags,
@@ -417,7 +394,7 @@ def write_bundle(directory: str, *, config, variables, names, categories,
   os.makedirs(directory, exist_ok=True)
   rows = wd_order(names, categories, counts, tag_ids)
   index = [r['index_in_model'] for r in rows]
-  flat = flatten({c: variables.get(c, {}) for c in COLLECTIONS})
+  flat = trees.flatten({c: variables.get(c, {}) for c in COLLECTIONS})
   safetensors.numpy.save_file(
       {k: np.ascontiguousarray(v) for k, v in flat.items()},
       os.path.join(directory, PARAMS), metadata={'format': 'jaxtag'})

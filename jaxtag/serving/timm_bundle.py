@@ -51,6 +51,7 @@ import safetensors.numpy
 
 from jaxtag import config as config_lib
 from jaxtag import models
+from jaxtag import trees
 from jaxtag import warm_start
 from jaxtag.data import tag_metadata
 from jaxtag.models import convnext
@@ -344,7 +345,7 @@ def import_timm(directory: str, out: str) -> dict[str, Any]:
   if os.path.exists(os.path.join(out, bundle_lib.INFO)):
     raise FileExistsError(f'{out} already holds a bundle; give another '
                           '--out or remove it.')
-  variables = {'params': _nest(params)}
+  variables = {'params': trees.unflatten(params)}
   bundle_lib.write_bundle(
       out, config=run, variables=variables, names=names,
       categories=categories, counts=counts, tag_ids=tag_ids,
@@ -360,13 +361,3 @@ def import_timm(directory: str, out: str) -> dict[str, Any]:
           'backbone': model.backbone, 'num_classes': model.num_classes,
           'parameters': int(sum(v.size for v in params.values()))}
 
-
-def _nest(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split('/')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree

@@ -18,9 +18,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from jaxtag import config as config_lib
 from jaxtag import metrics as metrics_lib
 from jaxtag import thresholds as thresholds_lib
+from jaxtag.data import tag_metadata as tag_metadata_lib
 from jaxtag.tasks import base
 
 
@@ -169,7 +169,7 @@ class MultiLabel(base.Task):
 
 
 def _category_name(category) -> str:
-  return config_lib.CATEGORIES.get(int(category), str(int(category)))
+  return tag_metadata_lib.CATEGORIES.get(int(category), str(int(category)))
 
 
 def write_per_tag_csv(path, pred: dict[str, np.ndarray], tag_metadata) -> None:

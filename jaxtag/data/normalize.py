@@ -1,0 +1,18 @@
+"""The model's input from uint8 pixels: (x / 255 - mean) / std, on device.
+
+One function for the trainer, the bundle, ONNX export and the character
+features, so that every path feeds a model the numbers it was trained on.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+
+
+def normalize(image, *, mean: Sequence[float], std: Sequence[float], dtype):
+  """Pixels 0-255 (uint8 or float) -> (x / 255 - mean) / std in `dtype`,
+  as one multiply-add in float32."""
+  scale = jnp.asarray([1.0 / (255.0 * s) for s in std], jnp.float32)
+  shift = jnp.asarray([m / s for m, s in zip(mean, std)], jnp.float32)
+  return (image.astype(jnp.float32) * scale - shift).astype(dtype)
