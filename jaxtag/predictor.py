@@ -12,7 +12,7 @@ and the run's workdir: the label encoder is prepared from the workdir (a
 caption vocabulary), splits are opened for evaluation only, and a
 checkpoint is read without its optimiser state. It opens no train split
 and builds no optimiser. `--mode=eval` (`evaluate_checkpoint`),
-jaxtag/serving/convert.py and jaxtag/semantic_cache.py use it; the
+jaxtag/serving/convert.py and jaxtag/projects/semantic_cache.py use it; the
 trainer's Run (jaxtag/train.py) is a Predictor with the train split, the
 optimiser and the loop.
 """

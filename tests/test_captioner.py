@@ -269,7 +269,7 @@ def test_adaptation_experiment_runs_the_three_captioners(tiny_data_dir,
                                                          tmp_path):
   import json
 
-  from jaxtag import caption_adaptation
+  from jaxtag.projects import caption_adaptation
   report = caption_adaptation.run(str(tmp_path), 'tiny', tiny_data_dir)
   assert set(report) == set(caption_adaptation.RUNS)
   # Each BLEU as sacrebleu scores the captions the run wrote (where no
@@ -296,7 +296,7 @@ def test_adaptation_experiment_runs_the_three_captioners(tiny_data_dir,
 
 
 def test_adaptation_cartoonize_options_are_typed_and_checked():
-  from jaxtag import caption_adaptation
+  from jaxtag.projects import caption_adaptation
   from jaxtag.data import cartoonize
   options = caption_adaptation.parse_options(
       ['levels=12', 'edge_offset=255', 'smooth_passes=3'])
@@ -315,7 +315,7 @@ def test_adaptation_cartoonize_options_are_typed_and_checked():
 def test_flat_style_draws_no_ink_outlines():
   """FLAT_STYLE (the embedded anime style: no outlines) keeps a red/blue
   boundary free of dark line pixels; the outlined default draws them."""
-  from jaxtag import caption_adaptation
+  from jaxtag.projects import caption_adaptation
   from jaxtag.data import cartoonize
   image = np.zeros((32, 32, 3), np.uint8)
   image[:, :16] = (200, 40, 40)

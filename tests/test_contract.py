@@ -645,6 +645,43 @@ def test_the_trainer_names_no_method_encoder_or_task():
   assert not named, f'jaxtag/train.py names {named}'
 
 
+def test_the_library_imports_no_project():
+  """Experiments (jaxtag/projects/) build on the library, never the other
+  way round: no module outside projects/ imports one, at any depth."""
+  import ast
+  root = os.path.dirname(train.__file__)
+  found = []
+  for folder, _, files in os.walk(root):
+    if os.path.relpath(folder, root).split(os.sep)[0] == 'projects':
+      continue
+    for name in files:
+      if not name.endswith('.py'):
+        continue
+      path = os.path.join(folder, name)
+      tree = ast.parse(open(path, encoding='utf-8').read())
+      for node in ast.walk(tree):
+        modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                   else [node.module or ''] if isinstance(node, ast.ImportFrom)
+                   else [])
+        found += [f'{os.path.relpath(path, root)}: {m}' for m in modules
+                  if m.startswith('jaxtag.projects')]
+  assert os.path.isdir(os.path.join(root, 'projects', 'characters'))
+  assert not found, found
+
+
+def test_caption_adaptation_finds_its_config_from_any_folder(tmp_path,
+                                                             monkeypatch):
+  from jaxtag.projects import caption_adaptation
+  monkeypatch.chdir(tmp_path)   # no configs/ here
+  config = caption_adaptation._config(  # pylint: disable=protected-access
+      caption_adaptation.CAPTIONER_CONFIG, 'tiny', 'synthetic_anime/tiny',
+      None)
+  assert config.dataset.label_encoding == 'caption'
+  with pytest.raises(FileNotFoundError, match='--captioner_config'):
+    caption_adaptation._config(  # pylint: disable=protected-access
+        str(tmp_path / 'none.py'), 'tiny', 'synthetic_anime/tiny', None)
+
+
 def test_saved_configs_of_earlier_versions_are_upgraded():
   """A run's config.json from before encoder options and feature providers
   reads with its keys where they live now."""

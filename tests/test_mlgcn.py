@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from jaxtag import compare
+from jaxtag.projects import compare
 from jaxtag import config as config_lib
 from jaxtag import label_graph
 from jaxtag import models

@@ -9,7 +9,7 @@ import pytest
 from jaxtag import config as config_lib
 from jaxtag import models
 from jaxtag import predictor as predictor_lib
-from jaxtag import semantic_cache
+from jaxtag.projects import semantic_cache
 from jaxtag import sharding
 from jaxtag import train
 from jaxtag import trees

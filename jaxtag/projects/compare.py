@@ -1,6 +1,6 @@
 r"""Trains several configs with equal budgets and tabulates their test results.
 
-  python -m jaxtag.compare configs/default.py configs/mlgcn_anime.py:synthetic \
+  python -m jaxtag.projects.compare configs/default.py configs/mlgcn_anime.py:synthetic \
       configs/addgcn_danbooru.py:synthetic --workdir runs/compare [--num_epochs 5]
 
 Each config trains in its own sub-workdir (`DIR/<file>-<variant>`), one
@@ -187,7 +187,7 @@ def collect(workdir: str, names: Sequence[str],
     results = folder / 'results.json'
     if not results.exists():
       raise FileNotFoundError(f'{results} is missing: train {name} first '
-                              '(python -m jaxtag.compare ... --workdir '
+                              '(python -m jaxtag.projects.compare ... --workdir '
                               f'{workdir}).')
     record = json.loads(results.read_text())
     metrics = record['metrics']
@@ -294,7 +294,7 @@ def compare(specs: Sequence[str], workdir: str, *, data_dir=None,
 def main(argv):
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if len(argv) < 2 or FLAGS.workdir is None:
-    raise app.UsageError('usage: python -m jaxtag.compare CONFIG[:variant] '
+    raise app.UsageError('usage: python -m jaxtag.projects.compare CONFIG[:variant] '
                          '... --workdir DIR [--data_dir D] [--tags a,b] '
                          '[--seeds N]')
   results = compare(argv[1:], FLAGS.workdir, data_dir=FLAGS.data_dir,

@@ -1,6 +1,6 @@
 r"""Writes a provided feature once per image: the cache of a feature provider.
 
-  python -m jaxtag.semantic_cache --config configs/addgcn_caption_danbooru.py \
+  python -m jaxtag.projects.semantic_cache --config configs/addgcn_caption_danbooru.py \
       --config.model.features.semantic.captioner=runs/captioner --out runs/vcap
 
 For each of the config's train, eval and test splits, `<out>/<split>.npy`
