@@ -26,8 +26,6 @@ from etils import epath
 from jaxtag.data import tag_metadata as tag_metadata_lib
 
 DPI = 100
-# Constants whose name holds one of these are drawn as label graphs.
-_GRAPH_WORDS = ('adjacency', 'graph', 'correlation')
 # Colours per Danbooru category, stable across figures.
 _CATEGORY_COLOURS = {'general': '#1f77b4', 'character': '#d62728',
                      'rating': '#2ca02c', 'copyright': '#9467bd',
@@ -334,29 +332,36 @@ def label_graph_figure(adjacency, names: Sequence[str], *, top: int = 25,
   return fig
 
 
-def label_graphs(constants: Any, num_classes: int) -> dict[str, np.ndarray]:
-  """{name: dense [C, C]} of the label graphs in a model's constants: a
-  [C, C] array, or a sparse `<x>_values` [E] + `<x>_indices` [E, 2] pair
-  (densified under `<x>`), whose name says graph, adjacency or correlation
-  (so that [C, C] label embeddings, when D == C, are not taken for one)."""
-  from jaxtag import trees
+def label_graphs(constants: Any, num_classes: int,
+                 declared: Sequence[str]) -> dict[str, np.ndarray]:
+  """{name: dense [C, C]} of the label graphs a head `declared` (its
+  `label_graphs`, jaxtag/models/heads/__init__.py) among the model's head
+  `constants`: a [C, C] array, or a sparse `<x>_values` [E] +
+  `<x>_indices` [E, 2] pair, densified. A declared graph that is missing
+  or of another shape is an error that names it."""
   out: dict[str, np.ndarray] = {}
-  flat = trees.flatten(constants)
-  for name, leaf in flat.items():
-    if not any(w in name.rsplit('/', 1)[-1] for w in _GRAPH_WORDS):
-      continue
-    if not getattr(leaf, 'is_fully_addressable', True):
-      continue  # spread over processes: process 0 cannot read it alone
-    shape = tuple(np.shape(leaf))
-    if shape == (num_classes, num_classes):
+  constants = dict(constants or {})
+  for name in declared:
+    if name in constants:
+      leaf = constants[name]
+      if not getattr(leaf, 'is_fully_addressable', True):
+        continue  # spread over processes: process 0 cannot read it alone
+      if tuple(np.shape(leaf)) != (num_classes, num_classes):
+        raise ValueError(f'Label graph constants/head/{name} has shape '
+                         f'{tuple(np.shape(leaf))}; a label graph is '
+                         f'[C, C] with C = {num_classes}.')
       out[name] = np.asarray(leaf, np.float64)
-    elif name.endswith('_values') and len(shape) == 1:
-      indices = flat.get(name[:-len('_values')] + '_indices')
-      if indices is not None and np.shape(indices) == (shape[0], 2):
-        dense = np.zeros((num_classes, num_classes))
-        rows, cols = np.asarray(indices).T
-        np.add.at(dense, (rows, cols), np.asarray(leaf, np.float64))
-        out[name[:-len('_values')]] = dense
+    elif f'{name}_values' in constants and f'{name}_indices' in constants:
+      values = np.asarray(constants[f'{name}_values'], np.float64)
+      rows, cols = np.asarray(constants[f'{name}_indices']).T
+      dense = np.zeros((num_classes, num_classes))
+      np.add.at(dense, (rows, cols), values)
+      out[name] = dense
+    else:
+      raise ValueError(f'The head declares the label graph {name!r} but '
+                       f'its constants hold {sorted(constants)}: write it '
+                       f'as constants/head/{name} or {name}_values + '
+                       f'{name}_indices.')
   return out
 
 
@@ -496,24 +501,23 @@ def compare_figure(results: Mapping[str, Mapping[str, float]], *,
 # ------------------------------------------------------------- a run ---
 
 
-def graph_figures(constants: Any, names: Sequence[str],
-                  prefix: str = '') -> dict[str, Any]:
-  """{'graph_<name>': Figure} of the label graphs in a model's constants."""
-  if constants is None:
-    return {}
+def graph_figures(graphs: Mapping[str, np.ndarray] | None,
+                  names: Sequence[str], prefix: str = '') -> dict[str, Any]:
+  """{'graph_<name>': Figure} of `graphs` ({name: dense [C, C]}, what
+  `label_graphs` reads)."""
   return {'graph_' + name.replace('/', '_'): label_graph_figure(
               graph, names, title=f'{prefix}label graph {name}')
-          for name, graph in label_graphs(constants, len(names)).items()}
+          for name, graph in (graphs or {}).items()}
 
 
 def write_run_plots(workdir: epath.PathLike, name: str, step: int,
                     pred: Mapping[str, np.ndarray], *, task,
-                    constants: Any = None, images=None) -> list[epath.Path]:
+                    graphs=None, images=None) -> list[epath.Path]:
   """Draws the figures of `task` (a jaxtag.tasks.Task: `task.figures`) for
   the evaluation `pred` (as the task's `score` returns it) into
   workdir/plots/<name>_<kind>.png and as TensorBoard images
-  `plots/<name>_<kind>` at `step`; returns the paths. `constants`: the
-  model's (its label graphs are drawn); `images(indices)`: decoded images
+  `plots/<name>_<kind>` at `step`; returns the paths. `graphs`: the label
+  graphs the head declares (`label_graphs`); `images(indices)`: decoded images
   of records (a captioner's figure shows some). Without matplotlib, logs
   once and returns []."""
   if not available():
@@ -523,7 +527,7 @@ def write_run_plots(workdir: epath.PathLike, name: str, step: int,
   from jaxtag import reporting
   folder = epath.Path(workdir) / 'plots'
   folder.mkdir(parents=True, exist_ok=True)
-  figures = task.figures(pred, title=name, constants=constants,
+  figures = task.figures(pred, title=name, graphs=graphs,
                          images=images)
   paths, images = [], {}
   for kind, fig in figures.items():

@@ -307,8 +307,12 @@ class Predictor(Predictable):
         header={'step': int(step), 'dataset': self.config.dataset.name,
                 **(extra or {})})
     if self.config.eval.plots:
+      # The label graphs the head declares (jaxtag/models/heads/).
+      graphs = plots.label_graphs(
+          (constants or {}).get('head'), len(self.tags.names),
+          getattr(self.model.head, 'label_graphs', ()))
       plots.write_run_plots(self.workdir, name, step, pred, task=self.task,
-                            constants=constants,
+                            graphs=graphs,
                             images=self._images((extra or {}).get('split')))
 
   def _images(self, split) -> Callable | None:

@@ -120,6 +120,13 @@ def test_graph_is_a_constant_not_a_parameter():
   dense = _head(tags, adjacency='dense', embedding='learned').init(
       jax.random.key(0), f, train=False)
   assert set(dense['constants']) == {'adjacency'}
+  # The plots draw the graph the head declares, from either form.
+  from jaxtag import plots
+  declared = mlgcn.MLGCNHead.label_graphs
+  for variables in (sparse, dense):
+    (drawn,) = plots.label_graphs(variables['constants'], graph.shape[0],
+                                  declared).values()
+    np.testing.assert_allclose(drawn, graph.toarray(), rtol=1e-6)
   assert set(dense['params']) == {'embeddings', 'gcn_0', 'gcn_1'}
 
 

@@ -145,20 +145,27 @@ def test_label_graph_figure(tmp_path):
     plots.label_graph_figure(a[:3], NAMES)
 
 
-def test_label_graphs_from_constants_dense_and_sparse():
+def test_label_graphs_are_the_ones_the_head_declares():
   c = 4
   dense = np.arange(16.0).reshape(4, 4)
   rows, cols = np.array([0, 1, 3]), np.array([1, 2, 0])
-  constants = {'head': {
+  constants = {
       'adjacency': dense, 'embeddings': np.ones((c, c)),
+      'correlation': np.eye(c),   # named like a graph, but not declared
       'graph_values': np.array([0.5, 0.25, 2.0]),
-      'graph_indices': np.stack([rows, cols], 1)}}
-  graphs = plots.label_graphs(constants, c)
-  assert sorted(graphs) == ['head/adjacency', 'head/graph']
-  np.testing.assert_array_equal(graphs['head/adjacency'], dense)
+      'graph_indices': np.stack([rows, cols], 1)}
+  graphs = plots.label_graphs(constants, c, ('adjacency', 'graph'))
+  assert sorted(graphs) == ['adjacency', 'graph']
+  np.testing.assert_array_equal(graphs['adjacency'], dense)
   expected = np.zeros((c, c))
   expected[rows, cols] = [0.5, 0.25, 2.0]
-  np.testing.assert_array_equal(graphs['head/graph'], expected)
+  np.testing.assert_array_equal(graphs['graph'], expected)
+  # Nothing declared, nothing drawn, whatever the constants are called.
+  assert plots.label_graphs(constants, c, ()) == {}
+  with pytest.raises(ValueError, match="'missing'.*adjacency"):
+    plots.label_graphs(constants, c, ('missing',))
+  with pytest.raises(ValueError, match=r'constants/head/embeddings.*C = 5'):
+    plots.label_graphs(constants, 5, ('embeddings',))
 
 
 def test_confusion_figure_shows_the_most_confused_classes(tmp_path):

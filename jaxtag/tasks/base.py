@@ -78,12 +78,13 @@ class Task:
     """The task's files beside `<name>.json` (a per-tag CSV, say)."""
     del folder, name, pred
 
-  def figures(self, pred: dict, *, title: str = '', constants: Any = None,
+  def figures(self, pred: dict, *, title: str = '', graphs=None,
               images: Callable[[Sequence[int]], list] | None = None
               ) -> dict[str, Any]:
-    """{kind: matplotlib Figure} of one evaluation. `constants`: the
-    model's; `images(indices)`: the decoded images of records."""
-    del pred, title, constants, images
+    """{kind: matplotlib Figure} of one evaluation. `graphs`: the label
+    graphs the head declares, {name: dense [C, C]}; `images(indices)`: the
+    decoded images of records."""
+    del pred, title, graphs, images
     return {}
 
   # ---------------------------------------------------------- conversion ---

@@ -78,9 +78,9 @@ class Captioning(base.Task):
                        ' '.join(self.vocabulary.decode(refs[0]))])
     (epath.Path(folder) / f'{name}_captions.csv').write_text(out.getvalue())
 
-  def figures(self, pred, *, title='', constants=None, images=None):
+  def figures(self, pred, *, title='', graphs=None, images=None):
     from jaxtag import plots  # pylint: disable=g-import-not-at-top
-    del constants
+    del graphs
     if images is None or not len(pred['index']):
       return {}
     prefix = f'{title}: ' if title else ''

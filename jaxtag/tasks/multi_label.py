@@ -52,7 +52,7 @@ class MultiLabel(base.Task):
     write_per_tag_csv(epath.Path(folder) / f'{name}_per_tag.csv', pred,
                       self.tags)
 
-  def figures(self, pred, *, title='', constants=None, images=None):
+  def figures(self, pred, *, title='', graphs=None, images=None):
     from jaxtag import plots  # pylint: disable=g-import-not-at-top
     del images
     tags, prefix = self.tags, f'{title}: ' if title else ''
@@ -67,7 +67,7 @@ class MultiLabel(base.Task):
         'ap_vs_count': plots.ap_vs_count_figure(
             pred['ap'], tags.counts, tags.categories, names,
             title=f'{prefix}per-tag AP against train count'),
-        **plots.graph_figures(constants, names, prefix)}
+        **plots.graph_figures(graphs, names, prefix)}
 
   # ---------------------------------------------------------- conversion ---
 

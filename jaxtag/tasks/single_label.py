@@ -36,7 +36,7 @@ class SingleLabel(multi_label.MultiLabel):
     write_per_class_csv(epath.Path(folder) / f'{name}_per_class.csv', pred,
                         self.tags)
 
-  def figures(self, pred, *, title='', constants=None, images=None):
+  def figures(self, pred, *, title='', graphs=None, images=None):
     from jaxtag import plots  # pylint: disable=g-import-not-at-top
     del images
     prefix = f'{title}: ' if title else ''
@@ -44,7 +44,7 @@ class SingleLabel(multi_label.MultiLabel):
     return {'confusion': plots.confusion_figure(
                 metrics_lib.confusion_matrix(pred['scores'], pred['labels']),
                 names, title=f'{prefix}most-confused classes'),
-            **plots.graph_figures(constants, names, prefix)}
+            **plots.graph_figures(graphs, names, prefix)}
 
 
 def write_per_class_csv(path, pred: dict[str, np.ndarray],

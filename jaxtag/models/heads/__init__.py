@@ -26,6 +26,11 @@ The head API, for a flax Module chosen by `config.model.head`:
   'constants' collection: `self.variable('constants', name, init_fn)`.
   They are saved and restored with the state and reach the compiled step
   as arguments, not literals.
+- A head that holds label graphs names them in a class attribute
+  `label_graphs: ClassVar[tuple[str, ...]]`: each is one of its constants,
+  a dense [C, C] array or a sparse pair `<name>_values` [E] and
+  `<name>_indices` [E, 2]. The run's plots draw them (jaxtag/plots.py);
+  nothing is found by guessing from names.
 """
 from jaxtag.models.heads.addgcn import ADDGCNHead
 from jaxtag.models.captioner import ShowAttendTell

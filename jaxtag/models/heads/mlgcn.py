@@ -24,7 +24,7 @@ per tag, W [C, D]; an image's scores are x . W^T, x its pooled feature
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -87,6 +87,9 @@ def _embeddings(tags, source, dim, path):
 
 
 class MLGCNHead(nn.Module):
+  # The label graph the run's plots draw: constants/head/adjacency, dense
+  # or as adjacency_values + adjacency_indices (heads/__init__.py).
+  label_graphs: ClassVar[tuple[str, ...]] = ('adjacency',)
   num_classes: int
   pool: str = 'gmp'
   dtype: Any = jnp.float32
