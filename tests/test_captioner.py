@@ -43,6 +43,7 @@ def _head(**kw):
                         attention_dim=5, lstm_dim=7, dropout=0.0, **kw)
 
 
+@pytest.mark.slow  # compiles the captioner's programs: tens of seconds
 def test_attention_sums_to_one_over_real_cells_and_masked_tokens_do_not_count():
   head = _head()
   rng = np.random.default_rng(0)
@@ -142,6 +143,7 @@ def test_beam_search_against_exhaustive_search():
   assert np.asarray(greedy.sequences[0, 0]).tolist() == seq
 
 
+@pytest.mark.slow  # compiles the captioner's programs: tens of seconds
 def test_predict_decodes_with_the_training_weights():
   head = _head(beam_width=2, max_steps=4)
   features = jnp.asarray(np.random.default_rng(1).normal(size=(3, 2, 2, 10)),

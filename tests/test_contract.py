@@ -66,6 +66,7 @@ def _eval_batch(mesh, **kw):
 # ------------------------------------------------------------- outputs ---
 
 
+@pytest.mark.slow  # compiles whole train and eval steps: tens of seconds
 def test_two_output_head_trains_on_the_mean_and_logs_each_branch(
     tiny_config, fake_heads):
   tiny_config.model.head = 'two_output'
@@ -411,6 +412,7 @@ def test_masked_pooling_ignores_padding():
   np.testing.assert_array_equal(cells[0], [[1, 1, 0], [1, 1, 0]])
 
 
+@pytest.mark.slow  # compiles whole train and eval steps: tens of seconds
 def test_native_eval_compiles_one_program_per_bucket(tiny_config):
   mesh = sharding.create_mesh()
   t = train.Trainable(tiny_config, mesh, num_classes=3, num_train_steps=1)
@@ -430,6 +432,7 @@ def test_native_eval_compiles_one_program_per_bucket(tiny_config):
 # ------------------------------------------------- declared features ---
 
 
+@pytest.mark.slow  # compiles whole train and eval steps: tens of seconds
 def test_feature_dependent_head_gets_its_feature_and_nothing_else(
     tiny_config, fake_heads):
   tiny_config.model.head = 'id_feature'
@@ -457,6 +460,7 @@ def test_feature_dependent_head_gets_its_feature_and_nothing_else(
 # ---------------------------------------------------------- constants ---
 
 
+@pytest.mark.slow  # compiles whole train and eval steps: tens of seconds
 def test_constants_are_state_not_parameters_nor_literals(tiny_config,
                                                           fake_heads):
   tiny_config.model.head = 'constant'

@@ -42,7 +42,8 @@ def test_an_eval_only_run_builds_its_dataset(tiny_captioner_run, tmp_path):
 def test_the_semantic_cache_builds_its_dataset(tiny_captioner_run, tmp_path):
   workdir, _ = tiny_captioner_run
   from jaxtag import config as config_lib
-  config = config_lib.load_config_file('configs/default.py:tiny')
+  # A model that declares the caption feature, from the session's captioner.
+  config = config_lib.load_config_file('configs/addgcn_caption_danbooru.py:tiny')
   config.model.features.semantic.captioner = workdir
   caches = {}
   for name, data_dir in (('session', tiny_captioner_run[1].dataset.data_dir),

@@ -233,13 +233,13 @@ def test_write_run_plots_multi_label(tmp_path):
   pred = {'scores': scores, 'labels': labels,
           'threshold': np.full(len(NAMES), 0.5),
           'ap': metrics.average_precision(scores, labels)}
-  constants = {'head': {'adjacency': np.eye(len(NAMES)) + 0.1}}
+  graphs = {'adjacency': np.eye(len(NAMES)) + 0.1}
   paths = plots.write_run_plots(str(tmp_path), 'results', 7, pred,
                                 task=tasks.MultiLabel(_tags()),
-                                constants=constants)
+                                graphs=graphs)
   names = sorted(os.path.basename(str(p)) for p in paths)
   assert names == ['results_ap_bars.png', 'results_ap_vs_count.png',
-                   'results_graph_head_adjacency.png', 'results_pr.png']
+                   'results_graph_adjacency.png', 'results_pr.png']
   for path in paths:
     _check_png(path)
   assert _event_image_tags(str(tmp_path / 'tensorboard')) == [

@@ -74,7 +74,10 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_the_same(
   named, kept = checkpoint_damage.damage(kind, os.path.join(root, '8'))
   damaged = open(kept, 'rb').read()
 
-  with caplog.at_level(logging.INFO):
+  # absl's own logger too: a test that ran a command in this process may
+  # have set its level from --verbosity.
+  with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO,
+                                                       logger='absl'):
     train.train_and_evaluate(_tiny_config(tiny_data_dir), workdir)
   log = '\n'.join(r.getMessage() for r in caplog.records)
   assert f'Checkpoint step 8 cannot be read: {named}: ' in log
