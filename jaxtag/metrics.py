@@ -240,6 +240,97 @@ def f1_at_equal_pr(scores, targets, average: str = 'micro', mask=None,
   return float(j / bins), _f1(precision[j], recall[j])
 
 
+def _equal_pr_column(scores, targets):
+  """(threshold, F1) of one tag where |precision - recall| is least, over
+  the tag's own scores as thresholds (precision_recall_curve's points); the
+  lowest such threshold on a tie. None without a positive."""
+  num_pos = int(targets.sum())
+  if num_pos == 0:
+    return None
+  order = np.argsort(-scores, kind='stable')
+  ranked = scores[order]
+  tp = np.cumsum(targets[order])
+  # The end of each tie group: a threshold keeps the whole group.
+  ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+  tp, pp = tp[ends], ends + 1
+  precision, recall = tp / pp, tp / num_pos
+  gap = np.abs(precision - recall)
+  j = len(gap) - 1 - int(np.argmin(gap[::-1]))
+  return float(ranked[ends[j]]), _f1(precision[j], recall[j])
+
+
+def f1_at_equal_pr_per_tag(scores, targets, mask=None):
+  """Per tag: (thresholds [C], F1 [C]) at the tag's own threshold where its
+  precision equals its recall (as nearly as its scores allow); NaN for a
+  tag without positives. At P = R, F1 = P = R."""
+  scores, targets, mask = _prepare(scores, targets, mask)
+  c = scores.shape[1]
+  thresholds, f1 = np.full(c, np.nan), np.full(c, np.nan)
+  for k in range(c):
+    col, tgt = scores[:, k], targets[:, k]
+    if mask is not None:
+      col, tgt = col[mask[:, k]], tgt[mask[:, k]]
+    found = _equal_pr_column(col, tgt)
+    if found is not None:
+      thresholds[k], f1[k] = found
+  return thresholds, f1
+
+
+def _counts_at_grid(scores, targets, valid, bins):
+  """tp, predicted positives [C, bins] at thresholds j / bins, positives [C]."""
+  pos, every = bin_counts(scores, targets, valid, bins)
+  tp = np.cumsum(pos[:, ::-1], axis=1)[:, ::-1]
+  pp = np.cumsum(every[:, ::-1], axis=1)[:, ::-1]
+  return tp, pp, pos.sum(axis=1)
+
+
+def mcc(tp, fp, fn, tn) -> float:
+  """Matthews correlation of pooled counts; 0 when a margin is empty, as
+  scikit-learn's matthews_corrcoef."""
+  tp, fp, fn, tn = (float(v) for v in (tp, fp, fn, tn))
+  den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+  return (tp * tn - fp * fn) / np.sqrt(den) if den > 0 else 0.0
+
+
+def equal_pr_metrics(scores, targets, mask=None, bins: int = 1000) -> dict:
+  """The WD v3 cards' validation metrics, over the tags with positives:
+
+  - `F1_macro_PR_tag`: each tag's F1 at its own P = R threshold
+    (f1_at_equal_pr_per_tag), averaged;
+  - `threshold_PR`: one global threshold j / bins where the macro
+    precision (mean over tags of each tag's precision, 0 for a tag that
+    predicts nothing) is nearest the macro recall, the lowest on a tie;
+  - at that threshold: `F1_macro_PR`, the mean of the tags' F1 (scikit-
+    learn's f1_score average='macro', zero_division=0), `F1_micro_PR`
+    (pooled counts) and `MCC_PR`, the Matthews correlation of all
+    (image, tag) pairs pooled.
+  """
+  scores, targets, mask = _prepare(scores, targets, mask)
+  valid = np.ones_like(targets) if mask is None else mask
+  _, per_tag = f1_at_equal_pr_per_tag(scores, targets, mask)
+  tp, pp, num_pos = _counts_at_grid(scores, targets, valid, bins)
+  keep = num_pos > 0
+  out = {'F1_macro_PR_tag': float(np.nanmean(per_tag)) if keep.any()
+         else 0.0}
+  if not keep.any():
+    return {**out, 'threshold_PR': 0.5, 'F1_macro_PR': 0.0,
+            'F1_micro_PR': 0.0, 'MCC_PR': 0.0}
+  tp, pp, num_pos = tp[keep], pp[keep], num_pos[keep][:, None]
+  precision = _safe_div(tp, pp)
+  recall = tp / num_pos
+  gap = np.abs(precision.mean(0) - recall.mean(0))
+  j = bins - 1 - int(np.argmin(gap[::-1]))
+  f1 = _safe_div(2 * tp[:, j], pp[:, j] + num_pos[:, 0])
+  total_tp, total_pp = tp[:, j].sum(), pp[:, j].sum()
+  total_pos = num_pos.sum()
+  total = int(valid[:, keep].sum())
+  return {**out, 'threshold_PR': float(j / bins),
+          'F1_macro_PR': float(f1.mean()),
+          'F1_micro_PR': float(_safe_div(2 * total_tp, total_pp + total_pos)),
+          'MCC_PR': mcc(total_tp, total_pp - total_tp, total_pos - total_tp,
+                        total - total_pp - total_pos + total_tp)}
+
+
 def single_label_metrics(logits, labels) -> dict:
   """Top-1 / top-5 accuracy and the mean of per-class accuracies.
 
