@@ -63,8 +63,18 @@ def variables_of(state) -> Variables:
                    constants=state.constants)
 
 
-def normalize(image, *, mean, std, dtype):
-  """uint8 pixels -> (x / 255 - mean) / std in the compute dtype, on device."""
+CHANNEL_ORDERS = ('RGB', 'BGR')
+
+
+def normalize(image, *, mean, std, dtype, channel_order='RGB'):
+  """uint8 RGB pixels -> (x / 255 - mean) / std in the compute dtype, on
+  device, in `channel_order` (config.data.channel_order; mean and std are
+  in that order too), as serving.bundle.normalize does for the bundle."""
+  if channel_order not in CHANNEL_ORDERS:
+    raise ValueError(f'Unknown config.data.channel_order {channel_order!r}; '
+                     f'valid: {", ".join(CHANNEL_ORDERS)}.')
+  if channel_order == 'BGR':
+    image = image[..., ::-1]
   scale = jnp.asarray([1.0 / (255.0 * s) for s in std], jnp.float32)
   shift = jnp.asarray([m / s for m, s in zip(mean, std)], jnp.float32)
   return (image.astype(jnp.float32) * scale - shift).astype(dtype)
@@ -140,7 +150,8 @@ class Predictable:
                        **self.encoder.spec, **self.record_features}
     self.preprocess = functools.partial(
         normalize, mean=tuple(config.data.mean), std=tuple(config.data.std),
-        dtype=models.DTYPES[config.model.dtype])
+        dtype=models.DTYPES[config.model.dtype],
+        channel_order=config.data.get('channel_order', 'RGB'))
     self.init_variables = functools.partial(
         init_variables, model=self.model, input_spec=self.input_spec,
         feature_keys=self.train_keys)
