@@ -1,5 +1,7 @@
 """configs/wd_v3.py: every variant's model, and the recipe trained end to
 end on the tiny synthetic dataset and converted (slow)."""
+import dataclasses
+import io
 import json
 import os
 
@@ -7,12 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxtag import config as config_lib
+from jaxtag import evaluate as evaluate_lib
 from jaxtag import models
 from jaxtag import train
+from jaxtag.data import sources
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert as convert_lib
+from jaxtag.serving import tagger as tagger_lib
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'wd_v3.py')
 WD_TAGS = 10_861
@@ -84,3 +90,24 @@ def test_tiny_trains_and_converts_to_a_bgr_bundle(tiny_data_dir, tmp_path):
     preprocess = json.load(f)
   assert preprocess['channel_order'] == 'BGR'
   assert preprocess['mean'] == [0.5, 0.5, 0.5]
+  # The bundle flips the channels as the trainer did: its scores are the
+  # trainer's eval predictions.
+  run = train.Run(config, workdir)
+  state = run.checkpointer.restore(run.checkpointer.latest_step(),
+                                   run.abstract_state)
+  run.checkpointer.close()
+  pred = evaluate_lib.predict(run.eval_step, state, run.eval_batches('test'),
+                              run.mesh)
+  source, _ = sources.open_split(config.dataset, 'test')
+  tagger = tagger_lib.Tagger(out, batch_size=16)
+  pil = [Image.open(io.BytesIO(source[int(i)]['image']))
+         for i in pred['index'][:16]]
+  served = tagger.bundle.to_model_order(tagger.scores(pil))
+  np.testing.assert_allclose(served, pred['scores'][:16], rtol=1e-5,
+                             atol=1e-5)
+  # Read as RGB, the same bundle scores otherwise: the order reached it.
+  rgb = tagger_lib.Tagger(out, batch_size=16)
+  rgb.bundle.preprocess = dataclasses.replace(rgb.bundle.preprocess,
+                                              channel_order='RGB')
+  wrong = rgb.bundle.to_model_order(rgb.scores(pil))
+  assert np.abs(wrong - pred['scores'][:16]).max() > 0.01
