@@ -15,6 +15,9 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --what=flops --families=vit_base_patch16 \
       --image_sizes=224,384,448 --flops_from=lowered,compiled
   python -m jaxtag.bench --what=decode [--steps 5]
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m jaxtag.bench \
+      --what=memory --config configs/wd_v3.py:eva02_large \
+      --config.batch_size=32 --config.mesh.model=8 --num_classes=10861
   python -m jaxtag.bench --what=tag [--config CONFIG] [--steps 3]
 """
 import json
@@ -31,7 +34,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file of the model to benchmark.', lock_config=True)
 _WHAT = flags.DEFINE_enum('what', 'train',
                           ['train', 'metrics', 'predict', 'mlgcn', 'addgcn',
-                           'serve', 'flops', 'decode', 'tag'],
+                           'serve', 'flops', 'decode', 'tag', 'memory'],
                           'train: the train step (and the pipeline with '
                           '--pipeline); metrics: the metric suite at 50k x 10k;'
                           ' predict: FLOPs and time of the prediction path; '
@@ -49,7 +52,10 @@ _WHAT = flags.DEFINE_enum('what', 'train',
                           'rounds); '
                           'tag: jaxtag.tag end to end on CPU (448 px, 200 '
                           'JPEGs) against a plain onnxruntime loop, and its '
-                          'JAX path (--steps rounds).')
+                          'JAX path (--steps rounds); '
+                          'memory: the compiled train step\'s memory per '
+                          'device from XLA (compiled, never run; '
+                          'jaxtag/bench/memory.py).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -162,6 +168,13 @@ def main(argv):
               'products': mlgcn_bench.product_times(
                   (256, 1000, 2000, 4000), (0.001, 0.003, 0.01, 0.05),
                   width=512)}
+  elif _WHAT.value == 'memory':
+    if _CONFIG.value is None:
+      raise app.UsageError('--config is required for --what=memory.')
+    from jaxtag.bench import memory as memory_bench
+    result = {'benchmark': 'memory', **memory_bench.run(
+        _CONFIG.value, num_classes=_NUM_CLASSES.value or 1000)}
+    memory_bench.print_result(result)
   elif _WHAT.value == 'flops':
     from jaxtag.bench import flops as flops_bench
     result = {'benchmark': 'flops', **flops_bench.run(
