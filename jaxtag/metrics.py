@@ -240,23 +240,31 @@ def f1_at_equal_pr(scores, targets, average: str = 'micro', mask=None,
   return float(j / bins), _f1(precision[j], recall[j])
 
 
-def _equal_pr_column(scores, targets):
-  """(threshold, F1) of one tag where |precision - recall| is least, over
-  the tag's own scores as thresholds (precision_recall_curve's points); the
-  lowest such threshold on a tie. None without a positive."""
-  num_pos = int(targets.sum())
-  if num_pos == 0:
-    return None
-  order = np.argsort(-scores, kind='stable')
-  ranked = scores[order]
-  tp = np.cumsum(targets[order])
-  # The end of each tie group: a threshold keeps the whole group.
-  ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
-  tp, pp = tp[ends], ends + 1
-  precision, recall = tp / pp, tp / num_pos
-  gap = np.abs(precision - recall)
-  j = len(gap) - 1 - int(np.argmin(gap[::-1]))
-  return float(ranked[ends[j]]), _f1(precision[j], recall[j])
+def _equal_pr_columns(scores_t, targets_t):
+  """(thresholds, F1) of each row of [c, N] (classes first) where |precision
+  - recall| is least over the row's own scores as thresholds
+  (precision_recall_curve's points), the lowest such threshold on a tie;
+  NaN for a row without positives. A dropped entry scores -inf."""
+  ranked = np.sort(scores_t, axis=1)  # ascending; the SIMD sort is fast
+  n = scores_t.shape[1]
+  thresholds = np.full(len(scores_t), np.nan)
+  f1 = np.full(len(scores_t), np.nan)
+  for c in range(len(scores_t)):
+    pos = np.sort(scores_t[c][targets_t[c]])
+    if pos.size == 0:
+      continue
+    row = ranked[c]
+    # Each distinct score is a threshold that keeps all entries >= it
+    # (a tie group whole); a dropped entry (-inf) never is one.
+    first = np.flatnonzero(np.append(True, row[1:] != row[:-1]))
+    first = first[np.isfinite(row[first])]
+    values, predicted = row[first], n - first
+    hits = pos.size - np.searchsorted(pos, values, side='left')
+    precision, recall = hits / predicted, hits / pos.size
+    j = int(np.argmin(np.abs(precision - recall)))   # lowest on a tie
+    thresholds[c] = values[j]
+    f1[c] = _f1(precision[j], recall[j])
+  return thresholds, f1
 
 
 def f1_at_equal_pr_per_tag(scores, targets, mask=None):
@@ -264,16 +272,17 @@ def f1_at_equal_pr_per_tag(scores, targets, mask=None):
   precision equals its recall (as nearly as its scores allow); NaN for a
   tag without positives. At P = R, F1 = P = R."""
   scores, targets, mask = _prepare(scores, targets, mask)
-  c = scores.shape[1]
-  thresholds, f1 = np.full(c, np.nan), np.full(c, np.nan)
-  for k in range(c):
-    col, tgt = scores[:, k], targets[:, k]
-    if mask is not None:
-      col, tgt = col[mask[:, k]], tgt[mask[:, k]]
-    found = _equal_pr_column(col, tgt)
-    if found is not None:
-      thresholds[k], f1[k] = found
-  return thresholds, f1
+  if mask is not None:  # a dropped entry is never above a threshold
+    scores = np.where(mask, scores, -np.inf)
+  n, c = scores.shape
+  step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+  parts = [_equal_pr_columns(np.ascontiguousarray(scores[:, i:i + step].T),
+                             np.ascontiguousarray(targets[:, i:i + step].T))
+           for i in range(0, c, step)]
+  if not parts:
+    return np.zeros(0), np.zeros(0)
+  return (np.concatenate([t for t, _ in parts]),
+          np.concatenate([f for _, f in parts]))
 
 
 def _counts_at_grid(scores, targets, valid, bins):
@@ -327,8 +336,9 @@ def equal_pr_metrics(scores, targets, mask=None, bins: int = 1000) -> dict:
   return {**out, 'threshold_PR': float(j / bins),
           'F1_macro_PR': float(f1.mean()),
           'F1_micro_PR': float(_safe_div(2 * total_tp, total_pp + total_pos)),
-          'MCC_PR': mcc(total_tp, total_pp - total_tp, total_pos - total_tp,
-                        total - total_pp - total_pos + total_tp)}
+          'MCC_PR': float(mcc(total_tp, total_pp - total_tp,
+                              total_pos - total_tp,
+                              total - total_pp - total_pos + total_tp))}
 
 
 def single_label_metrics(logits, labels) -> dict:
