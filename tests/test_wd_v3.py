@@ -1,5 +1,6 @@
 """configs/wd_v3.py: every variant's model, and the recipe trained end to
 end on the tiny synthetic dataset and converted (slow)."""
+import csv
 import dataclasses
 import io
 import json
@@ -8,6 +9,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -111,3 +113,21 @@ def test_tiny_trains_and_converts_to_a_bgr_bundle(tiny_data_dir, tmp_path):
                                               channel_order='RGB')
   wrong = rgb.bundle.to_model_order(rgb.scores(pil))
   assert np.abs(wrong - pred['scores'][:16]).max() > 0.01
+
+  # ONNX, in the WD layout: BGR 0-255 in, the csv's rows out; it scores
+  # as the bundle does (float32 graph against the bf16 model).
+  onnx_dir = convert_lib.convert(workdir, str(tmp_path / 'onnx'), fmt='onnx')
+  session = ort.InferenceSession(os.path.join(onnx_dir, 'model.onnx'),
+                                 providers=['CPUExecutionProvider'])
+  with open(os.path.join(onnx_dir, 'selected_tags.csv')) as f:
+    rows = [r['name'] for r in csv.DictReader(f)]
+  pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3),
+                                             dtype=np.uint8)
+  bundled = dict(zip(tagger.bundle.names,
+                     np.asarray(tagger.bundle.predict(pixels)).T))
+  got = session.run(None, {session.get_inputs()[0].name:
+                           pixels[..., ::-1].astype(np.float32)})[0]
+  np.testing.assert_allclose(got.T, [bundled[n] for n in rows], atol=2e-2)
+  as_rgb = session.run(None, {session.get_inputs()[0].name:
+                              pixels.astype(np.float32)})[0]
+  assert np.abs(as_rgb.T - [bundled[n] for n in rows]).max() > 0.05
