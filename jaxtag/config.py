@@ -245,6 +245,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(unknown_key_message(path))
   if config.num_train_steps is None and config.num_epochs is None:
     raise ValueError('Set config.num_train_steps or config.num_epochs.')
+  if config.data.channel_order not in ('RGB', 'BGR'):
+    raise ValueError(f'Unknown config.data.channel_order '
+                     f'{config.data.channel_order!r}; valid: RGB, BGR.')
 
 
 def check_overrides(argv: Sequence[str]) -> None:

@@ -131,3 +131,10 @@ def test_tiny_trains_and_converts_to_a_bgr_bundle(tiny_data_dir, tmp_path):
   as_rgb = session.run(None, {session.get_inputs()[0].name:
                               pixels.astype(np.float32)})[0]
   assert np.abs(as_rgb.T - [bundled[n] for n in rows]).max() > 0.05
+
+
+def test_unknown_channel_order_is_rejected_at_start_up():
+  config = _config('tiny')
+  config.data.channel_order = 'bgr'
+  with pytest.raises(ValueError, match='channel_order .*RGB, BGR'):
+    config_lib.validate(config)
