@@ -11,12 +11,12 @@ semantic vector v_cap in the dynamic graph (`semantic_dim`, fused by
 replacing the reference's global vector).
 
 v_cap comes from a trained captioner (configs/captioner_flickr8k.py, best
-adapted to anime by `python -m jaxtag.caption_adaptation`), the provider
+adapted to anime by `python -m jaxtag.projects.caption_adaptation`), the provider
 `captioner` of the feature 'semantic' (jaxtag/models/semantic.py): its
 encoder runs frozen inside the step on the tagger's augmented image
 (`config.model.features.semantic.captioner=RUN`), or is read from a
 per-image cache (`config.model.features.semantic.cache=DIR`, written by
-`python -m jaxtag.semantic_cache`). One of them must be given. `semantic_dim` is the
+`python -m jaxtag.projects.semantic_cache`). One of them must be given. `semantic_dim` is the
 captioner's `context_dim` (512 for configs/captioner_flickr8k.py); the
 captioner trained at 224 px reads the 448 px image as a 28 x 28 grid,
 which the pooling averages.

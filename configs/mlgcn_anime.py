@@ -13,7 +13,7 @@ vectors of the `glove` extra. The default targets the `danbooru` dataset,
 whose TFDS builder reads a local dump (`config.dataset.manual_dir`; layouts
 in data_builders/danbooru/README.md) and is built on first use.
 
-  python -m jaxtag.compare configs/default.py configs/mlgcn_anime.py:synthetic \
+  python -m jaxtag.projects.compare configs/default.py configs/mlgcn_anime.py:synthetic \
       configs/addgcn_danbooru.py:synthetic \
       configs/addgcn_danbooru.py:synthetic_lowrank --workdir runs/compare
 

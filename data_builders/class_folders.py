@@ -177,9 +177,9 @@ def split_records(builder: manual.ManualBuilder, items: Sequence[Item],
                      f'(after min_images = {config.min_images}); the layout '
                      'is ROOT/<class>/<image>.{jpg,png,...}.')
   classes = class_vocabulary(items)
-  split_writer.begin(builder, (tag_stats.TagRow(i, name, tag_stats.CHARACTER,
-                                                0)
-                               for i, name in enumerate(classes)),
+  split_writer.begin(builder, (tag_stats.TagRow(tag_stats.NO_TAG_ID, name,
+                                                tag_stats.CHARACTER, 0)
+                               for name in classes),
                      skipped, classes=len(classes))
   ids = {name: i for i, name in enumerate(classes)}
   return {split: [manual.Record(

@@ -1,6 +1,7 @@
 """The metadata every jaxtag builder writes beside dataset_info.json.
 
-- `selected_tags.csv` (tag_id,name,category,count) in label order;
+- `selected_tags.csv` (tag_id,name,category,count) in label order; tag_id
+  is the tag's id in its source, NO_TAG_ID (-1) when it has none;
 - `label_stats.npz`: the train split's tag counts and sparse co-occurrence
   (format in jaxtag/data/tag_metadata.py, which also reads it);
 - `build_report.json`: skip counts per reason, the options used, examples
@@ -30,12 +31,13 @@ from jaxtag.data import tag_metadata
 BUILD_REPORT = 'build_report.json'
 
 # Danbooru's tag categories (9 is the WD taggers' rating category).
-GENERAL, ARTIST, COPYRIGHT, CHARACTER, META, RATING = 0, 1, 3, 4, 5, 9
-CATEGORY_NAMES = {'general': GENERAL, 'artist': ARTIST,
-                  'copyright': COPYRIGHT, 'character': CHARACTER,
-                  'meta': META, 'rating': RATING}
+GENERAL, ARTIST, COPYRIGHT, CHARACTER, META, RATING = (
+    tag_metadata.GENERAL, tag_metadata.ARTIST, tag_metadata.COPYRIGHT,
+    tag_metadata.CHARACTER, tag_metadata.META, tag_metadata.RATING)
+CATEGORY_NAMES = {name: i for i, name in tag_metadata.CATEGORIES.items()}
 
 TagRow = tag_metadata.TagRow
+NO_TAG_ID = tag_metadata.NO_TAG_ID   # tag_id of a tag its source gives none
 read_selected_tags = tag_metadata.read_selected_tags
 
 
@@ -161,7 +163,7 @@ def read_vocabulary(path: epath.PathLike) -> list[TagRow]:
   text = files.read_text(path)
   if path.suffix == '.txt':
     names = [line.strip() for line in text.splitlines()]
-    return [TagRow(i, n, GENERAL, 0) for i, n in enumerate(names) if n]
+    return [TagRow(NO_TAG_ID, n, GENERAL, 0) for n in names if n]
   return tag_metadata.parse_selected_tags(text, path)
 
 

@@ -27,6 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxtag import storage
+from jaxtag import trees
 
 # TensorStore's status codes for files that are damaged, short or missing.
 # Others (UNAVAILABLE, DEADLINE_EXCEEDED, PERMISSION_DENIED, ...) say that the
@@ -104,27 +105,20 @@ def _everywhere(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def _key_name(key) -> str:
-  for attr in ('name', 'key', 'idx'):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def path_name(path) -> str:
-  """A leaf's key path as 'params/backbone/.../kernel'."""
-  return '/'.join(_key_name(k) for k in path)
-
-
-def flatten(tree: Any) -> dict[str, Any]:
-  """'params/backbone/.../kernel' -> leaf; dataclass and dict trees alike."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {path_name(path): leaf for path, leaf in flat}
-
-
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {k: tuple(getattr(leaf, 'shape', ()))
-          for k, leaf in flatten(tree).items()}
+          for k, leaf in trees.flatten(tree).items()}
+
+
+def read_numpy(state_dir: epath.PathLike) -> dict[str, Any]:
+  """A checkpoint's `state` folder as nested dicts of numpy arrays, read on
+  the host alone: no model, no shardings, no devices."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(state_dir).item_metadata.tree
+    as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        restore_args=as_numpy))
 
 
 class Checkpointer:

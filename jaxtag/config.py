@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from jaxtag.data import tag_metadata
+
 # Sub-dicts whose keys belong to a chosen part (a backbone, a head, a loss,
 # a label encoder, feature providers): the part itself checks them against
 # its own fields, so a method's options never enter this schema.
@@ -21,10 +23,6 @@ FREE_FORM = frozenset({
     'optim.schedule', 'data.cartoonize_options',
     'dataset.build_options',  # checked by the builder against its config
 })
-
-# Danbooru's tag categories by id, as selected_tags.csv writes them.
-CATEGORIES = {0: 'general', 1: 'artist', 3: 'copyright', 4: 'character',
-              5: 'meta', 9: 'rating'}
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -166,7 +164,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.eval.thresholds = 'global'
   c.eval.category_thresholds = ml_collections.ConfigDict({
       name: {'general': 0.35, 'character': 0.85}.get(name, 0.5)
-      for name in CATEGORIES.values()})
+      for name in tag_metadata.CATEGORIES.values()})
   # 'square' (resize to image_size^2), 'pad' (the WD contract: EXIF turn,
   # alpha on white, padded white to a square, resized to image_size), 'native' (shortest side to image_size, aspect
   # kept, batched in buckets of these longest/shortest ratios).

@@ -16,16 +16,25 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file (configs/*.py[:variant]).',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the run.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                          'train: train (or resume) then test; eval: evaluate '
-                          'the latest checkpoint of --workdir on --split.')
-_SPLIT = flags.DEFINE_string('split', None,
-                             'Split for --mode=eval (default: the test split).')
-flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS, sys_argv=None):
+  """The command's flags, defined when it runs (importing jaxtag.main defines
+  none); a test passes its own FlagValues and argv."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Experiment config file (configs/*.py[:variant]).',
+      flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+  flags.DEFINE_string('workdir', None, 'Directory of the run.',
+                      flag_values=flag_values)
+  flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                    'train: train (or resume) then test; eval: evaluate the '
+                    'latest checkpoint of --workdir on --split.',
+                    flag_values=flag_values)
+  flags.DEFINE_string('split', None,
+                      'Split for --mode=eval (default: the test split).',
+                      flag_values=flag_values)
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
 
 
 def _parse_flags(argv):
@@ -52,12 +61,13 @@ def main(argv):
   from jaxtag import distributed
   distributed.maybe_initialize()
   from jaxtag import train  # after initialize: train touches jax devices
-  logging.info('Config:\n%s', _CONFIG.value)
-  if _MODE.value == 'train':
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  config, workdir = FLAGS.config, FLAGS.workdir
+  logging.info('Config:\n%s', config)
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(config, workdir)
   else:
-    split = _SPLIT.value or _CONFIG.value.dataset.test_split
-    train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, split)
+    split = FLAGS.split or config.dataset.test_split
+    train.evaluate_checkpoint(config, workdir, split)
 
 
 def run():
@@ -65,6 +75,7 @@ def run():
   if not any(a.startswith(('--logtostderr', '--alsologtostderr',
                            '--stderrthreshold')) for a in sys.argv):
     sys.argv.insert(1, '--alsologtostderr')
+  define_flags()
   app.run(main, flags_parser=_parse_flags)
 
 

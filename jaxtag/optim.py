@@ -16,15 +16,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-def _path(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+from jaxtag import trees
 
 
 def kernel_mask(params):
   """True for conv/dense kernels; BatchNorm scales and biases are not decayed."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: _path(path).endswith('kernel'), params)
+  return trees.map_with_names(lambda name, _: name.endswith('kernel'), params)
 
 
 # Kernels that are not weights of the image's features: SwinV2's continuous
@@ -173,13 +170,12 @@ def scale_by_param_group(groups) -> optax.GradientTransformation:
     raise ValueError(f'config.optim.param_groups must be ((regex, lr_mult), '
                      f'...): {e}') from None
 
-  def multiplier(path, _):
-    name = _path(path)
+  def multiplier(name, _):
     return next((m for p, m in compiled if p.search(name)), 1.0)
 
   def update(updates, state, params=None):
     del params
-    mults = jax.tree_util.tree_map_with_path(multiplier, updates)
+    mults = trees.map_with_names(multiplier, updates)
     return jax.tree.map(lambda u, m: u * m, updates, mults), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from jaxtag import config as config_lib
+from jaxtag.data import tag_metadata as tag_metadata_lib
 
 DPI = 100
 # Constants whose name holds one of these are drawn as label graphs.
@@ -81,7 +81,8 @@ def save_png(fig_or_rgb, path: epath.PathLike) -> np.ndarray:
 
 
 def category_names(categories: Sequence[int]) -> list[str]:
-  return [config_lib.CATEGORIES.get(int(c), str(int(c))) for c in categories]
+  return [tag_metadata_lib.CATEGORIES.get(int(c), str(int(c)))
+          for c in categories]
 
 
 def _colour(category: str) -> str:
@@ -338,10 +339,9 @@ def label_graphs(constants: Any, num_classes: int) -> dict[str, np.ndarray]:
   [C, C] array, or a sparse `<x>_values` [E] + `<x>_indices` [E, 2] pair
   (densified under `<x>`), whose name says graph, adjacency or correlation
   (so that [C, C] label embeddings, when D == C, are not taken for one)."""
-  import jax
+  from jaxtag import trees
   out: dict[str, np.ndarray] = {}
-  flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(constants)[0]}
+  flat = trees.flatten(constants)
   for name, leaf in flat.items():
     if not any(w in name.rsplit('/', 1)[-1] for w in _GRAPH_WORDS):
       continue

@@ -12,7 +12,7 @@ and the run's workdir: the label encoder is prepared from the workdir (a
 caption vocabulary), splits are opened for evaluation only, and a
 checkpoint is read without its optimiser state. It opens no train split
 and builds no optimiser. `--mode=eval` (`evaluate_checkpoint`),
-jaxtag/serving/convert.py and jaxtag/semantic_cache.py use it; the
+jaxtag/serving/convert.py and jaxtag/projects/semantic_cache.py use it; the
 trainer's Run (jaxtag/train.py) is a Predictor with the train split, the
 optimiser and the loop.
 """
@@ -42,6 +42,7 @@ from jaxtag import thresholds as thresholds_lib
 from jaxtag import warm_start
 from jaxtag.data import encoders
 from jaxtag.data import geometry as geometry_lib
+from jaxtag.data.normalize import normalize
 from jaxtag.data import ops
 from jaxtag.data import pipeline
 from jaxtag.data import sources
@@ -61,23 +62,6 @@ def variables_of(state) -> Variables:
   """The Variables of a TrainState (or of Variables): the same arrays."""
   return Variables(params=state.params, batch_stats=state.batch_stats,
                    constants=state.constants)
-
-
-CHANNEL_ORDERS = ('RGB', 'BGR')
-
-
-def normalize(image, *, mean, std, dtype, channel_order='RGB'):
-  """uint8 RGB pixels -> (x / 255 - mean) / std in the compute dtype, on
-  device, in `channel_order` (config.data.channel_order; mean and std are
-  in that order too), as serving.bundle.normalize does for the bundle."""
-  if channel_order not in CHANNEL_ORDERS:
-    raise ValueError(f'Unknown config.data.channel_order {channel_order!r}; '
-                     f'valid: {", ".join(CHANNEL_ORDERS)}.')
-  if channel_order == 'BGR':
-    image = image[..., ::-1]
-  scale = jnp.asarray([1.0 / (255.0 * s) for s in std], jnp.float32)
-  shift = jnp.asarray([m / s for m, s in zip(mean, std)], jnp.float32)
-  return (image.astype(jnp.float32) * scale - shift).astype(dtype)
 
 
 def init_variables(rng, *, model, input_spec, feature_keys) -> Variables:

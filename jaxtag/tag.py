@@ -105,6 +105,7 @@ from PIL import UnidentifiedImageError
 
 from data_builders import files as files_lib
 from jaxtag.serving import backends
+from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import images as images_lib
 from jaxtag.serving import tagger as tagger_lib
 
@@ -273,15 +274,11 @@ def caption_path(image_path: str, extension: str) -> str:
   return os.path.splitext(image_path)[0] + extension
 
 
-def caption_text(result: dict, args, existing: str | None) -> str:
-  """The tag file's text: the tags, or a captioner's sentence (after the
-  existing text, on its own line)."""
-  if 'caption' in result:
-    text = result['caption']
-    if existing and existing.strip():
-      text = existing.rstrip('\r\n') + '\n' + text
-    return text
-  return ', '.join(caption_tags(result, args, existing))
+def caption_text(task, result: dict, args, existing: str | None) -> str:
+  """The tag file's text, as the bundle's `task` writes it: the tags after
+  every txt option, or a captioner's sentence after the existing text."""
+  return task.text_file(
+      result, existing, lambda r, e: ', '.join(caption_tags(r, args, e)))
 
 
 # -------------------------------------------------------------- tag files ---
@@ -355,9 +352,10 @@ def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
       os.close(folder_fd)
 
 
-def write_caption(path: str, result: dict, args, target: str | None = None,
-                  inputs=frozenset()) -> bool:
-  """Writes the tag file of image `path` (default target: its stem plus
+def write_caption(task, path: str, result: dict, args,
+                  target: str | None = None, inputs=frozenset()) -> bool:
+  """Writes the tag file of image `path`, as the bundle's `task` (jaxtag/
+  tasks/) renders `result` (default target: its stem plus
   args.caption_extension); False when one exists and neither
   args.overwrite nor args.append_existing. NotWritten when it may not be
   written or read; OSError when writing fails."""
@@ -373,7 +371,8 @@ def write_caption(path: str, result: dict, args, target: str | None = None,
       existing, encoding = old.text, old.encoding
     elif not args.overwrite:
       return False
-  data = files_lib.encode(caption_text(result, args, existing), encoding)
+  data = files_lib.encode(caption_text(task, result, args, existing),
+                          encoding)
   write_atomic(target, data, info.st_mode if info is not None else None)
   return True
 
@@ -410,29 +409,18 @@ class Progress:
       sys.stderr.flush()
 
 
-def top_rating(result: dict) -> str:
-  ratings = result['rating']
-  return max(ratings, key=ratings.get) if ratings else ''
-
-
-def write_records(records: list[dict], fmt: str, stream) -> None:
+def write_records(task, records: list[dict], fmt: str, stream) -> None:
+  """json, jsonl or csv (the columns the bundle's `task` names)."""
   if fmt == 'json':
     json.dump(records, stream, indent=1)
     stream.write('\n')
   elif fmt == 'jsonl':
     for record in records:
       stream.write(json.dumps(record) + '\n')
-  elif records and 'caption' in records[0]:
-    writer = csv.writer(stream, lineterminator='\n')
-    writer.writerow(['file', 'caption'])
-    for r in records:
-      writer.writerow([r['file'], r['caption']])
   else:
     writer = csv.writer(stream, lineterminator='\n')
-    writer.writerow(['file', 'rating', 'general', 'character'])
-    for r in records:
-      writer.writerow([r['file'], top_rating(r), ', '.join(r['general']),
-                       ', '.join(r['character'])])
+    writer.writerow(task.csv_header())
+    writer.writerows(task.csv_row(r) for r in records)
 
 
 class Summary:
@@ -477,7 +465,7 @@ class Summary:
 # -------------------------------------------------------------------- main ---
 
 
-# Options that shape tags: a captioner ignores them.
+# Options that shape tags; a task may ignore them (a captioner does).
 TAG_ONLY = ('policy', 'threshold', 'general_threshold', 'character_threshold',
             'all_scores', 'replace_underscores', 'escape_parentheses',
             'exclude', 'prepend', 'character_first')
@@ -596,6 +584,8 @@ def run(options: Options) -> int:
     raise ValueError(f'--format {options.format} under a launch of {count} '
                      'processes needs --output FILE: each process writes '
                      'its part beside it and process 0 merges them.')
+  # The bundle's task (jaxtag/tasks/) renders tag files and tables.
+  task = bundle_lib.read_task(options.bundle)
   found, missing = find_files(options.paths, options.recursive)
   inputs = frozenset(entry_key(p) for p in found)
   if records_format and options.output:
@@ -629,7 +619,8 @@ def run(options: Options) -> int:
     images = [p for p in images if p not in done]
   records = []
   if images:
-    records = _tag_all(images, targets, options, inputs, summary, part)
+    records = _tag_all(task, images, targets, options, inputs, summary,
+                       part)
   if records_format:
     if count > 1:
       from jax.experimental import multihost_utils  # pylint: disable=C0415
@@ -638,7 +629,7 @@ def run(options: Options) -> int:
       if options.output:
         records = _merge_parts(options.output, count, found)
       text = io.StringIO(newline='')
-      write_records(records, options.format, text)
+      write_records(task, records, options.format, text)
       if options.output:
         write_atomic(options.output, text.getvalue().encode('utf-8'))
         for i in range(count):
@@ -701,7 +692,7 @@ def decoded_batches(images, tagger, batch_size: int, workers: int,
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _tag_all(images, targets, options: Options, inputs,
+def _tag_all(task, images, targets, options: Options, inputs,
              summary: Summary, part: str | None = None) -> list[dict]:
   tagger = tagger_lib.Tagger(
       options.bundle, batch_size=options.batch_size, policy=options.policy,
@@ -710,13 +701,12 @@ def _tag_all(images, targets, options: Options, inputs,
       character_threshold=options.character_threshold,
       all_scores=options.all_scores and options.format in ('json', 'jsonl'))
   tagger.predict = backends.make_predictor(tagger.bundle, options.backend)
-  if tagger.task == 'captioning':
-    defaults = Options()
-    ignored = [f'--{k}' for k in TAG_ONLY
-               if getattr(options, k) != getattr(defaults, k)]
-    if ignored:
-      print(f'{options.bundle} is a captioner: {", ".join(ignored)} apply '
-            'to tags only and are ignored.', file=sys.stderr)
+  defaults = Options()
+  ignored = task.ignored_tag_options(
+      [f'--{k}' for k in TAG_ONLY if getattr(options, k) != getattr(defaults, k)])
+  if ignored:
+    print(f'{options.bundle} is a {task.name} bundle: {", ".join(ignored)} '
+          'apply to tags only and are ignored.', file=sys.stderr)
   progress = Progress(len(images), enabled=not options.quiet)
   records = []
   workers = options.decode_workers or min(8, os.cpu_count() or 1)
@@ -741,7 +731,8 @@ def _tag_all(images, targets, options: Options, inputs,
       if not prepared:
         continue
       results = tagger.results(tagger.scores_of(prepared, progress))
-      batch = _write_batch(names, results, targets, options, inputs, summary)
+      batch = _write_batch(task, names, results, targets, options, inputs,
+                           summary)
       records.extend(batch)
       if sink is not None and batch:
         # One write per batch: a kill leaves whole batches (and at most
@@ -754,14 +745,15 @@ def _tag_all(images, targets, options: Options, inputs,
   return records
 
 
-def _write_batch(names, results, targets, options: Options, inputs,
+def _write_batch(task, names, results, targets, options: Options, inputs,
                  summary: Summary) -> list[dict]:
   """Writes the tag files of one batch (txt); returns its records."""
   records = []
   for path, result in zip(names, results):
     if options.format == 'txt':
       try:
-        if not write_caption(path, result, options, targets[path], inputs):
+        if not write_caption(task, path, result, options, targets[path],
+                             inputs):
           summary.skip(path, 'caption_exists', targets[path])
           continue
       except NotWritten as e:

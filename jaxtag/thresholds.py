@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from jaxtag import config as config_lib
 from jaxtag import metrics as metrics_lib
+from jaxtag.data import tag_metadata as tag_metadata_lib
 
 POLICIES = ('global', 'category', 'tag', 'linear')
 FILENAME = 'thresholds.json'
@@ -49,12 +49,12 @@ def category_values(eval_config, categories) -> np.ndarray:
   """[C] thresholds from `config.eval.category_thresholds` by category id."""
   out = np.empty(len(categories), np.float64)
   for c, category in enumerate(categories):
-    name = config_lib.CATEGORIES.get(int(category))
+    name = tag_metadata_lib.CATEGORIES.get(int(category))
     if name is None:
       raise ValueError(
           f'Tag {c} has category {int(category)}, which has no entry in '
           'config.eval.category_thresholds (known categories: '
-          f'{config_lib.CATEGORIES}); fix selected_tags.csv.')
+          f'{tag_metadata_lib.CATEGORIES}); fix selected_tags.csv.')
     out[c] = float(eval_config.category_thresholds[name])
   return out
 

@@ -37,11 +37,11 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from jaxtag import checkpoint as checkpoint_lib
+from jaxtag import trees
 
 # What a checkpoint or .npz offers: trained parameters, batch statistics.
 COLLECTIONS = ('params', 'batch_stats')
@@ -141,13 +141,8 @@ def read(path: str) -> dict[str, dict[str, np.ndarray]]:
   if state_dir is None:
     raise FileNotFoundError(f'config.init.path {path} holds no checkpoint '
                             '(no state/ nor checkpoints/<step>/state).')
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(state_dir).item_metadata.tree
-    as_numpy = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        restore_args=as_numpy))
-  return {c: checkpoint_lib.flatten(state.get(c, {})) for c in COLLECTIONS}
+  state = checkpoint_lib.read_numpy(state_dir)
+  return {c: trees.flatten(state.get(c, {})) for c in COLLECTIONS}
 
 
 def select(target: dict[str, Any], source: dict[str, np.ndarray],
@@ -215,7 +210,7 @@ def match_head(state, loaded, tag_names: list[str], source_name: str):
   theirs = np.array([position[tag_names[i]] for i in ours], np.int64)
   n_ours, n_theirs = len(tag_names), len(source_names)
   taken = {}
-  for key, leaf in checkpoint_lib.flatten(state.params).items():
+  for key, leaf in trees.flatten(state.params).items():
     source = loaded['params'].get(key)
     if not key.startswith('head/') or source is None:
       continue
@@ -261,7 +256,7 @@ def apply_renamed(state, source: Source) -> Any:
     taken.setdefault(target, []).append(prefix)
   for collection, prefixes in taken.items():
     tree = getattr(state, collection)
-    wanted = [k for k in checkpoint_lib.flatten(tree)
+    wanted = [k for k in trees.flatten(tree)
               if any(k.startswith(p) for p in prefixes)]
     missing = [k for k in wanted if k not in moved.get(collection, {})]
     if missing:
@@ -279,7 +274,7 @@ def write(state, loaded, include: str, source_name: str):
   """`state` with the parameters `include` selects taken from `loaded`."""
   replaced = {}
   for collection in COLLECTIONS:
-    taken = select(checkpoint_lib.flatten(getattr(state, collection)),
+    taken = select(trees.flatten(getattr(state, collection)),
                    loaded[collection], include, collection)
     replaced[collection] = len(taken)
     state = _replace(state, collection, taken)
@@ -293,7 +288,7 @@ def _write_collection(state, collection: str, loaded, include: str,
                       source_name: str):
   """`state` with the entries of one collection that `include` selects
   taken from `loaded` (all checked present by the caller)."""
-  target = checkpoint_lib.flatten(getattr(state, collection))
+  target = trees.flatten(getattr(state, collection))
   taken = select(target, loaded, include, collection)
   logging.info('Started from %s: %d %s entries matching %r.', source_name,
                len(taken), collection, include)
@@ -301,17 +296,15 @@ def _write_collection(state, collection: str, loaded, include: str,
 
 
 def _replace(state, collection: str, taken: dict[str, np.ndarray]):
-  tree = getattr(state, collection)
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  new_leaves = []
-  for path, leaf in leaves:
-    key = checkpoint_lib.path_name(path)
-    if key in taken:
-      value = taken[key].astype(leaf.dtype)
-      # Every process holds the same file: each fills its own shards.
-      new_leaves.append(jax.make_array_from_callback(
-          value.shape, leaf.sharding, lambda index, v=value: v[index]))
-    else:
-      new_leaves.append(leaf)
-  return state.replace(**{collection: jax.tree_util.tree_unflatten(
-      treedef, new_leaves)})
+  """`state` with the leaves of `collection` that `taken` names replaced."""
+
+  def take(key, leaf):
+    if key not in taken:
+      return leaf
+    value = taken[key].astype(leaf.dtype)
+    # Every process holds the same file: each fills its own shards.
+    return jax.make_array_from_callback(
+        value.shape, leaf.sharding, lambda index: value[index])
+
+  return state.replace(**{collection: trees.map_with_names(
+      take, getattr(state, collection))})

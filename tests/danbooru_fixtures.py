@@ -112,6 +112,20 @@ def write_tar_shards(root, posts) -> None:
 
 # --- metadata -----------------------------------------------------------------
 
+# Danbooru's ids of the fixture's tags, as its tags table gives them;
+# kagamine_rin is missing from that table (its tag_id is then -1).
+TAG_IDS = {'1girl': 470575, 'solo': 212816, 'long_hair': 15080,
+           'smile': 1386, 'open_mouth': 1338, '^_^': 402217, '>_<': 3389,
+           'hatsune_miku': 14620, 'saber_(fate)': 402, 'vocaloid': 1403,
+           'some_artist': 99001, 'highres': 12}
+
+
+def tag_rows() -> list[dict]:
+  """Danbooru's tags table: id, name, category, post_count."""
+  return [{'id': TAG_IDS[n], 'name': n, 'category': c, 'post_count': 5}
+          for c, n in fx.DANBOORU_TAGS if n in TAG_IDS]
+
+
 def metadata_rows(posts) -> list[dict]:
   """2021+ rows with Danbooru's columns; the first post's row is repeated
   (duplicate_id) and the no_id post's row has a null id."""
@@ -135,25 +149,30 @@ def write_parquet(path, rows) -> None:
   pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), str(path))
 
 
-def write_sqlite(path, rows, table: str = 'posts') -> None:
+def write_sqlite(path, rows, table: str = 'posts', tags=()) -> None:
   """A posts table as Danbooru's columns (flags as 0/1) beside an unrelated
-  table that the reader must not take for the posts."""
+  table that the reader must not take for the posts, and a `tags` table of
+  `tags` rows when given."""
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   with sqlite3.connect(path) as db:
     db.execute('CREATE TABLE aaa_notes (id INTEGER, text TEXT)')
-    columns = list(rows[0])
-    db.execute(f'CREATE TABLE {table} ({", ".join(columns)})')
-    db.executemany(
-        f'INSERT INTO {table} VALUES ({", ".join("?" * len(columns))})',
-        [[int(v) if isinstance(v, bool) else v for v in r.values()]
-         for r in rows])
+    for name, table_rows in ((table, rows), ('tags', tags)):
+      if not table_rows:
+        continue
+      columns = list(table_rows[0])
+      db.execute(f'CREATE TABLE {name} ({", ".join(columns)})')
+      db.executemany(
+          f'INSERT INTO {name} VALUES ({", ".join("?" * len(columns))})',
+          [[int(v) if isinstance(v, bool) else v for v in r.values()]
+           for r in table_rows])
   # sqlite3's context manager commits but does not close.
   sqlite3.connect(path).close()
 
 
 def write_tar_dump(root, posts, metadata: str = 'parquet') -> None:
   """The downloaded layout: original/*.tar and metadata/ as `metadata`
-  (parquet, sqlite or jsonl)."""
+  (parquet, sqlite or jsonl), with Danbooru's tags table (tag_rows()) as
+  tags.parquet, a `tags` table in the SQLite file, or tags.jsonl."""
   root = pathlib.Path(root)
   write_tar_shards(root, posts)
   rows = metadata_rows(posts)
@@ -161,12 +180,16 @@ def write_tar_dump(root, posts, metadata: str = 'parquet') -> None:
     # Two files, as a dump split in parts is.
     write_parquet(root / 'metadata' / 'posts-0000.parquet', rows[:20])
     write_parquet(root / 'metadata' / 'posts-0001.parquet', rows[20:])
+    write_parquet(root / 'metadata' / 'tags.parquet', tag_rows())
   elif metadata == 'sqlite':
-    write_sqlite(root / 'metadata' / 'danbooru.sqlite', rows)
+    write_sqlite(root / 'metadata' / 'danbooru.sqlite', rows,
+                 tags=tag_rows())
   else:
     (root / 'metadata').mkdir(parents=True, exist_ok=True)
     (root / 'metadata' / 'posts.jsonl').write_text(
         ''.join(json.dumps(r) + '\n' for r in rows))
+    (root / 'metadata' / 'tags.jsonl').write_text(
+        ''.join(json.dumps(r) + '\n' for r in tag_rows()))
 
 
 # --- TFRecord, WD layout ------------------------------------------------------

@@ -159,6 +159,7 @@ def test_wd_selected_tags_are_read_as_written(tmp_path):
       'general', 'sensitive', '1girl', 'solo', '^_^', '>_<',
       'hatsune_miku_(append)', 're:zero_kara_hajimeru_isekai_seikatsu', ':d']
   assert rows[2] == tag_stats.TagRow(470575, '1girl', 0, 4412843)
+  assert [r.tag_id for r in rows][:2] == [9999999, 9999998]
   assert [r.category for r in rows] == [9, 9, 0, 0, 0, 0, 4, 3, 0]
   bad = tmp_path / 'bad.csv'
   bad.write_text('tag_id,name,category,count\n1.5,x,0,1\n')
@@ -200,6 +201,7 @@ def test_dataset_metadata_round_trips(tmp_path):
   assert loaded.num_images == 4
   assert [r.count for r in tag_stats.read_selected_tags(
       tmp_path / 'selected_tags.csv')] == [1, 3, 1]
+  assert loaded.tag_ids.tolist() == [7, 8, 9]
   again = tag_stats.DatasetMetadata()
   again.load_metadata(tmp_path)
   assert again.report.extra['mean_pixel'] == [1.5, 2.0, 3.0]
@@ -214,6 +216,8 @@ def test_dense_statistics_of_an_older_build_still_load(tmp_path):
   loaded = tag_metadata.load_tag_metadata(tmp_path)
   np.testing.assert_array_equal(loaded.cooccurrence_dense(),
                                 [[2, 1], [1, 1]])
+  # Its ids were the rows renumbered: read as none.
+  assert loaded.names == ['a', 'b'] and loaded.tag_ids.tolist() == [-1, -1]
   np.savez(tmp_path / 'label_stats.npz', counts=np.array([2, 1, 1]),
            cooccurrence=np.eye(3), num_images=np.int64(2))
   with pytest.raises(ValueError, match='rebuild'):
@@ -381,6 +385,9 @@ def test_danbooru_vocabulary_is_ratings_then_top_tags(danbooru_2021,
                                                    'selected_tags.csv'))
   by_name = {r.name: r for r in rows}
   assert by_name['1girl'].tag_id == 10 and by_name['^_^'].tag_id == 15
+  # Every tag of the file has its id; the ratings, no Danbooru tags, none.
+  ids = {n: 10 + i for i, (_, n) in enumerate(fx.DANBOORU_TAGS)}
+  assert meta.tag_ids.tolist() == [-1] * 4 + [ids[n] for n in meta.names[4:]]
 
 
 def test_danbooru_options_select_and_name_the_dataset(danbooru_2021,
@@ -437,12 +444,16 @@ def test_danbooru_resize_pads_to_a_square(danbooru_2021, tmp_path):
 def test_danbooru_takes_a_wd_vocabulary(danbooru_2021, danbooru_posts,
                                         tmp_path):
   root, _ = danbooru_2021
-  (tmp_path / 'selected_tags.csv').write_text(WD_CSV)
+  # solo's id left out: the metadata's tags file gives it (10 + its index).
+  (tmp_path / 'selected_tags.csv').write_text(
+      WD_CSV.replace('212816.0,solo', ',solo'))
   builder = _build('danbooru', root, tmp_path / 'tfds',
                    vocabulary=str(tmp_path / 'selected_tags.csv'))
   meta = tag_metadata.load_tag_metadata(builder.data_dir)
   assert meta.names == [r.name for r in tag_stats.read_selected_tags(
       tmp_path / 'selected_tags.csv')]
+  assert meta.tag_ids.tolist() == [9999999, 9999998, 470575, 11, 1281, 3389,
+                                   1300281, 1304828, 555]
   wd = set(meta.names)
   for split in SPLITS:
     for example in _examples(builder, split):
@@ -466,6 +477,8 @@ def test_tagged_folder_reads_captions_with_a_root_vocabulary(tagged_folder):
   meta = tag_metadata.load_tag_metadata(builder.data_dir)
   assert meta.names == ['general', '1girl', 'solo', '^_^', '>_<',
                         'long_hair', 'hatsune_miku_(append)']
+  assert meta.tag_ids.tolist() == [9999999, 470575, 212816, 1281, 3389,
+                                   16867, 1300281]
   by_path = {}
   for split in SPLITS:
     for example in _examples(builder, split):
@@ -506,6 +519,12 @@ def test_tagged_folder_builds_its_own_vocabulary(tmp_path):
                 key=lambda t: (-train[t], t))
   assert meta.names == want
   np.testing.assert_array_equal(meta.counts, [train[t] for t in want])
+  # Tags from captions have no id, and the csv says so rather than
+  # numbering them.
+  with open(os.path.join(builder.data_dir, 'selected_tags.csv')) as f:
+    assert {line.split(',')[0] for line in f.read().splitlines()[1:]} == {
+        '-1'}
+  assert meta.tag_ids.tolist() == [-1] * len(want)
 
 
 @pytest.fixture(scope='module')

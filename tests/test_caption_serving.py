@@ -3,15 +3,14 @@ server give the sentences its checkpoint decodes, read independently."""
 import io
 import os
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
 from jaxtag import models
 from jaxtag import serve
 from jaxtag import tag
+from jaxtag import tasks
 from jaxtag.data import captions
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert
@@ -27,17 +26,10 @@ def caption_bundle(tiny_captioner_run, tmp_path_factory):
   return workdir, out, config
 
 
-def _checkpoint_captions(workdir, config, images):
+def _checkpoint_captions(workdir, config, images, read_state):
   """Sentences from the checkpoint through the model's own predict and the
   run's vocabulary, without the serving code."""
-  root = os.path.join(workdir, 'checkpoints')
-  step = max(int(d) for d in os.listdir(root) if d.isdigit())
-  path = os.path.join(root, str(step), 'state')
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(path).item_metadata.tree
-    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        restore_args=jax.tree.map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)))
+  state, _ = read_state(workdir)
   vocab = captions.Vocabulary.load(os.path.join(workdir, 'caption_vocab.json'))
   model = models.build_model(config.model, len(vocab))
   x = (images.astype(np.float32) / 255 - np.asarray(config.data.mean)
@@ -59,10 +51,10 @@ def _images(n=3, size=32):
 
 @pytest.mark.slow
 def test_caption_bundle_tagger_command_and_server(caption_bundle, tmp_path,
-                                                  capsys):
+                                                  capsys, read_state):
   workdir, out, config = caption_bundle
   images = _images()
-  want = _checkpoint_captions(workdir, config, images)
+  want = _checkpoint_captions(workdir, config, images, read_state)
   assert all(isinstance(c, str) for c in want) and any(want)
 
   bundle = bundle_lib.load_bundle(out)
@@ -108,8 +100,9 @@ def test_a_sentence_is_appended_on_its_own_line(tmp_path):
   image = tmp_path / 'a.png'
   (tmp_path / 'a.txt').write_text('kept line\n')
   args = tag.parse_args([str(image), '--bundle', 'B', '--append_existing'])
-  tag.write_caption(str(image), {'caption': 'one girl'}, args)
+  task = tasks.Captioning(vocabulary=None)   # a sentence needs no words
+  tag.write_caption(task, str(image), {'caption': 'one girl'}, args)
   assert (tmp_path / 'a.txt').read_text() == 'kept line\none girl'
   args = tag.parse_args([str(image), '--bundle', 'B', '--overwrite'])
-  tag.write_caption(str(image), {'caption': 'two boys'}, args)
+  tag.write_caption(task, str(image), {'caption': 'two boys'}, args)
   assert (tmp_path / 'a.txt').read_text() == 'two boys'

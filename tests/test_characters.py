@@ -10,9 +10,9 @@ import mahotas  # noqa: F401
 
 from data_builders.synthetic_anime import annotate  # noqa: E402
 from data_builders.synthetic_anime import faces  # noqa: E402
-from jaxtag.characters import classical  # noqa: E402
-from jaxtag.characters import crop_faces  # noqa: E402
-from jaxtag.characters import features  # noqa: E402
+from jaxtag.projects.characters import classical  # noqa: E402
+from jaxtag.projects.characters import crop_faces  # noqa: E402
+from jaxtag.projects.characters import features  # noqa: E402
 
 
 def _image(h=18, w=22, seed=0, levels=256):
@@ -356,7 +356,7 @@ def test_classical_command_on_a_fresh_data_dir(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = tmp_path / 'out'
   done = subprocess.run(
-      [sys.executable, '-m', 'jaxtag.characters.classical', '--dataset',
+      [sys.executable, '-m', 'jaxtag.projects.characters.classical', '--dataset',
        'synthetic_anime/faces_tiny', '--data_dir', str(tmp_path / 'data'),
        '--classifiers', 'nb', '--out', str(out)],
       cwd=root, capture_output=True, text=True, check=False,

@@ -1,6 +1,8 @@
 """The command line: flags, SIGTERM, and 2 processes equal to 1 process."""
+import importlib
 import json
 import os
+import pkgutil
 import signal
 import subprocess
 import sys
@@ -10,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
 from jaxtag import config as config_lib
+from jaxtag import main
 from jaxtag import train
 from jaxtag.data import pipeline
 
@@ -22,7 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _env(devices: int) -> dict:
   env = dict(os.environ)
   env['JAX_PLATFORMS'] = 'cpu'
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  # As conftest.py compiles: without LLVM's optimisations.
+  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
+                      '--xla_backend_optimization_level=0')
   env['PYTHONUNBUFFERED'] = '1'
   for key in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES',
               'JAX_PROCESS_ID'):
@@ -56,13 +60,10 @@ def test_data_workers_flag_takes_auto_or_a_count(monkeypatch, value, want):
           f'--config.data.workers={value}',
           f'--config.data.read_threads={value}']
   config_lib.check_overrides(argv)
-  # As jaxtag.main defines its flags, on a FlagValues of the test's own.
   flag_values = flags.FlagValues()
-  config = config_flags.DEFINE_config_file(
-      'config', None, flag_values=flag_values, lock_config=True,
-      sys_argv=argv)
-  flags.DEFINE_string('workdir', None, '', flag_values=flag_values)
+  main.define_flags(flag_values, sys_argv=argv)
   flag_values(argv)
+  config = flag_values['config']
   assert config.value.data.workers == want
   assert config.value.data.read_threads == want
   workers, threads = pipeline.read_parallelism(
@@ -159,3 +160,23 @@ def test_two_processes_build_a_fresh_dataset_once_and_train(tmp_path):
       for split in ('test', 'train', 'validation')]
   with open(os.path.join(workdir, 'results.json')) as f:
     assert json.load(f)['step'] == 8
+
+
+def test_importing_a_module_defines_no_flags():
+  """Commands define their flags when they run: importing any module of
+  jaxtag or data_builders defines none, so that two commands' flags of the
+  same name never clash and `import jaxtag.train` adds no --data_dir."""
+  import data_builders
+  import jaxtag
+
+  def fail(name):
+    raise ImportError(f'{name} does not import')
+
+  for package in (jaxtag, data_builders):
+    for module in pkgutil.walk_packages(package.__path__,
+                                        f'{package.__name__}.', onerror=fail):
+      importlib.import_module(module.name)
+  ours = {module: sorted(f.name for f in defined) for module, defined
+          in flags.FLAGS.flags_by_module_dict().items()
+          if module.split('.')[0] in ('jaxtag', 'data_builders')}
+  assert not ours

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jaxtag import compare
+from jaxtag.projects import compare
 from jaxtag import config as config_lib
 
 

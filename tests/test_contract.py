@@ -19,7 +19,6 @@ from PIL import Image
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
 
-from jaxtag import checkpoint
 from jaxtag import config as config_lib
 from jaxtag import evaluate
 from jaxtag import objectives
@@ -27,6 +26,7 @@ from jaxtag import sharding
 from jaxtag import tasks
 from jaxtag import thresholds
 from jaxtag import train
+from jaxtag import trees
 from jaxtag import warm_start
 from jaxtag.data import geometry
 from jaxtag.data import labels
@@ -75,10 +75,10 @@ def test_two_output_head_trains_on_the_mean_and_logs_each_branch(
   batch = _batch(mesh)
   variables = {'params': state.params, 'batch_stats': state.batch_stats,
                'constants': state.constants}
-  image = train.normalize(batch['image'], mean=(0.5,) * 3, std=(0.5,) * 3,
-                          dtype=jnp.float32)
-  outputs, _ = t.model.apply(variables, image, train=True,
-                             mutable=['batch_stats'])
+  image = (np.asarray(batch['image'], np.float32) / 255 - 0.5) / 0.5
+  # Jitted: one compiled program instead of one per operation.
+  outputs, _ = jax.jit(lambda v, x: t.model.apply(
+      v, x, train=True, mutable=['batch_stats']))(variables, image)
   outputs = jax.device_get(outputs)
   labels = np.asarray(batch['labels'])
   _, metrics = t.train_step(state, batch, t.step_rng)
@@ -96,7 +96,8 @@ def test_two_output_head_trains_on_the_mean_and_logs_each_branch(
   state = t.fresh_state()
   variables = {'params': state.params, 'batch_stats': state.batch_stats,
                'constants': state.constants}
-  eval_outputs = t.model.apply(variables, image, train=False)
+  eval_outputs = jax.jit(lambda v, x: t.model.apply(v, x, train=False))(
+      variables, image)
   out = jax.device_get(t.eval_step(state, _eval_batch(mesh)))
   np.testing.assert_allclose(
       out['scores'], 1 / (1 + np.exp(-np.asarray(eval_outputs['logits']))),
@@ -479,7 +480,7 @@ def test_constants_are_state_not_parameters_nor_literals(tiny_config,
 
 
 def _flat(tree):
-  return {k: np.asarray(v) for k, v in checkpoint.flatten(tree).items()}
+  return {k: np.asarray(v) for k, v in trees.flatten(tree).items()}
 
 
 @pytest.mark.slow
@@ -642,6 +643,43 @@ def test_the_trainer_names_no_method_encoder_or_task():
                    'crop', 'lstm', 'decoder', 'teacher', 'beam', 'rating'}
   named = sorted(w for w in words if w.lower() in source)
   assert not named, f'jaxtag/train.py names {named}'
+
+
+def test_the_library_imports_no_project():
+  """Experiments (jaxtag/projects/) build on the library, never the other
+  way round: no module outside projects/ imports one, at any depth."""
+  import ast
+  root = os.path.dirname(train.__file__)
+  found = []
+  for folder, _, files in os.walk(root):
+    if os.path.relpath(folder, root).split(os.sep)[0] == 'projects':
+      continue
+    for name in files:
+      if not name.endswith('.py'):
+        continue
+      path = os.path.join(folder, name)
+      tree = ast.parse(open(path, encoding='utf-8').read())
+      for node in ast.walk(tree):
+        modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                   else [node.module or ''] if isinstance(node, ast.ImportFrom)
+                   else [])
+        found += [f'{os.path.relpath(path, root)}: {m}' for m in modules
+                  if m.startswith('jaxtag.projects')]
+  assert os.path.isdir(os.path.join(root, 'projects', 'characters'))
+  assert not found, found
+
+
+def test_caption_adaptation_finds_its_config_from_any_folder(tmp_path,
+                                                             monkeypatch):
+  from jaxtag.projects import caption_adaptation
+  monkeypatch.chdir(tmp_path)   # no configs/ here
+  config = caption_adaptation._config(  # pylint: disable=protected-access
+      caption_adaptation.CAPTIONER_CONFIG, 'tiny', 'synthetic_anime/tiny',
+      None)
+  assert config.dataset.label_encoding == 'caption'
+  with pytest.raises(FileNotFoundError, match='--captioner_config'):
+    caption_adaptation._config(  # pylint: disable=protected-access
+        str(tmp_path / 'none.py'), 'tiny', 'synthetic_anime/tiny', None)
 
 
 def test_saved_configs_of_earlier_versions_are_upgraded():

@@ -61,6 +61,11 @@ def _examples(builder):
   return out
 
 
+def _csv(builder):
+  with open(os.path.join(builder.data_dir, 'selected_tags.csv')) as f:
+    return f.read()
+
+
 def _files(root):
   return sorted(os.path.relpath(os.path.join(d, f), root)
                 for d, _, files in os.walk(root) for f in files)
@@ -221,6 +226,12 @@ def test_tar_shards_with_parquet_build_with_exact_counts(tar_dump):
       assert np.abs(stored - images.load_image(member)).mean() < 3
   kinds = {by_id[i]['kind'] for i in examples}
   assert {'webp', 'gif', 'rgba_png', 'png16', 'cmyk_jpg', 'jpg'} <= kinds
+  # tag_id from metadata/tags.parquet; -1 for the ratings and for
+  # kagamine_rin, which that table lacks.
+  meta = tag_metadata.load_tag_metadata(builder.data_dir)
+  assert 'kagamine_rin' in meta.names
+  assert meta.tag_ids.tolist() == [-1] * 4 + [
+      dfx.TAG_IDS.get(n, -1) for n in meta.names[4:]]
 
 
 @pytest.mark.parametrize('kind', ['sqlite', 'jsonl'])
@@ -232,6 +243,8 @@ def test_sqlite_and_json_lines_metadata_give_the_same_dataset(
   builder = _build(root, tmp_path / 'tfds')
   assert _report(builder)['skipped'] == _report(parquet)['skipped']
   assert _examples(builder) == _examples(parquet)
+  # The tags table (SQLite: inside the posts file) gives the same ids.
+  assert _csv(builder) == _csv(parquet)
 
 
 def test_wd_tfrecords_build_with_their_labels(tmp_path):
@@ -244,6 +257,7 @@ def test_wd_tfrecords_build_with_their_labels(tmp_path):
   assert report['skipped']['train'] == dfx.WD_DECODE_SKIPS
   meta = tag_metadata.load_tag_metadata(builder.data_dir)
   assert meta.names == [n for _, n, _ in dfx.WD_VOCABULARY]
+  assert meta.tag_ids.tolist() == [t for t, _, _ in dfx.WD_VOCABULARY]
   examples = _examples(builder)
   assert set(examples) == {r['id'] for r in records}
   for r in records:

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxtag import semantic_cache
+from jaxtag.projects import semantic_cache
 from jaxtag import train
 
 

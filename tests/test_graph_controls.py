@@ -2,7 +2,7 @@
 configs/default.py, on either dataset, with the references' options."""
 import pytest
 
-from jaxtag import compare
+from jaxtag.projects import compare
 from jaxtag import config as config_lib
 
 PATH = 'configs/graph_controls.py'

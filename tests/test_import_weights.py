@@ -369,9 +369,9 @@ def test_errors_name_the_problem(tmp_path):
 @pytest.mark.slow
 def test_a_training_config_starts_from_the_imported_backbone(tmp_path,
                                                              tiny_data_dir):
-  from jaxtag import checkpoint
   from jaxtag import config as config_lib
   from jaxtag import train
+  from jaxtag import trees
   sd = resnet50_state_dict()
   save_safetensors(sd, tmp_path / 'r50.safetensors')
   converted = import_weights.import_weights(
@@ -383,8 +383,8 @@ def test_a_training_config_starts_from_the_imported_backbone(tmp_path,
   config.init.backbone = str(tmp_path / 'r50.npz')
   run = train.Run(config, str(tmp_path / 'run'))
   state = train.starting_state(run)
-  params = checkpoint.flatten(state.params)
-  stats = checkpoint.flatten(state.batch_stats)
+  params = trees.flatten(state.params)
+  stats = trees.flatten(state.batch_stats)
   for key, value in converted.items():
     collection, _, name = key.rpartition(':')
     got = (stats if collection == 'batch_stats' else params)[name]

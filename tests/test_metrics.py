@@ -159,23 +159,41 @@ def test_example_metrics_and_hamming_vs_references():
       skm.hamming_loss(targets.astype(int), pred.astype(int)))
 
 
+def _equal_pr_by_brute_force(scores, targets, average, bins=1000):
+  """(threshold, F1) by numpy: precision and recall at every grid threshold
+  j / bins at once, the first threshold where they are closest."""
+  pred = scores[None] >= (np.arange(bins) / bins)[:, None, None]  # [T, N, C]
+  truth = targets[None] > 0
+  tp, pp = (pred & truth).sum(1), pred.sum(1)                     # [T, C]
+  ng = truth.sum(1)
+  if average == 'micro':
+    p, r = tp.sum(1) / np.maximum(pp.sum(1), 1), tp.sum(1) / ng.sum()
+  else:
+    p = np.where(pp > 0, tp / np.maximum(pp, 1), 0).mean(1)
+    r = np.where(ng > 0, tp / np.maximum(ng, 1), 0).mean(1)
+  gap = np.where(pp.sum(1) > 0, np.abs(p - r), np.inf)
+  j = int(np.argmin(gap))
+  return j / bins, 2 * p[j] * r[j] / (p[j] + r[j])
+
+
 def test_f1_at_equal_pr():
-  # 8 positives at 0.6..0.95 and two negatives just above 0.6: lowering
-  # the threshold trades recall for precision; they meet near 0.65.
+  # 8 positives at 0.60, 0.65, ..., 0.95; negatives up to 0.5 and at 0.62
+  # and 0.64. At the grid thresholds 0.621 to 0.640, 7 positives and one
+  # negative pass: precision = recall = 7/8, and the first is taken. Nowhere
+  # else are they equal (above 0.64 precision is 1 and recall at most 7/8;
+  # at 0.62 or below, 7/9 or 8/10 against 7/8 or 1).
   pos = np.linspace(0.6, 0.95, 8)
   neg = np.concatenate([np.linspace(0.0, 0.5, 30), [0.62, 0.64]])
   s = np.concatenate([pos, neg])[:, None]
   t = np.concatenate([np.ones(8), np.zeros(32)])[:, None]
   threshold, f1 = metrics.f1_at_equal_pr(s, t)
-  pred = s[:, 0] >= threshold
-  p = (pred & (t[:, 0] > 0)).sum() / pred.sum()
-  r = (pred & (t[:, 0] > 0)).sum() / 8
-  assert p == pytest.approx(r, abs=0.13)
-  assert f1 == pytest.approx(2 * p * r / (p + r))
+  assert threshold == pytest.approx(0.621)
+  assert f1 == pytest.approx(7 / 8)
   scores, targets = _random(n=200, c=5)
   for average in ('micro', 'macro'):
-    thr, f1 = metrics.f1_at_equal_pr(scores, targets, average=average)
-    assert 0 < thr < 1 and 0 < f1 <= 1
+    got = metrics.f1_at_equal_pr(scores, targets, average=average)
+    want = _equal_pr_by_brute_force(scores, targets, average)
+    assert got == pytest.approx(want, rel=1e-12), average
   with pytest.raises(ValueError, match='micro'):
     metrics.f1_at_equal_pr(scores, targets, average='weighted')
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from jaxtag import compare
+from jaxtag.projects import compare
 from jaxtag import config as config_lib
 from jaxtag import label_graph
 from jaxtag import models
+from jaxtag import plots
 from jaxtag import sharding
 from jaxtag import train
 from jaxtag.data import tag_metadata
@@ -267,9 +268,14 @@ def test_compare_two_tiny_configs(tiny_data_dir, tmp_path):
   assert saved['runs'] == json.loads(json.dumps(results['runs']))
   table = (tmp_path / 'cmp' / 'compare.md').read_text()
   assert 'mlgcn_anime-tiny' in table and '| mAP |' in table
+  # compare.png is the figure of the saved results, pixel for pixel.
   from PIL import Image
-  with Image.open(tmp_path / 'cmp' / 'compare.png') as figure:
-    assert figure.size[0] > 600   # one panel per metric, the runs as bars
+  plots.save_png(plots.compare_figure(
+      {r['name']: r['metrics'] for r in saved['runs']},
+      title='Compared runs, test split'), tmp_path / 'want.png')
+  with Image.open(tmp_path / 'cmp' / 'compare.png') as got, Image.open(
+      tmp_path / 'want.png') as want:
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   # A second call trains nothing and reports the same numbers.
   again = compare.compare(specs, workdir, data_dir=tiny_data_dir,
                           tags=['blush', 'mole'])

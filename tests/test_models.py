@@ -70,12 +70,16 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
       backbone_kwargs={'width': 0.125, 'small_stem': True},
       dtype='bfloat16'), 5)
   x = jnp.ones((2, 16, 16, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
+  # Dtypes are settled when the program is traced: no need to compile it.
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), x, train=False))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-  features = model.apply(variables, x, train=False,
-                         method=lambda m, x, train: m.backbone(x, train=train))
+  features = jax.eval_shape(lambda v: model.apply(
+      v, x, train=False, method=lambda m, x, train: m.backbone(x, train=train)),
+                            variables)
   assert features.dtype == jnp.bfloat16
-  assert model.apply(variables, x, train=False).dtype == jnp.float32
+  logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert logits.dtype == jnp.float32
 
 
 def test_pooling_against_numpy():
@@ -101,13 +105,16 @@ def test_train_mode_updates_batch_stats_and_eval_uses_them():
   model = models.build_model(_config(
       backbone_kwargs={'width': 0.125, 'small_stem': True}), 4)
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3)) * 3 + 1
-  variables = model.init(jax.random.key(0), x, train=False)
-  train_out, updated = model.apply(variables, x, train=True,
-                                   mutable=['batch_stats'])
+  # Jitted: one compiled program each instead of one per operation.
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x,
+                                           train=False))(x)
+  train_out, updated = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=['batch_stats']))(variables, x)
   before = jax.tree.leaves(variables['batch_stats'])
   after = jax.tree.leaves(updated['batch_stats'])
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
-  eval_out = model.apply(variables, x, train=False)
+  eval_out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables,
+                                                                  x)
   assert not np.allclose(train_out, eval_out)
 
 
@@ -115,12 +122,13 @@ def test_linear_head_is_pool_then_affine():
   model = models.build_model(_config(
       backbone_kwargs={'width': 0.125, 'small_stem': True}, pool='gmp'), 7)
   x = jax.random.normal(jax.random.key(2), (3, 16, 16, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
-  logits = model.apply(variables, x, train=False)
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x,
+                                           train=False))(x)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   assert logits.shape == (3, 7) and logits.dtype == jnp.float32
-  features = np.asarray(model.apply(
-      variables, x, train=False,
-      method=lambda m, x, train: m.backbone(x, train=train)))
+  features = np.asarray(jax.jit(lambda v, x: model.apply(
+      v, x, train=False,
+      method=lambda m, x, train: m.backbone(x, train=train)))(variables, x))
   dense = variables['params']['head']['Dense_0']
   expected = features.max(axis=(1, 2)) @ np.asarray(dense['kernel']) + (
       np.asarray(dense['bias']))

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import PIL
 import pytest
+from absl import flags
 from PIL import Image
 
 from jaxtag import config as config_lib
@@ -210,6 +211,17 @@ def test_restored_iterator_with_a_worker_process():
   plain = _train(source)
   next(plain)
   np.testing.assert_array_equal(next(plain)['image'], want['image'])
+
+
+def test_worker_processes_need_the_entry_point_to_have_parsed_flags():
+  """grain reads absl flags when it starts workers; the library leaves
+  parsing them to the program (conftest.py parses them for the tests)."""
+  flags.FLAGS.unparse_flags()
+  try:
+    with pytest.raises(RuntimeError, match='config.data.workers=0'):
+      _train(_source(8), workers=1)
+  finally:
+    flags.FLAGS.mark_as_parsed()
 
 
 def test_corrupt_png_is_skipped_and_counted_in_training():

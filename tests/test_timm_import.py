@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from jaxtag import tag as tag_lib
+from jaxtag import trees
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import timm_bundle
 
@@ -34,10 +35,11 @@ CASES = {
                'swinv2/reference.npz', 'image_64x64'),
 }
 # A WD selected_tags.csv for the fixtures' 5 outputs: two ratings (the
-# other two are missing), two general tags and a character.
+# other two are missing), two general tags and a character; Danbooru's ids
+# written as floats, as WD's files do.
 WD_TAGS = [('9999999', 'general', 9, 100), ('9999998', 'sensitive', 9, 50),
-           ('1', '1girl', 0, 40), ('2', 'solo', 0, 30),
-           ('3', 'hatsune_miku', 4, 20)]
+           ('470575.0', '1girl', 0, 40), ('212816.0', 'solo', 0, 30),
+           ('14620.0', 'hatsune_miku', 4, 20)]
 
 
 def timm_folder(family: str, directory, *, wd: bool = False,
@@ -110,7 +112,7 @@ def test_imported_bundle_reproduces_timm(family, tmp_path):
   assert bundle.names[4:] == [f'class_{i}' for i in range(5)]
   # The init file holds the same parameters.
   with np.load(summary['init']) as init:
-    flat = bundle_lib.flatten(bundle.variables['params'])
+    flat = trees.flatten(bundle.variables['params'])
     assert sorted(init.files) == sorted([*flat, 'tags'])
     assert list(init['tags']) == [f'class_{i}' for i in range(5)]
     for key in flat:
@@ -145,6 +147,9 @@ def test_wd_folder_gets_wd_tags_preprocessing_and_bgr(tmp_path):
                           '1girl', 'solo', 'hatsune_miku']
   assert list(bundle.categories) == [9, 9, 9, 9, 0, 0, 4]
   assert [r['index_in_model'] for r in bundle.tags] == [0, 1, -1, -1, 2, 3, 4]
+  # WD's ids kept; the ratings the model lacks have none.
+  assert [r['tag_id'] for r in bundle.tags] == [
+      9999999, 9999998, -1, -1, 470575, 212816, 14620]
   pre = bundle.preprocess
   assert (pre.channel_order, pre.interpolation, pre.geometry, pre.size,
           pre.pad_colour) == ('BGR', 'bicubic', 'pad', 224, (255, 255, 255))

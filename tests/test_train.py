@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import time
 
 import jax
@@ -13,7 +14,7 @@ from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import config as config_lib
 from jaxtag import sharding
 from jaxtag import train
-from jaxtag.data import tag_metadata as tag_metadata_lib
+from jaxtag.data import tag_metadata
 
 
 def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
@@ -47,48 +48,13 @@ def test_train_step_lowers_loss_on_8_devices(tiny_config):
   assert losses[-1] < 0.6 * losses[0], losses
 
 
-def _independent_test_map(config, workdir, read_params):
-  """mAP of the stored model on the test split, by numpy, PIL and sklearn."""
-  import jax.numpy as jnp
-  from PIL import Image
-  from sklearn.metrics import average_precision_score
-
-  from jaxtag import models
-  from jaxtag.data import build
-  builder = build.get_builder(config.dataset.name, config.dataset.data_dir)
-  source = builder.as_data_source('test')
-  size = config.data.image_size
-  images, labels = [], []
-  num_classes = len(tag_metadata_lib.load_tag_metadata(
-      builder.data_dir).names)
-  for i in range(len(source)):
-    record = source[i]
-    image = Image.fromarray(np.asarray(record['image']))  # decoded by TFDS
-    images.append(np.asarray(image.resize((size, size), Image.BILINEAR)))
-    labels.append(np.isin(np.arange(num_classes), record['tags']))
-  x = (np.stack(images).astype(np.float32) / 255 - 0.5) / 0.5
-  params, _ = read_params(workdir)
-  import orbax.checkpoint as ocp
-  step = max(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
-             if d.isdigit())
-  with ocp.PyTreeCheckpointer() as ckpt:
-    stats = ckpt.restore(os.path.join(workdir, 'checkpoints', str(step),
-                                      'state'))['batch_stats']
-  model = models.build_model(config.model, num_classes)
-  logits = np.asarray(model.apply({'params': params, 'batch_stats': stats},
-                                  jnp.asarray(x), train=False))
-  labels = np.stack(labels)
-  present = labels.any(0)
-  return np.mean([average_precision_score(labels[:, c], logits[:, c])
-                  for c in np.flatnonzero(present)])
-
-
 @pytest.mark.slow
-def test_tiny_end_to_end_writes_outputs(tiny_config, tmp_path, read_params):
+def test_tiny_end_to_end_writes_outputs(tiny_config, tmp_path,
+                                        independent_test_map):
   workdir = str(tmp_path / 'run')
   result = train.train_and_evaluate(tiny_config, workdir)
   assert result['mAP'] == pytest.approx(
-      _independent_test_map(tiny_config, workdir, read_params), rel=1e-4)
+      independent_test_map(tiny_config, workdir), rel=1e-4)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
   records = [json.loads(l) for l in open(os.path.join(workdir,
                                                       'metrics.jsonl'))]
@@ -102,7 +68,7 @@ def test_tiny_end_to_end_writes_outputs(tiny_config, tmp_path, read_params):
   assert results['metrics']['num_examples'] == 64  # every test image once
   rows = open(os.path.join(workdir, 'results_per_tag.csv')).read().splitlines()
   assert rows[0].startswith('tag,category,train_count')
-  assert len(rows) - 1 == len(tag_metadata_lib.load_tag_metadata(
+  assert len(rows) - 1 == len(tag_metadata.load_tag_metadata(
       _dataset_dir(tiny_config)).names)
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
 
@@ -134,7 +100,7 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch,
   # The runs really trained: parameters moved away from the initialisation.
   init = jax.device_get(train.Trainable(
       tiny_config, sharding.create_mesh(), num_classes=len(
-          tag_metadata_lib.load_tag_metadata(
+          tag_metadata.load_tag_metadata(
               _dataset_dir(tiny_config)).names),
       num_train_steps=8).fresh_state().params)
   moved = [np.abs(x - y).max() for x, y in zip(jax.tree.leaves(a),
@@ -170,10 +136,28 @@ def test_restore_with_other_vocabulary_fails_clearly(tiny_config, tmp_path):
   workdir = str(tmp_path / 'shape')
   tiny_config.num_train_steps = 2
   train.train_and_evaluate(tiny_config, workdir)
-  tiny_config.model.backbone_kwargs = {'width': 0.25, 'small_stem': True}
+  # The same dataset with one more tag in its vocabulary.
+  old, root = _dataset_dir(tiny_config), tiny_config.dataset.data_dir
+  tiny_config.dataset.data_dir = str(tmp_path / 'data')
+  shutil.copytree(old, os.path.join(tiny_config.dataset.data_dir,
+                                    os.path.relpath(old, root)))
+  new = _dataset_dir(tiny_config)
+  tags = tag_metadata.load_tag_metadata(new)
+  c = len(tags.names)
+  rows = tag_metadata.read_selected_tags(os.path.join(new, 'selected_tags.csv'))
+  rows.append(tag_metadata.TagRow(c, 'one_more_tag', tag_metadata.GENERAL, 0))
+  with open(os.path.join(new, 'selected_tags.csv'), 'wb') as f:
+    f.write(tag_metadata.selected_tags_bytes(rows))
+  cooccurrence = np.zeros((c + 1, c + 1), np.int64)
+  cooccurrence[:c, :c] = tags.cooccurrence_dense()
+  with open(os.path.join(new, 'label_stats.npz'), 'wb') as f:
+    f.write(tag_metadata.label_stats_bytes(
+        np.append(tags.counts, 0), cooccurrence, tags.num_images))
   with pytest.raises(checkpoint_lib.ShapeMismatchError,
-                     match='does not fit this model'):
+                     match='does not fit this model') as err:
     train.train_and_evaluate(tiny_config, workdir)
+  # The head's bias names both vocabularies.
+  assert f'checkpoint ({c},) vs model ({c + 1},)' in str(err.value)
 
 
 def test_unknown_config_key_lists_valid_keys(tiny_config):

@@ -373,7 +373,7 @@ class Danbooru(beam_build.BeamBuilder, manual.ManualBuilder):
     ratings = _rating_names([p for p, _ in located])
     vocabulary_path = self.option_path(c.vocabulary, root, 'vocabulary')
     if vocabulary_path:
-      label_of = self._fixed_vocabulary(vocabulary_path)
+      label_of = self._fixed_vocabulary(vocabulary_path, tag_ids)
     else:
       label_of = self._top_k_vocabulary(
           [p for p, _ in by_split['train']], ratings, tag_ids)
@@ -408,7 +408,8 @@ class Danbooru(beam_build.BeamBuilder, manual.ManualBuilder):
       raise FileNotFoundError(f'danbooru: no metadata in {folder}: '
                               '*.parquet, *.db/*.sqlite or *.json(l) '
                               '(option `metadata_dir`).')
-    posts, all_ids, tag_ids = [], set(), metadata.tag_ids(tag_files)
+    posts, all_ids = [], set()
+    tag_ids = metadata.tag_ids(tag_files, post_files)
     for row in metadata.read_rows(post_files, skipped, c.metadata_table):
       _row_tag_ids(row, tag_ids)
       try:
@@ -501,7 +502,9 @@ class Danbooru(beam_build.BeamBuilder, manual.ManualBuilder):
     c = self.builder_config
     rows = []
     if c.ratings:
-      rows += [tag_stats.TagRow(-1, f'rating:{r}', tag_stats.RATING, 0)
+      # Ratings are no Danbooru tags: they have no id.
+      rows += [tag_stats.TagRow(tag_stats.NO_TAG_ID, f'rating:{r}',
+                                tag_stats.RATING, 0)
                for r in RATINGS]
     counts = collections.Counter(t for p in train_posts for t in set(p.tags))
     limits = {'general': c.num_general, 'character': c.num_character}
@@ -512,16 +515,21 @@ class Danbooru(beam_build.BeamBuilder, manual.ManualBuilder):
       ranked = sorted(((n, tag) for (cat, tag), n in counts.items()
                        if cat == category and n >= least),
                       key=lambda x: (-x[0], x[1]))
-      rows += [tag_stats.TagRow(tag_ids.get(tag, -1), tag, category, 0)
+      rows += [tag_stats.TagRow(tag_ids.get(tag, tag_stats.NO_TAG_ID), tag,
+                                category, 0)
                for _, tag in ranked[:limits.get(name, c.num_other)]]
     self.metadata.tags = rows
     return {(r.category, r.name): i for i, r in enumerate(rows)}
 
-  def _fixed_vocabulary(self, path):
+  def _fixed_vocabulary(self, path, tag_ids):
     """{(category, name): label} from a selected_tags.csv, in its order;
-    category-9 rows named 'general' or 'rating:general' are the ratings."""
+    category-9 rows named 'general' or 'rating:general' are the ratings.
+    A row's tag_id is the file's, else the metadata's (ratings: none)."""
     rows = tag_stats.read_vocabulary(path)
-    self.metadata.tags = [dataclasses.replace(r, count=0) for r in rows]
+    self.metadata.tags = [dataclasses.replace(
+        r, count=0, tag_id=r.tag_id if r.tag_id != tag_stats.NO_TAG_ID
+        or r.category == tag_stats.RATING
+        else tag_ids.get(r.name, tag_stats.NO_TAG_ID)) for r in rows]
     label_of = {}
     for i, r in enumerate(rows):
       if r.category == tag_stats.RATING:

@@ -10,6 +10,9 @@ Three sources, told apart by their files:
 
 `metadata_sources(path)` lists a folder's post files and tag files (rows
 `id, name, category`: Danbooru's tag ids), or takes one file as the posts.
+`tag_ids` reads those ids from the tag files (JSON Lines, parquet, or a
+SQLite table with `id` and `name` columns) and from a `tags` table inside
+the SQLite post files.
 """
 from __future__ import annotations
 
@@ -166,19 +169,64 @@ def _sqlite_rows(path: epath.Path, table: str, columns=POST_COLUMNS):
     connection.close()
 
 
-def tag_ids(paths: Sequence[epath.Path]) -> dict[str, int]:
-  """Danbooru tag ids by name, from tags* files (JSON Lines or parquet)."""
+def _sqlite_tags_table(connection: sqlite3.Connection) -> str | None:
+  """The table of tag rows: `tags` if it has `id` and `name` columns, else
+  the first (by name) that has them; None when no table does."""
+  tables = [r[0] for r in connection.execute(
+      "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+      'ORDER BY name')]
+  with_columns = [
+      name for name in tables if {'id', 'name'} <= {
+          r[1] for r in connection.execute(f'PRAGMA table_info("{name}")')}]
+  if 'tags' in with_columns:
+    return 'tags'
+  return with_columns[0] if with_columns else None
+
+
+def _sqlite_tag_rows(path: epath.Path, required: bool):
+  """(id, name) rows of a SQLite file's tag table; a tags* file without
+  one is an error, a posts file without one has no ids."""
+  uri = pathlib.Path(path).absolute().as_uri() + '?mode=ro'
+  connection = sqlite3.connect(uri, uri=True)
+  try:
+    table = _sqlite_tags_table(connection)
+    if table is None:
+      if required:
+        raise ValueError(f'{path}: no table has the columns id and name; a '
+                         'tags file holds Danbooru\'s tags table (id, '
+                         'name, category). Rename the file if it holds '
+                         'no tags.')
+      return
+    cursor = connection.execute(f'SELECT "id", "name" FROM "{table}"')
+    while rows := cursor.fetchmany(_BATCH_ROWS):
+      for number, name in rows:
+        yield {'id': number, 'name': name}
+  finally:
+    connection.close()
+
+
+def tag_ids(tag_files: Sequence[epath.Path],
+            post_files: Sequence[epath.Path] = ()) -> dict[str, int]:
+  """Danbooru tag ids by name, from the tags* files (JSON Lines, parquet or
+  SQLite) and the tag tables of SQLite post files; a tag named twice keeps
+  its first id. Rows without a whole id or a name are passed over."""
+  sources = [(p, True) for p in tag_files] + [
+      (p, False) for p in post_files
+      if p.suffix.lower() in SQLITE_SUFFIXES]
   ids = {}
-  for path in paths:
-    if path.suffix.lower() in PARQUET_SUFFIXES:
+  for path, required in sources:
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
       rows = _parquet_rows(path, columns=('id', 'name'))
-    elif path.suffix.lower() in SQLITE_SUFFIXES:
-      continue
+    elif suffix in SQLITE_SUFFIXES:
+      rows = _sqlite_tag_rows(path, required)
     else:
       rows = _json_rows(path, images.SkipCounter('tags'))
     for row in rows:
       try:
-        ids[str(row['name'])] = int(str(row['id']))
-      except (KeyError, ValueError):
+        name, number = row['name'], int(str(row['id']))
+      except (KeyError, TypeError, ValueError):
         continue
+      if name is not None and number >= 0:
+        ids.setdefault(str(name), number)
   return ids

@@ -214,8 +214,9 @@ class PixivCharacters(manual.ManualBuilder):
     names = select_labels([chars for _, _, chars in kept], c.num_top,
                           c.min_shared)
     label_of = {name: i for i, name in enumerate(names)}
-    self.metadata.tags = [tag_stats.TagRow(i, n, tag_stats.CHARACTER, 0)
-                          for i, n in enumerate(names)]
+    self.metadata.tags = [tag_stats.TagRow(tag_stats.NO_TAG_ID, n,
+                                           tag_stats.CHARACTER, 0)
+                          for n in names]
     fractions = self.split_fractions()
     records = collections.defaultdict(list)
     all_labels = []

@@ -187,7 +187,7 @@ class FaceStatistics(tfds.core.Metadata):
     writer = csv.writer(table)
     writer.writerow(['tag_id', 'name', 'category', 'count'])
     for i, name in enumerate(CHARACTERS):
-      writer.writerow([i, name, 4, int(self.counts[i])])
+      writer.writerow([tag_metadata.NO_TAG_ID, name, 4, int(self.counts[i])])
     (epath.Path(data_dir) / 'selected_tags.csv').write_bytes(
         table.getvalue().encode())
     # One character per face: the co-occurrence is diagonal.

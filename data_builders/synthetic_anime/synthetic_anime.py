@@ -69,7 +69,9 @@ class TagStatistics(tfds.core.Metadata):
     writer = csv.writer(table)
     writer.writerow(['tag_id', 'name', 'category', 'count'])
     for i, name in enumerate(vocab.TAGS):
-      writer.writerow([i, name, vocab.CATEGORIES[i], int(self.counts[i])])
+      # Made-up tags have no Danbooru id.
+      writer.writerow([tag_metadata.NO_TAG_ID, name, vocab.CATEGORIES[i],
+                       int(self.counts[i])])
     (epath.Path(data_dir) / 'selected_tags.csv').write_bytes(
         table.getvalue().encode())
     (epath.Path(data_dir) / tag_metadata.LABEL_STATS).write_bytes(

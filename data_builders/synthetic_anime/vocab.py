@@ -5,7 +5,10 @@ are row numbers of selected_tags.csv, in the order of `TAGS`.
 """
 from __future__ import annotations
 
-GENERAL, CHARACTER, RATING = 0, 4, 9
+from jaxtag.data import tag_metadata
+
+GENERAL, CHARACTER, RATING = (tag_metadata.GENERAL, tag_metadata.CHARACTER,
+                              tag_metadata.RATING)
 
 HAIR_COLORS = {  # tag -> RGB
     'blonde_hair': (246, 214, 110), 'brown_hair': (130, 84, 50),

@@ -139,6 +139,7 @@ class TaggedFolder(manual.ManualBuilder):
                     key=lambda t: (-counts[t], t))
     if c.max_tags:
       ranked = ranked[:c.max_tags]
-    return [tag_stats.TagRow(i, t, tag_stats.RATING if t.startswith('rating:')
+    return [tag_stats.TagRow(tag_stats.NO_TAG_ID, t,
+                             tag_stats.RATING if t.startswith('rating:')
                              else tag_stats.GENERAL, 0)
-            for i, t in enumerate(ranked)]
+            for t in ranked]

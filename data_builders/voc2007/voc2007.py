@@ -126,8 +126,9 @@ class Voc2007(manual.ManualBuilder):
       raise ValueError(f'Unknown voc2007 option train_set={c.train_set!r}; '
                        f'valid: {", ".join(_TRAIN_SETS)}.')
     year_root = find_year_root(os.fspath(self.manual_root(dl_manager)))
-    split_writer.begin(self, (tag_stats.TagRow(i, name, tag_stats.GENERAL, 0)
-                              for i, name in enumerate(CLASSES)))
+    split_writer.begin(self, (tag_stats.TagRow(tag_stats.NO_TAG_ID, name,
+                                                tag_stats.GENERAL, 0)
+                              for name in CLASSES))
     extra = self.metadata.report.extra
     out = {}
     for split, image_set in _TRAIN_SETS[c.train_set].items():

@@ -30,20 +30,24 @@ from absl import app
 from absl import flags
 from PIL import Image
 
-_WORK = flags.DEFINE_string('work', None, 'Scratch folder (dumps, datasets).')
-_POSTS = flags.DEFINE_integer('posts', 20000, 'Posts in the generated dump.')
-_RESIZE = flags.DEFINE_integer('resize', 448,
-                               'Longest side of the resized build.')
-_DISTINCT = flags.DEFINE_integer(
-    'distinct_images', 512, 'Different JPEGs written (files reuse them in '
-    'turn; decoding time does not depend on which).')
-_OUT = flags.DEFINE_string('out', 'runs/bench/builders.json',
-                           'JSON file the figures are appended to.')
-_BEAM_WORKERS = flags.DEFINE_list(
-    'beam_workers', None, 'Build the tar layout on Beam with these numbers '
-    'of local workers (and in one process), instead of the default runs.')
-_ROUNDS = flags.DEFINE_integer('rounds', 2, '--beam_workers: rounds of '
-                               'builds, the variants in turn.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when run as a command, not when imported."""
+  flags.DEFINE_string('work', None, 'Scratch folder (dumps, datasets).')
+  flags.DEFINE_integer('posts', 20000, 'Posts in the generated dump.')
+  flags.DEFINE_integer('resize', 448, 'Longest side of the resized build.')
+  flags.DEFINE_integer(
+      'distinct_images', 512, 'Different JPEGs written (files reuse them in '
+      'turn; decoding time does not depend on which).')
+  flags.DEFINE_string('out', 'runs/bench/builders.json',
+                      'JSON file the figures are appended to.')
+  flags.DEFINE_list(
+      'beam_workers', None, 'Build the tar layout on Beam with these numbers '
+      'of local workers (and in one process), instead of the default runs.')
+  flags.DEFINE_integer('rounds', 2, '--beam_workers: rounds of builds, the '
+                       'variants in turn.')
 
 
 def _jpeg(rng: np.random.Generator, side: int = 512) -> bytes:
@@ -119,7 +123,7 @@ def beam_builds(work: str, posts: int, workers: list[int],
   from data_builders import beam_build  # pylint: disable=g-import-not-at-top
   dump = os.path.join(work, f'danbooru_tar_{posts}')
   if not os.path.exists(os.path.join(dump, 'metadata')):
-    write_tar_dump(dump, posts, _DISTINCT.value)
+    write_tar_dump(dump, posts, FLAGS.distinct_images)
   results = []
   for _ in range(rounds):
     for n in [None] + workers:
@@ -208,27 +212,27 @@ def part_b_fixtures(work: str) -> list[tuple[str, str]]:
 
 def main(argv):
   del argv
-  if not _WORK.value:
+  if not FLAGS.work:
     raise app.UsageError('--work DIR is required (scratch space).')
-  work = _WORK.value
-  if _BEAM_WORKERS.value:
-    results = beam_builds(work, _POSTS.value,
-                          [int(n) for n in _BEAM_WORKERS.value], _ROUNDS.value)
-    _append(_OUT.value, results)
+  work = FLAGS.work
+  if FLAGS.beam_workers:
+    results = beam_builds(work, FLAGS.posts,
+                          [int(n) for n in FLAGS.beam_workers], FLAGS.rounds)
+    _append(FLAGS.out, results)
     return
   results = fixture_builds(work)
-  dump = os.path.join(work, f'danbooru_{_POSTS.value}')
+  dump = os.path.join(work, f'danbooru_{FLAGS.posts}')
   if not os.path.exists(os.path.join(dump, 'metadata')):
     start = time.perf_counter()
-    write_danbooru_dump(dump, _POSTS.value, _DISTINCT.value)
+    write_danbooru_dump(dump, FLAGS.posts, FLAGS.distinct_images)
     print(f'wrote the dump in {time.perf_counter() - start:.0f} s')
-  for options in ({}, {'resize': _RESIZE.value}):
+  for options in ({}, {'resize': FLAGS.resize}):
     results.append(timed_build('danbooru', dump,
                                os.path.join(work, 'dump_data'), options))
     shutil.rmtree(os.path.join(work, 'dump_data'), ignore_errors=True)
   for r in results:
     print(json.dumps(r))
-  _append(_OUT.value, results)
+  _append(FLAGS.out, results)
 
 
 def _append(path: str, results: list[dict]) -> None:
@@ -242,4 +246,5 @@ def _append(path: str, results: list[dict]) -> None:
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

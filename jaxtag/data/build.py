@@ -230,22 +230,24 @@ def parse_set_flags(pairs) -> dict[str, str]:
   return options
 
 
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'Where TFDS data goes (default: TFDS default).')
-_MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', None, 'The folder with the raw dataset (real datasets).')
-_SET = flags.DEFINE_multi_string(
-    'set', [], 'key=value: an option of the builder config (repeatable).')
-_BEAM = flags.DEFINE_bool(
-    'beam', False, 'Generate on Apache Beam: the DirectRunner with --workers '
-    'processes, or the runner that --beam_options names.')
-_WORKERS = flags.DEFINE_integer(
-    'workers', None, '--beam on the DirectRunner: local worker processes '
-    '(default: one per core).')
-_BEAM_OPTIONS = flags.DEFINE_string(
-    'beam_options', '', '--beam: Beam pipeline options passed through, e.g. '
-    '"--runner=DataflowRunner --project=P --region=R '
-    '--temp_location=gs://B/tmp --setup_file=./pyproject.toml".')
+def _define_flags():
+  """Defined only when run as a command, not when the library imports it."""
+  flags.DEFINE_string('data_dir', None,
+                      'Where TFDS data goes (default: TFDS default).')
+  flags.DEFINE_string('manual_dir', None,
+                      'The folder with the raw dataset (real datasets).')
+  flags.DEFINE_multi_string(
+      'set', [], 'key=value: an option of the builder config (repeatable).')
+  flags.DEFINE_bool(
+      'beam', False, 'Generate on Apache Beam: the DirectRunner with '
+      '--workers processes, or the runner that --beam_options names.')
+  flags.DEFINE_integer(
+      'workers', None, '--beam on the DirectRunner: local worker processes '
+      '(default: one per core).')
+  flags.DEFINE_string(
+      'beam_options', '', '--beam: Beam pipeline options passed through, '
+      'e.g. "--runner=DataflowRunner --project=P --region=R '
+      '--temp_location=gs://B/tmp --setup_file=./pyproject.toml".')
 
 
 def main(argv):
@@ -254,16 +256,18 @@ def main(argv):
                          '[--manual_dir DIR] [--data_dir DIR] '
                          '[--set key=value ...] [--beam [--workers N] '
                          '[--beam_options ...]]')
-  if not _BEAM.value and (_WORKERS.value or _BEAM_OPTIONS.value):
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if not FLAGS.beam and (FLAGS.workers or FLAGS.beam_options):
     raise app.UsageError('--workers and --beam_options go with --beam.')
-  builder = get_builder(argv[1], _DATA_DIR.value, parse_set_flags(_SET.value))
-  beam_options = (beam_build.pipeline_options(_WORKERS.value,
-                                              _BEAM_OPTIONS.value)
-                  if _BEAM.value else None)
+  builder = get_builder(argv[1], FLAGS.data_dir, parse_set_flags(FLAGS.set))
+  beam_options = (beam_build.pipeline_options(FLAGS.workers,
+                                              FLAGS.beam_options)
+                  if FLAGS.beam else None)
   start = time.perf_counter()
-  ensure_built(builder, _MANUAL_DIR.value, beam_options)
+  ensure_built(builder, FLAGS.manual_dir, beam_options)
   print(f'{argv[1]}: {builder.data_dir} ({time.perf_counter() - start:.1f} s)')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

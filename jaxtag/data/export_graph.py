@@ -19,8 +19,9 @@ from jaxtag.data import tag_metadata
 
 
 def _define_flags():
-  """Defined only when run as a command (other modules have --out too);
-  --data_dir is jaxtag.data.build's flag: where the TFDS data is."""
+  """Defined only when run as a command (other modules have --out too)."""
+  flags.DEFINE_string('data_dir', None,
+                      'TFDS data_dir (default: TFDS default).')
   flags.DEFINE_string('out', 'adj.pkl', 'The pickle to write.')
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import grain
 import numpy as np
-from absl import flags
 from PIL import Image
+from absl import flags
 from absl import logging
 
 from jaxtag.data import cartoonize
@@ -343,9 +343,14 @@ def _finish(ds: grain.MapDataset, local_batch: int, data_config,
       prefetch_buffer_size=max(1, int(data_config.prefetch)) * local_batch))
   ds = ds.batch(local_batch, drop_remainder=drop_remainder)
   if workers > 0:
-    # grain's workers read absl flags; tests and notebooks never parse them.
     if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
+      # grain reads its absl flags when it starts workers; parsing them is
+      # the program's entry point's business, not this library's.
+      raise RuntimeError(
+          f'config.data.workers gives {workers} grain worker process(es), and '
+          'grain reads absl flags, which this program has not parsed: run '
+          'it under absl.app.run, call absl.flags.FLAGS.mark_as_parsed() '
+          'first (a notebook), or set config.data.workers=0.')
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers,
         per_worker_buffer_size=max(1, int(data_config.prefetch))))

@@ -4,6 +4,12 @@ Two files sit beside a dataset's dataset_info.json:
 - `selected_tags.csv`: `tag_id,name,category,count`, one row per label in
   label order (the WD-tagger layout). `read_selected_tags` also reads the
   community files of that name, which write ids and counts as floats.
+  `tag_id` is metadata, never the label index (that is the row's position):
+  the tag's id in its source (Danbooru's tag id; COCO's category id), or
+  -1 (`NO_TAG_ID`) when the source has none (synthetic data, tag folders,
+  class folders, rating rows). Builds before tag ids were kept numbered
+  the rows 0..C-1; a file whose ids are exactly that is read as having
+  none, so an old dataset loads with -1 ids rather than invented ones.
 - `label_stats.npz`: the train split's `counts` [C], `num_images` and the
   co-occurrence matrix stored sparse (`cooccurrence_data`, `_indices`,
   `_indptr`, `_shape`: CSR of the pairs that co-occur), so 10,000 tags cost
@@ -23,6 +29,14 @@ from etils import epath
 LABEL_STATS = 'label_stats.npz'
 SELECTED_TAGS = 'selected_tags.csv'
 _HEADER = ('tag_id', 'name', 'category', 'count')
+# A tag without an id in its source (no Danbooru tag has a negative id).
+NO_TAG_ID = -1
+
+# Danbooru's tag categories by id, as selected_tags.csv writes them (9 is the
+# WD taggers' rating category).
+GENERAL, ARTIST, COPYRIGHT, CHARACTER, META, RATING = 0, 1, 3, 4, 5, 9
+CATEGORIES = {GENERAL: 'general', ARTIST: 'artist', COPYRIGHT: 'copyright',
+              CHARACTER: 'character', META: 'meta', RATING: 'rating'}
 
 
 @dataclasses.dataclass
@@ -33,6 +47,17 @@ class TagMetadata:
   # [C, C] scipy.sparse.csr_array, train images with both tags; diag == counts.
   cooccurrence: scipy.sparse.csr_array
   num_images: int
+  # [C] the tags' ids in their source (Danbooru's), NO_TAG_ID where none;
+  # metadata only. None: no tag has one.
+  tag_ids: np.ndarray | None = None
+
+  def __post_init__(self):
+    if self.tag_ids is None:
+      self.tag_ids = np.full(len(self.names), NO_TAG_ID, np.int64)
+    self.tag_ids = np.asarray(self.tag_ids, np.int64)
+    if self.tag_ids.shape != (len(self.names),):
+      raise ValueError(f'{self.tag_ids.shape[0]} tag ids for '
+                       f'{len(self.names)} tags.')
 
   def cooccurrence_dense(self) -> np.ndarray:
     """int64 [C, C]; only for vocabularies small enough to hold densely."""
@@ -48,11 +73,12 @@ class TagRow:
   count: int
 
 
-def _integer(value: str, path, line: int, column: str) -> int:
-  """'470575', '470575.0' or '' (-> 0) as an int."""
+def _integer(value: str, path, line: int, column: str,
+             empty: int = 0) -> int:
+  """'470575', '470575.0' or '' (-> empty) as an int."""
   value = value.strip()
   if not value:
-    return 0
+    return empty
   try:
     number = float(value)
   except ValueError:
@@ -69,7 +95,9 @@ def parse_selected_tags(text: str, path='selected_tags.csv') -> list[TagRow]:
 
   Reads jaxtag's own files and the WD-tagger ones, whose tag_id and count
   are floats ("470575.0") and whose names hold parentheses, colons and
-  kaomoji; names are kept exactly as written.
+  kaomoji; names are kept exactly as written. An empty or missing tag_id
+  is NO_TAG_ID, and so is every id of a file numbered 0..C-1 (see
+  `known_tag_ids`).
   """
   reader = csv.DictReader(io.StringIO(text.lstrip('\ufeff'), newline=''))
   missing = [c for c in ('name', 'category') if c not in (reader.fieldnames
@@ -84,11 +112,26 @@ def parse_selected_tags(text: str, path='selected_tags.csv') -> list[TagRow]:
     if name is None or name == '':
       raise ValueError(f'{path}, line {line}: empty tag name.')
     rows.append(TagRow(
-        tag_id=_integer(row.get('tag_id') or '', path, line, 'tag_id'),
+        tag_id=_integer(row.get('tag_id') or '', path, line, 'tag_id',
+                        empty=NO_TAG_ID),
         name=name,
         category=_integer(row['category'] or '', path, line, 'category'),
         count=_integer(row.get('count') or '', path, line, 'count')))
-  return rows
+  ids = known_tag_ids([r.tag_id for r in rows])
+  return [dataclasses.replace(r, tag_id=int(i)) for r, i in zip(rows, ids)]
+
+
+def known_tag_ids(ids) -> np.ndarray:
+  """int64 ids, all NO_TAG_ID when they are exactly 0..C-1.
+
+  jaxtag builds (and bundles) written before tag ids were kept numbered
+  their rows so; no source gives its tags those ids in label order, so such
+  a column says nothing about the tags.
+  """
+  ids = np.asarray(ids, np.int64).reshape(-1)
+  if ids.size and np.array_equal(ids, np.arange(ids.size)):
+    return np.full(ids.size, NO_TAG_ID, np.int64)
+  return ids
 
 
 def read_selected_tags(path: epath.PathLike) -> list[TagRow]:
@@ -157,4 +200,5 @@ def load_tag_metadata(data_dir: epath.PathLike) -> TagMetadata:
   return TagMetadata(
       names=[r.name for r in rows],
       categories=np.array([r.category for r in rows], np.int64),
-      counts=counts, cooccurrence=matrix, num_images=num_images)
+      counts=counts, cooccurrence=matrix, num_images=num_images,
+      tag_ids=np.array([r.tag_id for r in rows], np.int64))

@@ -25,7 +25,7 @@ for example a ResNet with its last stage dropped
 (`backbone_kwargs.stage_sizes=(3, 4, 6)` for ResNet-50).
 
 Prediction (`predict`, never sees captions) decodes greedily
-(`beam_width=1`) or with a beam search (jaxtag/models/caption_search.py)
+(`beam_width=1`) or with a beam search (jaxtag/models/beam_search.py)
 and returns `tokens` [B, max_steps] ending in END, and `scores` (the same
 ids as float32, what the trainer's eval rows carry).
 """
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtag.data import captions as captions_lib
-from jaxtag.models import caption_search
+from jaxtag.models import beam_search
 from jaxtag.models import semantic as semantic_lib
 
 
@@ -137,7 +137,7 @@ class ShowAttendTell(nn.Module):
       return logits, carry
 
     start = jax.tree.map(tile, self._start(a[:, 0], mask[:, 0]))
-    result = caption_search.beam_search(
+    result = beam_search.search(
         step_fn, start, vocab_size=self.num_classes, beam_width=k,
         max_steps=self.max_steps, start=captions_lib.START,
         end=captions_lib.END, banned=(captions_lib.PAD, captions_lib.START))

@@ -21,7 +21,7 @@ declared feature (config.model.features.semantic, say) in one of two ways:
   The image reaches it normalised for the tagger; it undoes that and
   applies the captioner's own normalisation.
 - `cache`: a folder of v_cap computed once per image (written by
-  `python -m jaxtag.semantic_cache`), which trades that for speed: it is
+  `python -m jaxtag.projects.semantic_cache`), which trades that for speed: it is
   computed on the un-augmented image at the evaluation geometry.
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ class CaptionerFeature:
       raise ValueError(
           f'{where} needs captioner (the workdir of a trained captioner run, '
           'computed in the step) or cache (a folder written by python -m '
-          'jaxtag.semantic_cache).')
+          'jaxtag.projects.semantic_cache).')
     self._module = None
     if self.captioner:
       config = captioner_config(self.captioner, f'{where}.captioner')
@@ -166,7 +166,7 @@ class CachedFeatures:
     if len(values) != len(source):
       raise ValueError(f'The feature cache {path} has {len(values)} rows but '
                        f'the split has {len(source)} records: write it again '
-                       'with python -m jaxtag.semantic_cache.')
+                       'with python -m jaxtag.projects.semantic_cache.')
     self.source, self.name, self.values = source, name, values
     # What the feature looks like in a batch: {name: (shape, dtype)}.
     self.feature_specs = {name: (values.shape[1:], np.float32)}
@@ -184,6 +184,6 @@ def open_cache(cache_dir: str, split: str, feature: str = 'semantic'):
   if not path.exists():
     raise FileNotFoundError(
         f'config.model.features.{feature}.cache: {path} does not exist; write '
-        'the cache with python -m jaxtag.semantic_cache --config CONFIG --out '
+        'the cache with python -m jaxtag.projects.semantic_cache --config CONFIG --out '
         f'{cache_dir}.')
   return np.load(io.BytesIO(path.read_bytes())).astype(np.float32)

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtag import trees
+
 # timm's act_layer names -> the function; 'gelu_tanh' is what the WD v3
 # models were trained with (flax's default GELU).
 ACTIVATIONS = {
@@ -186,5 +188,4 @@ def param_shapes(variables) -> dict[str, tuple[int, ...]]:
   """A Tagger's (abstract) variables -> {'backbone/...': shape} of its
   params."""
   params = variables['params'] if 'params' in variables else variables
-  return {'/'.join(p.key for p in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return {k: tuple(leaf.shape) for k, leaf in trees.flatten(params).items()}

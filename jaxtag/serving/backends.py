@@ -69,9 +69,12 @@ class OrtPredictor:
 
   name = 'onnxruntime'
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, columns=None):
+    """`columns`: the graph's output column of each bundle row (None: the
+    same order)."""
     import onnxruntime  # pylint: disable=import-outside-toplevel
     self.path = path
+    self.columns = None if columns is None else np.asarray(columns)
     self.session = onnxruntime.InferenceSession(
         path, providers=['CPUExecutionProvider'])
     self.input = self.session.get_inputs()[0].name
@@ -85,7 +88,8 @@ class OrtPredictor:
     del mask  # square and pad geometries only
     # The WD graph takes BGR float32 0-255.
     x = np.ascontiguousarray(np.asarray(pixels)[..., ::-1], np.float32)
-    return self.session.run(None, {self.input: x})[0]
+    out = self.session.run(None, {self.input: x})[0]
+    return out if self.columns is None else out[:, self.columns]
 
 
 def cache_root() -> str:
@@ -154,6 +158,18 @@ def onnx_model(bundle) -> str:
   return path
 
 
+def graph_columns(bundle) -> np.ndarray | None:
+  """The exported graph's column of each bundle row, or None when they are
+  in the same order. Bundles written before the bundle took the export's
+  order list other categories after the characters; the export puts them
+  before."""
+  from jaxtag.serving import onnx_export  # pylint: disable=C0415
+  rows = onnx_export.wd_rows(bundle.tags)
+  if rows == list(range(len(rows))):
+    return None
+  return np.argsort(rows)
+
+
 def make_predictor(bundle, backend: str = 'auto'):
   """A predictor (JaxPredictor or OrtPredictor) for `backend`; ValueError
   when onnxruntime is asked for and the bundle cannot use it."""
@@ -165,7 +181,7 @@ def make_predictor(bundle, backend: str = 'auto'):
   reason = unsupported_reason(bundle)
   if reason is None:
     try:
-      return OrtPredictor(onnx_model(bundle))
+      return OrtPredictor(onnx_model(bundle), graph_columns(bundle))
     except ImportError as e:
       reason = (f'onnxruntime or onnx is not installed ({e}; pip install '
                 '"jaxtag[onnx]")')

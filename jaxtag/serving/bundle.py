@@ -8,8 +8,15 @@ Files (written by `jaxtag.serving.convert`, read by `load_bundle`):
   flax Tagger.
 - `selected_tags.csv` (`tag_id,name,category,count`) in the WD tagger order:
   the 4 rating tags first (general, sensitive, questionable, explicit), then
-  every general tag, then every character tag, then tags of any other
-  category. Front ends index the outputs by these rows.
+  every general tag, then tags of any other category, then every character
+  tag: the order of the ONNX export (jaxtag/serving/onnx_export.py), whose
+  csv (with a `jaxtag_category` column) may replace this one when
+  `convert --format onnx` writes into the bundle. Front ends index the
+  outputs by these rows. `tag_id` is the
+  dataset's (the Danbooru id, or a WD csv's), -1 where the dataset knows
+  none; it is metadata, the row's place is what indexes the outputs.
+  Bundles written before ids were kept numbered the rows 0..C-1; such a
+  column is read as -1.
 - `bundle.json`: for each row, its column in the model's output
   (`index_in_model`, -1 for a rating the model lacks, which scores 0), and
   the step and workdir it came from.
@@ -47,7 +54,9 @@ from jaxtag import models
 from jaxtag import objectives
 from jaxtag import tasks
 from jaxtag import thresholds as thresholds_lib
+from jaxtag import trees
 from jaxtag.data import tag_metadata as tag_metadata_lib
+from jaxtag.data.normalize import normalize
 
 PARAMS = 'params.safetensors'
 CONFIG = 'config.json'
@@ -60,9 +69,13 @@ FORMAT_VERSION = 1
 
 COLLECTIONS = ('params', 'batch_stats', 'constants')
 # Danbooru category ids (as selected_tags.csv writes them) and the WD order.
-RATING, GENERAL, CHARACTER = 9, 0, 4
+RATING, GENERAL, CHARACTER = (tag_metadata_lib.RATING, tag_metadata_lib.GENERAL,
+                              tag_metadata_lib.CHARACTER)
 WD_RATINGS = ('general', 'sensitive', 'questionable', 'explicit')
 TAG_COLUMNS = ('tag_id', 'name', 'category', 'count')
+# The ONNX export's csv adds each tag's real category (its `category` says
+# 0 for tags of categories WD front ends do not know).
+EXPORT_CATEGORY = 'jaxtag_category'
 
 
 # ---------------------------------------------------------------- tag order ---
@@ -73,14 +86,21 @@ def rating_name(name: str) -> str:
   return name.split(':', 1)[1] if name.startswith('rating:') else name
 
 
-def wd_order(names, categories, counts) -> list[dict[str, Any]]:
+def wd_order(names, categories, counts, tag_ids=None) -> list[dict[str, Any]]:
   """Bundle rows in the WD order, each with its `index_in_model`.
 
   Ratings the model lacks get index -1 (they score 0). A rating tag whose
   name is none of the four WD ratings is an error: front ends read exactly
-  four ratings.
+  four ratings. `tag_ids` [C] (model order; None: none known) become the
+  rows' `tag_id`; a rating the model lacks, or a tag without one, has
+  NO_TAG_ID.
   """
   categories = [int(c) for c in categories]
+  no_id = tag_metadata_lib.NO_TAG_ID
+  ids = ([no_id] * len(names) if tag_ids is None
+         else [int(i) for i in tag_ids])
+  if len(ids) != len(names):
+    raise ValueError(f'{len(ids)} tag ids for {len(names)} tags.')
   ratings = {}
   for i, (name, category) in enumerate(zip(names, categories)):
     if category == RATING:
@@ -91,17 +111,17 @@ def wd_order(names, categories, counts) -> list[dict[str, Any]]:
             f' is none of the WD ratings {", ".join(WD_RATINGS)}; rename it '
             '(optionally with a "rating:" prefix) in the dataset.')
       ratings[wd] = i
-  rows = [{'name': wd, 'category': RATING,
+  rows = [{'tag_id': ids[ratings[wd]] if wd in ratings else no_id,
+           'name': wd, 'category': RATING,
            'index_in_model': ratings.get(wd, -1),
            'count': int(counts[ratings[wd]]) if wd in ratings else 0}
           for wd in WD_RATINGS]
   others = sorted({c for c in categories} - {RATING, GENERAL, CHARACTER})
-  for category in (GENERAL, CHARACTER, *others):
-    rows += [{'name': names[i], 'category': category, 'index_in_model': i,
-              'count': int(counts[i])}
+  # Other categories before the characters, as the ONNX export has them.
+  for category in (GENERAL, *others, CHARACTER):
+    rows += [{'tag_id': ids[i], 'name': names[i], 'category': category,
+              'index_in_model': i, 'count': int(counts[i])}
              for i, c in enumerate(categories) if c == category]
-  for tag_id, row in enumerate(rows):
-    row['tag_id'] = tag_id
   return rows
 
 
@@ -112,35 +132,6 @@ def tags_csv(rows) -> str:
   for row in rows:
     writer.writerow([row[k] for k in TAG_COLUMNS])
   return out.getvalue()
-
-
-# -------------------------------------------------------------- variables ---
-
-
-def flatten(tree, prefix: str = '') -> dict[str, np.ndarray]:
-  """{'params': {'head': {'kernel': x}}} -> {'params/head/kernel': x}."""
-  out = {}
-  for key, value in tree.items():
-    if '/' in str(key):
-      raise ValueError(f'Variable name {key!r} contains "/", which the bundle '
-                       'uses to separate nested keys.')
-    path = f'{prefix}{key}'
-    if isinstance(value, dict) or hasattr(value, 'items'):
-      out.update(flatten(value, path + '/'))
-    else:
-      out[path] = np.asarray(value)
-  return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {c: {} for c in COLLECTIONS}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split('/')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
 
 
 # ------------------------------------------------------------ preprocess ---
@@ -182,17 +173,6 @@ class Preprocess:
 
   def to_json(self) -> dict:
     return {**dataclasses.asdict(self), 'input': 'uint8 NHWC, 0-255'}
-
-
-def normalize(image, preprocess: Preprocess, dtype):
-  """uint8 RGB pixels -> (x / 255 - mean) / std in the model's compute
-  dtype, in the channel order the model was trained with."""
-  if preprocess.channel_order == 'BGR':
-    image = image[..., ::-1]
-  scale = jnp.asarray([1.0 / (255.0 * s) for s in preprocess.std], jnp.float32)
-  shift = jnp.asarray([m / s for m, s in zip(preprocess.mean, preprocess.std)],
-                      jnp.float32)
-  return (image.astype(jnp.float32) * scale - shift).astype(dtype)
 
 
 # ------------------------------------------------------------------ bundle ---
@@ -244,8 +224,12 @@ class Bundle:
           'them as keyword arguments to predict().')
     dtype = models.DTYPES[self.config.model.dtype]
     spatial = {} if image_mask is None else {'image_mask': image_mask}
+    if self.preprocess.channel_order == 'BGR':
+      # The channel order the model was trained with (imported WD v3).
+      images = images[..., ::-1]
     outputs = self.model.apply(
-        variables, normalize(images, self.preprocess, dtype),
+        variables, normalize(images, mean=self.preprocess.mean,
+                             std=self.preprocess.std, dtype=dtype),
         method='predict', **spatial,
         **{k: features[k] for k in self.predict_keys})
     return self.objective.scores(outputs)
@@ -323,20 +307,45 @@ def read_tags(directory: str, info: dict) -> list[dict[str, Any]]:
   path = os.path.join(directory, TAGS)
   with open(path, encoding='utf-8', newline='') as f:
     reader = csv.DictReader(f)
-    if tuple(reader.fieldnames or ()) != TAG_COLUMNS:
+    columns = tuple(reader.fieldnames or ())
+    if columns not in (TAG_COLUMNS, TAG_COLUMNS + (EXPORT_CATEGORY,)):
       raise ValueError(f'{path} has columns {reader.fieldnames}; expected '
-                       f'{",".join(TAG_COLUMNS)}.')
+                       f'{",".join(TAG_COLUMNS)} (with {EXPORT_CATEGORY} '
+                       'when the ONNX export wrote it).')
+    category = EXPORT_CATEGORY if EXPORT_CATEGORY in columns else 'category'
     rows = [{'tag_id': int(r['tag_id']), 'name': r['name'],
-             'category': int(r['category']), 'count': int(r['count'])}
+             'category': int(r[category]), 'count': int(r['count'])}
             for r in reader]
+  # An older bundle's renumbered 0..C-1 says nothing about the tags.
+  for row, tag_id in zip(rows, tag_metadata_lib.known_tag_ids(
+      [r['tag_id'] for r in rows])):
+    row['tag_id'] = int(tag_id)
   index = info['index_in_model']
   if len(index) != len(rows):
     raise ValueError(f'{path} has {len(rows)} tags but {INFO} maps '
                      f'{len(index)}: the bundle files come from different '
                      'conversions.')
+  model_tags = info.get('model_tags')
   for row, i in zip(rows, index):
     row['index_in_model'] = int(i)
+    # A csv of other rows (an export of an older bundle's order written
+    # over this one) would name the outputs wrongly.
+    if model_tags and i >= 0 and row['name'] not in (
+        model_tags[i], rating_name(model_tags[i])):
+      raise ValueError(f'{path} names {row["name"]!r} where {INFO} has '
+                       f'{model_tags[i]!r}: the csv is not this bundle\'s. '
+                       'Convert the run again.')
   return rows
+
+
+def read_task(directory: str):
+  """The task (jaxtag/tasks/) of the bundle in `directory`, from its
+  config alone: what shapes its output, without loading the model."""
+  directory = os.fspath(directory)
+  config = ml_collections.ConfigDict(_read_json(directory, CONFIG))
+  objective = objectives.get_objective(config.loss,
+                                       config.dataset.label_encoding)
+  return tasks.for_bundle(objective.task, directory)
 
 
 def load_bundle(directory: str) -> Bundle:
@@ -360,8 +369,8 @@ def load_bundle(directory: str) -> Bundle:
         counts=counts, cooccurrence=cooccurrence, num_images=num_images)
   model = models.build_model(config.model, int(info['num_classes']),
                              tag_metadata=metadata)
-  variables = unflatten(safetensors.numpy.load_file(
-      os.path.join(directory, PARAMS)))
+  variables = {c: {} for c in COLLECTIONS} | trees.unflatten(
+      safetensors.numpy.load_file(os.path.join(directory, PARAMS)))
   variables = jax.tree.map(jnp.asarray, variables)
   return Bundle(directory=directory, config=config, model=model,
                 variables=variables, tags=tags,
@@ -373,16 +382,20 @@ def load_bundle(directory: str) -> Bundle:
 
 def write_bundle(directory: str, *, config, variables, names, categories,
                  counts, thresholds: dict, preprocess: Preprocess,
-                 info: dict, label_stats: dict | None = None) -> list[dict]:
+                 info: dict, label_stats: dict | None = None,
+                 tag_ids=None) -> list[dict]:
   """Writes every bundle file; returns the bundle's tag rows.
+
+  `tag_ids`: the tags' source ids in model order (NO_TAG_ID where
+  unknown), or None when the dataset has none.
 
   `thresholds['per_tag']` values are in model order here and are written in
   bundle order (a missing rating gets 1.0: it never fires).
   """
   os.makedirs(directory, exist_ok=True)
-  rows = wd_order(names, categories, counts)
+  rows = wd_order(names, categories, counts, tag_ids)
   index = [r['index_in_model'] for r in rows]
-  flat = flatten({c: variables.get(c, {}) for c in COLLECTIONS})
+  flat = trees.flatten({c: variables.get(c, {}) for c in COLLECTIONS})
   safetensors.numpy.save_file(
       {k: np.ascontiguousarray(v) for k, v in flat.items()},
       os.path.join(directory, PARAMS), metadata={'format': 'jaxtag'})

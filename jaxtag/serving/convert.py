@@ -31,7 +31,6 @@ jaxtag.serving.onnx_export.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -39,6 +38,8 @@ import sys
 
 import jax
 import ml_collections
+from absl import app
+from absl import flags
 from absl import logging
 from etils import epath
 
@@ -118,7 +119,8 @@ def convert(workdir: str, out: str, *, step: int | None = None,
                    'num_images': int(tags.num_images)}
   bundle_lib.write_bundle(
       out, config=config, variables=variables, names=names,
-      categories=categories, counts=counts, thresholds=thresholds,
+      categories=categories, counts=counts, tag_ids=task.bundle_tag_ids(),
+      thresholds=thresholds,
       preprocess=bundle_lib.Preprocess.from_config(config),
       info={'step': step, 'workdir': str(workdir)}, label_stats=label_stats)
   task.write_bundle_files(out)
@@ -138,35 +140,36 @@ def convert(workdir: str, out: str, *, step: int | None = None,
   return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m jaxtag.serving.convert',
-      description='Converts a training run into an inference bundle.')
-  parser.add_argument('--workdir', required=True,
-                      help='The training run to convert.')
-  parser.add_argument('--out', required=True, help='The bundle folder.')
-  parser.add_argument('--step', type=int, default=None,
-                      help='Checkpoint step (default: the latest).')
-  parser.add_argument('--format', default='bundle', choices=FORMATS,
-                      help='bundle; stablehlo or onnx also write '
-                      'model.stablehlo or model.onnx into it.')
-  parser.add_argument('--data_dir', default=None,
-                      help="TFDS data_dir, when not the run's own.")
-  parser.add_argument('--image_size', type=int, default=None,
-                      help='ONNX input size (default: the training size; 448 for kohya).')
-  return parser.parse_args(argv)
+def _define_flags():
+  """Defined only when run as a command (other commands have --out too)."""
+  flags.DEFINE_string('workdir', None, 'The training run to convert.')
+  flags.DEFINE_string('out', None, 'The bundle folder.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_enum('format', 'bundle', FORMATS,
+                    'bundle; stablehlo or onnx also write model.stablehlo or '
+                    'model.onnx into it.')
+  flags.DEFINE_string('data_dir', None,
+                      "TFDS data_dir, when not the run's own.")
+  flags.DEFINE_integer('image_size', None, 'ONNX input size (default: the '
+                       'training size; 448 for kohya).')
+  flags.mark_flags_as_required(['workdir', 'out'])
 
 
-def main(argv=None) -> None:
-  args = parse_args(argv)
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments {argv[1:]}: '
+                         'python -m jaxtag.serving.convert --workdir RUN '
+                         '--out BUNDLE [--step N] [--format FORMAT]')
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   logging.set_verbosity(logging.WARNING)
   try:
-    convert(args.workdir, args.out, step=args.step, fmt=args.format,
-            data_dir=args.data_dir, image_size=args.image_size)
+    convert(FLAGS.workdir, FLAGS.out, step=FLAGS.step, fmt=FLAGS.format,
+            data_dir=FLAGS.data_dir, image_size=FLAGS.image_size)
   except (FileNotFoundError, ValueError, RuntimeError) as e:
     sys.exit(f'Error: {e}')
-  print(os.path.abspath(args.out))
+  print(os.path.abspath(FLAGS.out))
 
 
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  app.run(main)

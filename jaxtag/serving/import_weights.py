@@ -59,6 +59,7 @@ from absl import app
 from absl import flags
 
 from jaxtag import models
+from jaxtag import trees
 
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
          'densenet121', 'densenet169')
@@ -286,10 +287,10 @@ def expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:
   shapes = jax.eval_shape(lambda: backbone.init(
       jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
   flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-    collection, *rest = [p.key for p in path]
+  for key, leaf in trees.flatten(shapes).items():
+    collection, _, rest = key.partition('/')
     prefix = '' if collection == 'params' else f'{collection}:'
-    flat[f'{prefix}backbone/{"/".join(rest)}'] = tuple(leaf.shape)
+    flat[f'{prefix}backbone/{rest}'] = tuple(leaf.shape)
   return flat
 
 

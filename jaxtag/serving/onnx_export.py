@@ -28,7 +28,8 @@ WD taggers load the result unchanged:
   character for a general tag. Tags of any other category (copyright,
   artist, meta) are therefore placed at the end of the general block with
   category 0; `jaxtag_category` keeps every tag's real category. `tag_id`
-  is the Danbooru id where the dataset recorded it.
+  is the bundle's: the Danbooru id where the dataset recorded it, else -1
+  (the clients read only name and category).
 
 The graph is the jaxpr of that serving function translated one primitive
 at a time (jaxtag/serving/onnx/translate.py says why), so every backbone
@@ -53,6 +54,8 @@ from absl import app
 from absl import flags
 
 from jaxtag import models
+from jaxtag.data import tag_metadata as tag_metadata_lib
+from jaxtag.data.normalize import normalize
 from jaxtag.serving.onnx import UnsupportedError
 from jaxtag.serving.onnx import to_onnx
 
@@ -60,7 +63,8 @@ MODEL_FILE = 'model.onnx'
 TAGS_FILE = 'selected_tags.csv'
 INPUT, OUTPUT = 'input', 'output'
 TAG_COLUMNS = ('tag_id', 'name', 'category', 'count', 'jaxtag_category')
-RATING, GENERAL, CHARACTER = 9, 0, 4
+RATING, GENERAL, CHARACTER = (tag_metadata_lib.RATING, tag_metadata_lib.GENERAL,
+                              tag_metadata_lib.CHARACTER)
 
 
 class NotExportableError(UnsupportedError):
@@ -142,17 +146,15 @@ def serving_fn(model, variables, scores_fn, *, mean: Sequence[float],
   model order, plus a zero column (the score of a missing rating).
   `resize` [N, S] resizes the input to N x N first."""
   model = _float32(model)
-  scale = np.asarray([1.0 / (255.0 * s) for s in std], np.float32)
-  shift = np.asarray([m / s for m, s in zip(mean, std)], np.float32)
 
   def fn(image):
     if resize is not None:
       image = jnp.einsum('hH,bHWc->bhWc', resize, image)
       image = jnp.einsum('wW,bhWc->bhwc', resize, image)
-    # The same arithmetic as jaxtag.train.normalize, in the model's channel
-    # order (BGR as it comes for imported WD v3 taggers).
+    # In the model's channel order (BGR as it comes for imported WD v3
+    # taggers), with mean and std given in that order.
     x = image if channel_order == 'BGR' else jnp.flip(image, axis=-1)
-    x = x * scale - shift
+    x = normalize(x, mean=mean, std=std, dtype=jnp.float32)
     scores = scores_fn(model.apply(variables, x, method='predict'))
     scores = scores.astype(jnp.float32)
     return jnp.concatenate([scores, jnp.zeros((scores.shape[0], 1), jnp.float32)], axis=1)

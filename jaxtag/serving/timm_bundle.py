@@ -51,7 +51,9 @@ import safetensors.numpy
 
 from jaxtag import config as config_lib
 from jaxtag import models
+from jaxtag import trees
 from jaxtag import warm_start
+from jaxtag.data import tag_metadata
 from jaxtag.models import convnext
 from jaxtag.models import eva02
 from jaxtag.models import swinv2
@@ -245,8 +247,9 @@ def _preprocess(model: TimmModel, wd: bool) -> bundle_lib.Preprocess:
 
 
 def read_wd_tags(path: str, num_classes: int):
-  """(names, categories, counts) of a WD selected_tags.csv
-  (tag_id,name,category,count), one row per model output."""
+  """(names, categories, counts, tag ids) of a WD selected_tags.csv
+  (tag_id,name,category,count), one row per model output. The ids are
+  WD's as written: Danbooru's, 9999999 for the ratings."""
   with open(path, encoding='utf-8', newline='') as f:
     reader = csv.DictReader(f)
     missing = {'name', 'category'} - set(reader.fieldnames or ())
@@ -266,7 +269,13 @@ def read_wd_tags(path: str, num_classes: int):
   except ValueError as e:
     raise TimmImportError(f'{path}: a category or count is not an '
                           f'integer ({e}).') from e
-  return names, categories, counts
+  try:  # the shared reader: ids written as floats, empty ones, 0..C-1
+    with open(path, encoding='utf-8', newline='') as f:
+      tag_ids = [r.tag_id for r in tag_metadata.parse_selected_tags(
+          f.read(), path)]
+  except ValueError as e:
+    raise TimmImportError(str(e)) from e
+  return names, categories, counts, tag_ids
 
 
 def convert_weights(model: TimmModel, state_dict, source: str):
@@ -311,7 +320,8 @@ def import_timm(directory: str, out: str) -> dict[str, Any]:
   tags_path = os.path.join(directory, TAGS)
   wd = os.path.exists(tags_path)
   if wd:
-    names, categories, counts = read_wd_tags(tags_path, model.num_classes)
+    names, categories, counts, tag_ids = read_wd_tags(tags_path,
+                                                      model.num_classes)
   else:
     names = list(config.get('label_names') or
                  [f'class_{i}' for i in range(model.num_classes)])
@@ -319,6 +329,7 @@ def import_timm(directory: str, out: str) -> dict[str, Any]:
       raise TimmImportError(f'config.json has {len(names)} label_names for '
                             f'{model.num_classes} classes.')
     categories, counts = [bundle_lib.GENERAL] * len(names), [0] * len(names)
+    tag_ids = None
   preprocess = _preprocess(model, wd)
   run = run_config(model, preprocess, wd)
   if wd:
@@ -334,11 +345,11 @@ def import_timm(directory: str, out: str) -> dict[str, Any]:
   if os.path.exists(os.path.join(out, bundle_lib.INFO)):
     raise FileExistsError(f'{out} already holds a bundle; give another '
                           '--out or remove it.')
-  variables = {'params': _nest(params)}
+  variables = {'params': trees.unflatten(params)}
   bundle_lib.write_bundle(
       out, config=run, variables=variables, names=names,
-      categories=categories, counts=counts, thresholds=thresholds,
-      preprocess=preprocess,
+      categories=categories, counts=counts, tag_ids=tag_ids,
+      thresholds=thresholds, preprocess=preprocess,
       info={'source': os.path.abspath(directory), 'timm': {
           'architecture': config['architecture'],
           'model_args': config.get('model_args') or {}}, 'wd': wd})
@@ -350,13 +361,3 @@ def import_timm(directory: str, out: str) -> dict[str, Any]:
           'backbone': model.backbone, 'num_classes': model.num_classes,
           'parameters': int(sum(v.size for v in params.values()))}
 
-
-def _nest(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split('/')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree

@@ -10,7 +10,8 @@ it instead of comparing names. The methods fall in four groups:
   (the metrics of the log line), `write_files` (the results CSV beside
   `<name>.json`), `figures` (the plots of one evaluation);
 - conversion (jaxtag/serving/convert.py): `bundle_labels` (the rows of the
-  bundle's selected_tags.csv), `bundle_thresholds` (its thresholds.json),
+  bundle's selected_tags.csv) and `bundle_tag_ids` (their tag_id column),
+  `bundle_thresholds` (its thresholds.json),
   `write_bundle_files` (what else the bundle needs), `onnx_refusal`;
 - a loaded bundle (jaxtag/serving/bundle.py): `bundle_output` (the model's
   scores in bundle order), `decode`;
@@ -91,6 +92,11 @@ class Task:
     """(names, categories, counts): the model's outputs, as the bundle's
     selected_tags.csv lists them (before its WD ordering)."""
     raise NotImplementedError
+
+  def bundle_tag_ids(self) -> np.ndarray | None:
+    """The source's ids of `bundle_labels`' rows (tag_metadata.NO_TAG_ID
+    where unknown), or None: no row has one."""
+    return None
 
   def bundle_thresholds(self, eval_config, workdir: str,
                         predict: Callable[[], dict]) -> dict:

@@ -21,9 +21,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from jaxtag import config as config_lib
 from jaxtag import metrics as metrics_lib
 from jaxtag import thresholds as thresholds_lib
+from jaxtag.data import tag_metadata as tag_metadata_lib
 from jaxtag.tasks import base
 
 
@@ -78,6 +78,9 @@ class MultiLabel(base.Task):
 
   def bundle_labels(self):
     return list(self.tags.names), self.tags.categories, self.tags.counts
+
+  def bundle_tag_ids(self):
+    return self.tags.tag_ids
 
   def bundle_thresholds(self, eval_config, workdir, predict):
     """`run`: the policy the run saved (fitted on the validation split when
@@ -171,7 +174,7 @@ class MultiLabel(base.Task):
 
 
 def _category_name(category) -> str:
-  return config_lib.CATEGORIES.get(int(category), str(int(category)))
+  return tag_metadata_lib.CATEGORIES.get(int(category), str(int(category)))
 
 
 def write_per_tag_csv(path, pred: dict[str, np.ndarray], tag_metadata) -> None:

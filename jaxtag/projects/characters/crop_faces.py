@@ -1,6 +1,6 @@
 r"""Crops anime faces from a folder of illustrations into an image_folder tree.
 
-  python -m jaxtag.characters.crop_faces --cascade lbpcascade_animeface.xml \
+  python -m jaxtag.projects.characters.crop_faces --cascade lbpcascade_animeface.xml \
       --input DIR --output DIR [--margin 0.15] [--size 224]
 
 Faces are found with OpenCV's cascade detector and the LBP cascade

@@ -1,6 +1,6 @@
 r"""Trains several configs with equal budgets and tabulates their test results.
 
-  python -m jaxtag.compare configs/default.py configs/mlgcn_anime.py:synthetic \
+  python -m jaxtag.projects.compare configs/default.py configs/mlgcn_anime.py:synthetic \
       configs/addgcn_danbooru.py:synthetic --workdir runs/compare [--num_epochs 5]
 
 Each config trains in its own sub-workdir (`DIR/<file>-<variant>`), one
@@ -38,7 +38,6 @@ from etils import epath
 
 from jaxtag import config as config_lib
 from jaxtag import plots
-from jaxtag.data import build  # noqa: F401  (defines --data_dir)
 
 METRICS = ('mAP', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
 TOP3 = tuple(f'{m}_top3' for m in METRICS[1:])
@@ -52,17 +51,20 @@ SMALL_AND_FAINT_TAGS = ('fang', 'mole', 'blush', 'smile', 'open_mouth')
 BUDGET_KEYS = ('dataset.name', 'data.image_size', 'batch_size', 'num_epochs',
                'num_train_steps')
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the comparison.')
-# --data_dir (jaxtag.data.build's flag) sets config.dataset.data_dir of
-# every config.
-_NUM_EPOCHS = flags.DEFINE_float(
-    'num_epochs', None, 'When set, every config trains this many epochs '
-    '(config.num_epochs; config.num_train_steps unset): one budget for all.')
-_SEEDS = flags.DEFINE_integer(
-    'seeds', None, 'When set, each config trains with config.seed = 0 .. '
-    'N-1 in workdirs suffixed -seed<k>, and the table reports mean ± std.')
-_TAGS = flags.DEFINE_list('tags', list(SMALL_AND_FAINT_TAGS),
-                          'Tags whose per-tag test AP is reported.')
+
+def _define_flags():
+  """Defined only when run as a command: jaxtag.main has --workdir too."""
+  flags.DEFINE_string('workdir', None, 'Folder of the comparison.')
+  flags.DEFINE_string('data_dir', None, 'TFDS data_dir of every config '
+                      '(default: TFDS default).')
+  flags.DEFINE_float(
+      'num_epochs', None, 'When set, every config trains this many epochs '
+      '(config.num_epochs; config.num_train_steps unset): one budget for all.')
+  flags.DEFINE_integer(
+      'seeds', None, 'When set, each config trains with config.seed = 0 .. '
+      'N-1 in workdirs suffixed -seed<k>, and the table reports mean ± std.')
+  flags.DEFINE_list('tags', list(SMALL_AND_FAINT_TAGS),
+                    'Tags whose per-tag test AP is reported.')
 
 
 def run_name(spec: str) -> str:
@@ -189,7 +191,7 @@ def collect(workdir: str, names: Sequence[str],
     results = folder / 'results.json'
     if not results.exists():
       raise FileNotFoundError(f'{results} is missing: train {name} first '
-                              '(python -m jaxtag.compare ... --workdir '
+                              '(python -m jaxtag.projects.compare ... --workdir '
                               f'{workdir}).')
     record = json.loads(results.read_text())
     metrics = record['metrics']
@@ -296,15 +298,17 @@ def compare(specs: Sequence[str], workdir: str, *, data_dir=None,
 
 
 def main(argv):
-  if len(argv) < 2 or _WORKDIR.value is None:
-    raise app.UsageError('usage: python -m jaxtag.compare CONFIG[:variant] '
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if len(argv) < 2 or FLAGS.workdir is None:
+    raise app.UsageError('usage: python -m jaxtag.projects.compare CONFIG[:variant] '
                          '... --workdir DIR [--data_dir D] [--tags a,b] '
                          '[--seeds N]')
-  results = compare(argv[1:], _WORKDIR.value, data_dir=flags.FLAGS.data_dir,
-                    num_epochs=_NUM_EPOCHS.value, tags=_TAGS.value,
-                    seeds=_SEEDS.value)
+  results = compare(argv[1:], FLAGS.workdir, data_dir=FLAGS.data_dir,
+                    num_epochs=FLAGS.num_epochs, tags=FLAGS.tags,
+                    seeds=FLAGS.seeds)
   print(to_markdown(results))
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

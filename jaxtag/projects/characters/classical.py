@@ -1,6 +1,6 @@
 r"""Classical character recognition: features x classifiers, as in Guan & Ge.
 
-  python -m jaxtag.characters.classical --dataset synthetic_anime/faces \
+  python -m jaxtag.projects.characters.classical --dataset synthetic_anime/faces \
       --data_dir DIR --features handcrafted,cnn:RUN_DIR \
       --classifiers lr,lda,knn,cart,rf,nb,svm --out DIR [--grid small|paper]
 
@@ -44,7 +44,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from jaxtag.characters import features as features_lib
+from jaxtag.projects.characters import features as features_lib
 from jaxtag.data import build  # defines --data_dir
 
 CLASSIFIERS = ('lr', 'lda', 'knn', 'cart', 'rf', 'nb', 'svm')

@@ -1,6 +1,6 @@
 r"""Writes a provided feature once per image: the cache of a feature provider.
 
-  python -m jaxtag.semantic_cache --config configs/addgcn_caption_danbooru.py \
+  python -m jaxtag.projects.semantic_cache --config configs/addgcn_caption_danbooru.py \
       --config.model.features.semantic.captioner=runs/captioner --out runs/vcap
 
 For each of the config's train, eval and test splits, `<out>/<split>.npy`
@@ -31,6 +31,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from jaxtag import predictor as predictor_lib
+from jaxtag.data.normalize import normalize
 
 
 def _define_flags():
@@ -62,7 +63,7 @@ def write_cache(config, out: str, splits=None,
   model = predictor.model
   # Normalised in float32 whatever the tagger's compute dtype.
   preprocess = functools.partial(
-      predictor_lib.normalize, mean=tuple(config.data.mean),
+      normalize, mean=tuple(config.data.mean),
       std=tuple(config.data.std), dtype=jnp.float32,
       channel_order=config.data.get('channel_order', 'RGB'))
   apply = jax.jit(lambda v, image: model.apply(

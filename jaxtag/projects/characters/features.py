@@ -125,7 +125,9 @@ class CnnFeatures:
     from etils import epath
 
     from jaxtag import models
+    from jaxtag import trees
     from jaxtag import warm_start
+    from jaxtag.data.normalize import normalize
     if output not in self.OUTPUTS:
       raise ValueError(f'Unknown CNN feature output {output!r}; valid: '
                        f'{", ".join(self.OUTPUTS)}.')
@@ -142,11 +144,10 @@ class CnnFeatures:
     self.size = int(config.data.image_size)
     self.batch_size = int(batch_size)
     mean, std = tuple(config.data.mean), tuple(config.data.std)
-    variables = {c: _unflatten(v) for c, v in loaded.items() if v}
+    variables = {c: trees.unflatten(v) for c, v in loaded.items() if v}
 
     def features(variables, image):
-      x = (image.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / \
-          jnp.asarray(std)
+      x = normalize(image, mean=mean, std=std, dtype=jnp.float32)
       if output == 'pooled':
         fmap = model.apply(variables, x, train=False,
                            method=lambda m, x, train: m.backbone(x,
@@ -173,14 +174,3 @@ class CnnFeatures:
       batch[:n] = np.stack(chunk)
       out.append(np.asarray(self._fn(self._variables, batch))[:n])
     return np.concatenate(out).astype(np.float64)
-
-
-def _unflatten(flat: dict) -> dict:
-  tree: dict = {}
-  for key, value in flat.items():
-    node = tree
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree

@@ -1,6 +1,6 @@
 r"""Lan et al.'s first experiment: a captioner adapted from photos to anime.
 
-  python -m jaxtag.caption_adaptation --workdir runs/adaptation [--variant synthetic] \
+  python -m jaxtag.projects.caption_adaptation --workdir runs/adaptation [--variant synthetic] \
       [--cartoonize_options edge_offset=255,levels=12]
 
 Trains the captioner of configs/captioner_flickr8k.py:<variant> three ways
@@ -17,19 +17,22 @@ and judges each on anime-style test illustrations with reference captions
 CartoonizeOptions for both adapted runs. Unset, the embedded variants
 (`synthetic`, `tiny`) use `FLAT_STYLE`: synthetic_anime draws flat fills
 without ink outlines, and OpenCV's outlines at 96 px paint over hair and
-clothes, the colour words of the captions; measured on `synthetic`, the
-outlined default lowered the anime test BLEU-4 from 47.5 (photo
-captioner) to 34.6, the flat style raised it to 53.9 (docs/methods/captions.md).
-`--cartoonize_options=method=opencv` gives the outlined default. Every run
-has the same budget. Each step is skipped when its output
-exists, so the same command resumes. Writes `adaptation.md` and
+clothes, the colour words of the captions (the measured effect is in
+docs/methods/captions.md). `--cartoonize_options=method=opencv` gives the
+outlined default. Every run has the same budget. Each step is skipped when
+its output exists, so the same command resumes. Writes `adaptation.md` and
 `adaptation.json` in --workdir: BLEU on the anime test split (and, for
 reference, on the photo test split) and each step's wall time.
+
+`--captioner_config` is the captioner's config file, by default
+configs/captioner_flickr8k.py of the checkout this module belongs to (not
+of the working directory).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 from absl import app
@@ -51,8 +54,19 @@ def _define_flags():
                     'KEY=VALUE,... fields of CartoonizeOptions for the '
                     'adapted runs (config.data.cartoonize_options); unset: '
                     'FLAT_STYLE for the embedded variants.')
+  flags.DEFINE_string('data_dir', None,
+                      'TFDS data_dir (default: TFDS default).')
+  flags.DEFINE_string('captioner_config', CAPTIONER_CONFIG,
+                      'The captioner config file; --variant picks its '
+                      'variant.')
   flags.mark_flags_as_required(['workdir'])
-# --data_dir (TFDS data_dir) is jaxtag.data.build's flag.
+
+
+# The checkout's config, found from this file: jaxtag/projects/ -> root.
+CAPTIONER_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))), 'configs', 'captioner_flickr8k.py')
+
 
 PHOTO = {'synthetic': 'synthetic_anime/photo',
          'tiny': 'synthetic_anime/photo_tiny'}
@@ -65,9 +79,13 @@ FLAT_STYLE = {'smooth_passes': 3, 'diameter': 5, 'sigma_color': 40.0,
               'sigma_space': 5.0, 'levels': 12, 'edge_offset': 255.0}
 
 
-def _config(variant: str, dataset: str, data_dir):
-  config = config_lib.load_config_file(
-      f'configs/captioner_flickr8k.py:{variant}')
+def _config(config_file: str, variant: str, dataset: str, data_dir):
+  if not os.path.exists(config_file):
+    raise FileNotFoundError(
+        f'{config_file} (--captioner_config) is missing: pass the '
+        'captioner config file, e.g. configs/captioner_flickr8k.py of a '
+        'jaxtag checkout.')
+  config = config_lib.load_config_file(f'{config_file}:{variant}')
   config.dataset.name = dataset
   config.dataset.data_dir = data_dir
   return config
@@ -100,7 +118,8 @@ def parse_options(items) -> dict:
 
 
 def run(workdir: str, variant: str, data_dir=None,
-        cartoonize_options: dict | None = None) -> dict:
+        cartoonize_options: dict | None = None,
+        captioner_config: str = CAPTIONER_CONFIG) -> dict:
   if variant not in PHOTO:
     raise ValueError(f'Unknown --variant {variant!r}; valid: '
                      f'{", ".join(PHOTO)}.')
@@ -112,14 +131,14 @@ def run(workdir: str, variant: str, data_dir=None,
   teacher_file = root / 'photo' / 'eval_train_captions.csv'
   for name in RUNS:
     entry = report.setdefault(name, {})
-    config = _config(variant, PHOTO[variant], data_dir)
+    config = _config(captioner_config, variant, PHOTO[variant], data_dir)
     if name != 'photo':
       config.data.cartoonize = 'opencv'
       config.data.cartoonize_options = dict(cartoonize_options or {})
     if name == 'adapted_teacher':
       if not teacher_file.exists():
         _, seconds = _timed(lambda: train.evaluate_checkpoint(
-            _config(variant, PHOTO[variant], data_dir), photo_dir, 'train'))
+            _config(captioner_config, variant, PHOTO[variant], data_dir), photo_dir, 'train'))
         report['photo']['teacher_captions_seconds'] = seconds
       config.dataset.label_encoding_kwargs.targets = str(teacher_file)
     run_dir = str(root / name)
@@ -128,7 +147,7 @@ def run(workdir: str, variant: str, data_dir=None,
                                                                 run_dir))
       entry.update(train_seconds=seconds, photo_test=_bleu(result))
     if 'anime_test' not in entry:
-      anime = _config(variant, ANIME[variant], data_dir)
+      anime = _config(captioner_config, variant, ANIME[variant], data_dir)
       result, seconds = _timed(lambda: train.evaluate_checkpoint(
           anime, run_dir, 'test'))
       entry.update(anime_test=_bleu(result), anime_eval_seconds=seconds)
@@ -162,7 +181,8 @@ def main(argv):
   options = flags.FLAGS.cartoonize_options
   report = run(flags.FLAGS.workdir, flags.FLAGS.variant,
                flags.FLAGS.data_dir,
-               FLAT_STYLE if options is None else parse_options(options))
+               FLAT_STYLE if options is None else parse_options(options),
+               flags.FLAGS.captioner_config)
   print(table(report))
 
 
