@@ -35,10 +35,9 @@ def decay_mask(params):
   except the position-bias MLP. Biases, norm scales, layer scales (gamma),
   position embeddings, class and register tokens are not kernels, so they
   are never decayed."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: (_path(path).endswith('kernel')
-                       and not _POSITION_KERNELS.search(_path(path))),
-      params)
+  return trees.map_with_names(
+      lambda name, _: (name.endswith('kernel')
+                       and not _POSITION_KERNELS.search(name)), params)
 
 
 # Every schedule warms up linearly over `warmup_steps` from

@@ -7,6 +7,7 @@ import pytest
 
 from jaxtag import config as config_lib
 from jaxtag import optim
+from jaxtag import trees
 
 
 def _config(**kw):
@@ -139,8 +140,7 @@ def _vit_like_params():
 
 def test_decay_mask_keeps_only_feature_kernels():
   mask = optim.decay_mask(_vit_like_params())
-  flat = {optim._path(p): v for p, v in
-          jax.tree_util.tree_flatten_with_path(mask)[0]}
+  flat = trees.flatten(mask)
   assert sorted(k for k, v in flat.items() if v) == [
       'backbone/blocks_0/attn/qkv/kernel', 'head/kernel']
 
