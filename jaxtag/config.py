@@ -68,6 +68,16 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.cartoonize_options = {}
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.5, 0.5, 0.5)
+  # The channel order the model sees: 'RGB', or 'BGR' as the WD v3 taggers
+  # were trained (mean and std are in this order); the bundle's
+  # preprocess.json records it, and serving and export flip alike.
+  c.data.channel_order = 'RGB'
+  # Per-sample MixUp and cutout in the train step (jaxtag/data/
+  # batch_augment.py); 0 is off.
+  c.data.mixup_prob = 0.0
+  c.data.mixup_alpha = 0.2                     # lam ~ Beta(alpha, alpha)
+  c.data.cutout_prob = 0.0
+  c.data.cutout_size = 0.5                     # the square's side / image side
   # Worker processes and reader threads: an int, or 'auto' to size them from
   # the host's cores (jaxtag.data.pipeline.read_parallelism). Typed `object`
   # so that both `--config.data.workers=auto` and `=4` parse. The default 0
@@ -112,6 +122,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'sigmoid_bce'
   c.loss.kwargs = ml_collections.ConfigDict()
+  # A csv of `tag,weight` rows weighting each tag's term of the training
+  # loss (tags it leaves out weigh 1); None: all weigh 1.
+  c.loss.tag_weights = ml_collections.FieldReference(None, field_type=str)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'
@@ -230,6 +243,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(unknown_key_message(path))
   if config.num_train_steps is None and config.num_epochs is None:
     raise ValueError('Set config.num_train_steps or config.num_epochs.')
+  if config.data.channel_order not in ('RGB', 'BGR'):
+    raise ValueError(f'Unknown config.data.channel_order '
+                     f'{config.data.channel_order!r}; valid: RGB, BGR.')
 
 
 def check_overrides(argv: Sequence[str]) -> None:

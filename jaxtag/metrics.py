@@ -240,6 +240,107 @@ def f1_at_equal_pr(scores, targets, average: str = 'micro', mask=None,
   return float(j / bins), _f1(precision[j], recall[j])
 
 
+def _equal_pr_columns(scores_t, targets_t):
+  """(thresholds, F1) of each row of [c, N] (classes first) where |precision
+  - recall| is least over the row's own scores as thresholds
+  (precision_recall_curve's points), the lowest such threshold on a tie;
+  NaN for a row without positives. A dropped entry scores -inf."""
+  ranked = np.sort(scores_t, axis=1)  # ascending; the SIMD sort is fast
+  n = scores_t.shape[1]
+  thresholds = np.full(len(scores_t), np.nan)
+  f1 = np.full(len(scores_t), np.nan)
+  for c in range(len(scores_t)):
+    pos = np.sort(scores_t[c][targets_t[c]])
+    if pos.size == 0:
+      continue
+    row = ranked[c]
+    # Each distinct score is a threshold that keeps all entries >= it
+    # (a tie group whole); a dropped entry (-inf) never is one.
+    first = np.flatnonzero(np.append(True, row[1:] != row[:-1]))
+    first = first[np.isfinite(row[first])]
+    values, predicted = row[first], n - first
+    hits = pos.size - np.searchsorted(pos, values, side='left')
+    precision, recall = hits / predicted, hits / pos.size
+    j = int(np.argmin(np.abs(precision - recall)))   # lowest on a tie
+    thresholds[c] = values[j]
+    f1[c] = _f1(precision[j], recall[j])
+  return thresholds, f1
+
+
+def f1_at_equal_pr_per_tag(scores, targets, mask=None):
+  """Per tag: (thresholds [C], F1 [C]) at the tag's own threshold where its
+  precision equals its recall (as nearly as its scores allow); NaN for a
+  tag without positives. At P = R, F1 = P = R."""
+  scores, targets, mask = _prepare(scores, targets, mask)
+  if mask is not None:  # a dropped entry is never above a threshold
+    scores = np.where(mask, scores, -np.inf)
+  n, c = scores.shape
+  step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+  parts = [_equal_pr_columns(np.ascontiguousarray(scores[:, i:i + step].T),
+                             np.ascontiguousarray(targets[:, i:i + step].T))
+           for i in range(0, c, step)]
+  if not parts:
+    return np.zeros(0), np.zeros(0)
+  return (np.concatenate([t for t, _ in parts]),
+          np.concatenate([f for _, f in parts]))
+
+
+def _counts_at_grid(scores, targets, valid, bins):
+  """tp, predicted positives [C, bins] at thresholds j / bins, positives [C]."""
+  pos, every = bin_counts(scores, targets, valid, bins)
+  tp = np.cumsum(pos[:, ::-1], axis=1)[:, ::-1]
+  pp = np.cumsum(every[:, ::-1], axis=1)[:, ::-1]
+  return tp, pp, pos.sum(axis=1)
+
+
+def mcc(tp, fp, fn, tn) -> float:
+  """Matthews correlation of pooled counts; 0 when a margin is empty, as
+  scikit-learn's matthews_corrcoef."""
+  tp, fp, fn, tn = (float(v) for v in (tp, fp, fn, tn))
+  den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+  return (tp * tn - fp * fn) / np.sqrt(den) if den > 0 else 0.0
+
+
+def equal_pr_metrics(scores, targets, mask=None, bins: int = 1000) -> dict:
+  """The WD v3 cards' validation metrics, over the tags with positives:
+
+  - `F1_macro_PR_tag`: each tag's F1 at its own P = R threshold
+    (f1_at_equal_pr_per_tag), averaged;
+  - `threshold_PR`: one global threshold j / bins where the macro
+    precision (mean over tags of each tag's precision, 0 for a tag that
+    predicts nothing) is nearest the macro recall, the lowest on a tie;
+  - at that threshold: `F1_macro_PR`, the mean of the tags' F1 (scikit-
+    learn's f1_score average='macro', zero_division=0), `F1_micro_PR`
+    (pooled counts) and `MCC_PR`, the Matthews correlation of all
+    (image, tag) pairs pooled.
+  """
+  scores, targets, mask = _prepare(scores, targets, mask)
+  valid = np.ones_like(targets) if mask is None else mask
+  _, per_tag = f1_at_equal_pr_per_tag(scores, targets, mask)
+  tp, pp, num_pos = _counts_at_grid(scores, targets, valid, bins)
+  keep = num_pos > 0
+  out = {'F1_macro_PR_tag': float(np.nanmean(per_tag)) if keep.any()
+         else 0.0}
+  if not keep.any():
+    return {**out, 'threshold_PR': 0.5, 'F1_macro_PR': 0.0,
+            'F1_micro_PR': 0.0, 'MCC_PR': 0.0}
+  tp, pp, num_pos = tp[keep], pp[keep], num_pos[keep][:, None]
+  precision = _safe_div(tp, pp)
+  recall = tp / num_pos
+  gap = np.abs(precision.mean(0) - recall.mean(0))
+  j = bins - 1 - int(np.argmin(gap[::-1]))
+  f1 = _safe_div(2 * tp[:, j], pp[:, j] + num_pos[:, 0])
+  total_tp, total_pp = tp[:, j].sum(), pp[:, j].sum()
+  total_pos = num_pos.sum()
+  total = int(valid[:, keep].sum())
+  return {**out, 'threshold_PR': float(j / bins),
+          'F1_macro_PR': float(f1.mean()),
+          'F1_micro_PR': float(_safe_div(2 * total_tp, total_pp + total_pos)),
+          'MCC_PR': float(mcc(total_tp, total_pp - total_tp,
+                              total_pos - total_tp,
+                              total - total_pp - total_pos + total_tp))}
+
+
 def single_label_metrics(logits, labels) -> dict:
   """Top-1 / top-5 accuracy and the mean of per-class accuracies.
 

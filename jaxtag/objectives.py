@@ -23,12 +23,14 @@ The primitive losses are in jaxtag/losses.py.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxtag import losses
 
@@ -94,9 +96,14 @@ class SigmoidBCE(_OnLogits):
   task: ClassVar[str] = 'multi_label'
   label_encoding: ClassVar[str] = 'multi_hot'
   reduction: str = 'sum_over_tags'
+  # Per-tag weights [C] of the training loss (config.loss.tag_weights).
+  label_weights: tuple[float, ...] | None = None
 
   def primitive(self, logits, batch, example_mask):
+    weights = (None if self.label_weights is None
+               else jnp.asarray(self.label_weights, jnp.float32))
     return losses.sigmoid_bce(logits=logits, labels=batch['labels'],
+                              label_weights=weights,
                               example_mask=example_mask,
                               reduction=self.reduction)
 
@@ -208,6 +215,65 @@ OBJECTIVES = {
     'sequence_ce': SequenceCE,
     'caption_ce': CaptionCE,
 }
+
+
+def read_tag_weights(path: str, names) -> np.ndarray:
+  """[C] loss weights in the order of `names`, from a csv of `tag,weight`
+  rows (a header row `tag,weight` is allowed); tags the file leaves out
+  weigh 1. Tags that are not in the vocabulary, malformed rows and
+  negative weights are errors that name the file."""
+  index = {name: i for i, name in enumerate(names)}
+  weights = np.ones(len(index), np.float32)
+  unknown = []
+  try:
+    with open(path, encoding='utf-8', newline='') as f:
+      rows = list(csv.reader(f))
+  except OSError as e:
+    raise ValueError(f'config.loss.tag_weights: cannot read {path}: '
+                     f'{e.strerror}.') from None
+  for line, row in enumerate(rows, 1):
+    if not row or (line == 1 and [c.strip() for c in row] == ['tag',
+                                                             'weight']):
+      continue
+    if len(row) != 2:
+      raise ValueError(f'{path}, line {line}: expected `tag,weight`, got '
+                       f'{len(row)} field(s).')
+    tag, value = row[0].strip(), row[1].strip()
+    try:
+      weight = float(value)
+    except ValueError:
+      raise ValueError(f'{path}, line {line}: weight {value!r} of {tag!r} '
+                       'is not a number.') from None
+    if not np.isfinite(weight) or weight < 0:
+      raise ValueError(f'{path}, line {line}: the weight of {tag!r} must be '
+                       f'finite and >= 0, not {value}.')
+    if tag not in index:
+      unknown.append(tag)
+      continue
+    weights[index[tag]] = weight
+  if unknown:
+    shown = ', '.join(repr(t) for t in unknown[:10])
+    more = f' and {len(unknown) - 10} more' if len(unknown) > 10 else ''
+    raise ValueError(f'{path} (config.loss.tag_weights) names {len(unknown)} '
+                     f'tag(s) that are not in the dataset\'s vocabulary: '
+                     f'{shown}{more}. Remove them or fix their spelling.')
+  return weights
+
+
+def with_tag_weights(objective, loss_config, tag_names):
+  """`objective` with config.loss.tag_weights' per-tag weights, if set."""
+  path = loss_config.get('tag_weights')
+  if not path:
+    return objective
+  if 'label_weights' not in {f.name for f in dataclasses.fields(objective)}:
+    raise ValueError(f'config.loss.tag_weights weighs tags of a per-tag '
+                     f'loss; config.loss.name={loss_config.name!r} has none.')
+  if tag_names is None:
+    raise ValueError('config.loss.tag_weights needs the dataset\'s tag names '
+                     'to read the file.')
+  weights = read_tag_weights(path, list(tag_names))
+  return dataclasses.replace(objective,
+                             label_weights=tuple(float(w) for w in weights))
 
 
 def get_objective(loss_config, label_encoding: str | None = None) -> Any:

@@ -4,6 +4,8 @@ Order of the chain: clip the raw gradients, run the optimiser at the base
 learning rate (with weight decay on kernels only), then scale each parameter
 group's update by its multiplier, so a group's learning rate is exactly
 base_lr(step) * multiplier (and, as in torch, its decoupled decay scales too).
+'lamb' decays `decay_mask` (kernels, not position-bias MLPs); the others
+decay `kernel_mask`.
 """
 from __future__ import annotations
 
@@ -22,10 +24,29 @@ def kernel_mask(params):
   return trees.map_with_names(lambda name, _: name.endswith('kernel'), params)
 
 
+# Kernels that are not weights of the image's features: SwinV2's continuous
+# relative position bias MLP is a position embedding (timm leaves it out of
+# weight decay too).
+_POSITION_KERNELS = re.compile(r'(^|/)cpb_mlp_[0-9]+/')
+
+
+def decay_mask(params):
+  """True for the weights a transformer recipe decays: conv/dense kernels,
+  except the position-bias MLP. Biases, norm scales, layer scales (gamma),
+  position embeddings, class and register tokens are not kernels, so they
+  are never decayed."""
+  return trees.map_with_names(
+      lambda name, _: (name.endswith('kernel')
+                       and not _POSITION_KERNELS.search(name)), params)
+
+
+# Every schedule warms up linearly over `warmup_steps` from
+# `init_lr_factor` x lr (default 0) to lr.
 SCHEDULE_KEYS = {
-    'constant': {'name', 'warmup_steps'},
-    'step': {'name', 'warmup_steps', 'boundaries', 'decay_factor'},
-    'cosine': {'name', 'warmup_steps', 'end_lr_factor'},
+    'constant': {'name', 'warmup_steps', 'init_lr_factor'},
+    'step': {'name', 'warmup_steps', 'init_lr_factor', 'boundaries',
+             'decay_factor'},
+    'cosine': {'name', 'warmup_steps', 'init_lr_factor', 'end_lr_factor'},
 }
 
 
@@ -56,8 +77,9 @@ def build_schedule(optim_config, num_train_steps: int) -> Callable:
                      ' valid: constant, cosine, step.')
   if warmup <= 0:
     return main
+  start = lr * float(sched.get('init_lr_factor', 0.0))
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+      [optax.linear_schedule(start, lr, warmup), main], [warmup])
 
 
 def _adam(c, lr):
@@ -78,6 +100,14 @@ def _sgd(c, lr):
   return optax.chain(optax.add_decayed_weights(c.weight_decay, kernel_mask),
                      optax.sgd(lr, momentum=c.momentum or None,
                                nesterov=c.nesterov))
+
+
+def _lamb(c, lr):
+  # LAMB (You et al. 2020), the WD v3 taggers' optimiser: Adam's direction
+  # plus decoupled decay on `decay_mask`, each parameter's update rescaled
+  # to ||param|| / ||update|| (layer-wise trust ratio), then the lr.
+  return optax.lamb(lr, b1=c.b1, b2=c.b2, eps=1e-6,
+                    weight_decay=c.weight_decay, mask=decay_mask)
 
 
 class ValletRMSPropState(NamedTuple):
@@ -127,7 +157,7 @@ def _vallet_rmsprop(c, lr):
                      vallet_rmsprop(lr, alpha_max))
 
 
-OPTIMIZERS = {'adam': _adam_l2, 'adamw': _adam, 'sgd': _sgd,
+OPTIMIZERS = {'adam': _adam_l2, 'adamw': _adam, 'lamb': _lamb, 'sgd': _sgd,
               'vallet_rmsprop': _vallet_rmsprop}
 
 

@@ -134,7 +134,8 @@ class Predictable:
                        **self.encoder.spec, **self.record_features}
     self.preprocess = functools.partial(
         normalize, mean=tuple(config.data.mean), std=tuple(config.data.std),
-        dtype=models.DTYPES[config.model.dtype])
+        dtype=models.DTYPES[config.model.dtype],
+        channel_order=config.data.get('channel_order', 'RGB'))
     self.init_variables = functools.partial(
         init_variables, model=self.model, input_spec=self.input_spec,
         feature_keys=self.train_keys)

@@ -24,11 +24,13 @@ from absl import logging
 from etils import epath
 
 from jaxtag import checkpoint as checkpoint_lib
+from jaxtag import objectives
 from jaxtag import optim
 from jaxtag import predictor as predictor_lib
 from jaxtag import reporting
 from jaxtag import sharding
 from jaxtag import warm_start
+from jaxtag.data import batch_augment
 from jaxtag.data import device_feed as data_feed
 from jaxtag.data import pipeline
 from jaxtag.data.normalize import normalize  # noqa: F401  (the step's input)
@@ -80,11 +82,14 @@ def init_state(rng, *, init_variables, tx) -> TrainState:
 
 
 def train_step(state: TrainState, batch, rng, *, model, tx, objective,
-               schedule, preprocess,
-               feature_keys) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update. A non-finite loss leaves the state as it was, for good."""
+               schedule, preprocess, feature_keys,
+               augment=None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update. A non-finite loss leaves the state as it was, for good.
+  `augment(image, batch, key)`: MixUp and cutout (data/batch_augment.py)."""
   rng = jax.random.fold_in(rng, state.step)
   image, inputs = _inputs(batch, feature_keys, preprocess)
+  if augment is not None:
+    image, batch = augment(image, batch, jax.random.fold_in(rng, 1))
 
   def loss_of(params):
     outputs, new_vars = model.apply(
@@ -154,6 +159,9 @@ class Trainable(predictor_lib.Predictable):
     super().__init__(config, mesh, num_classes=num_classes,
                      tag_metadata=tag_metadata, feature_specs=feature_specs,
                      encoder=encoder, providers=providers)
+    self.objective = objectives.with_tag_weights(
+        self.objective, config.loss,
+        None if tag_metadata is None else tag_metadata.names)
     self.tx, self.schedule = optim.build_optimizer(
         config.optim, num_train_steps=num_train_steps)
     init = functools.partial(init_state, init_variables=self.init_variables,
@@ -168,7 +176,9 @@ class Trainable(predictor_lib.Predictable):
         functools.partial(train_step, model=self.model, tx=self.tx,
                           objective=self.objective, schedule=self.schedule,
                           preprocess=self.preprocess,
-                          feature_keys=self.train_keys),
+                          feature_keys=self.train_keys,
+                          augment=batch_augment.from_config(
+                              config.data, config.dataset.label_encoding)),
         in_shardings=(self.state_shardings, sharding.batch_sharding(mesh),
                       sharding.replicated(mesh)),
         out_shardings=(self.state_shardings, sharding.replicated(mesh)),

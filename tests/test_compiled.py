@@ -3,7 +3,9 @@
 What an accelerator run depends on and a CPU run cannot show: the backbone
 computes in bf16, the state is updated in place, gradients cross devices in
 a few large all-reduces, and nothing calls back to the host. The step is
-lowered and compiled once for the module (a width-1/8 ResNet-18 at 32 px).
+lowered and compiled once for the module (a width-1/8 ResNet-18 at 32 px),
+and so is a transformer's (configs/wd_v3.py:tiny, a 2-block ViT with LAMB,
+MixUp and cutout).
 """
 import collections
 import re
@@ -268,3 +270,84 @@ def test_host_check_sees_a_debug_callback():
   lowered = jax.jit(noisy).lower(jnp.zeros(4))
   assert host_interactions(lowered.compile().as_text())
   assert re.search(r'custom_call @\w*callback', lowered.as_text())
+
+
+# ---------------------------------------------------- a transformer step ---
+# The same checks on configs/wd_v3.py:tiny: a 2-block ViT with LayerNorm
+# instead of BatchNorm, LAMB, MixUp and cutout in the step.
+
+
+def stablehlo_matmul_operands(stablehlo_text: str):
+  """(op, [(dtype, shape)] of its operands) of every convolution and dot."""
+  for line in stablehlo_text.splitlines():
+    match = _STABLEHLO_MATMUL.search(line)
+    if match:
+      op, operands, _ = match.groups()
+      yield op, [(m.group(2), tuple(int(d) for d in m.group(1).split('x')
+                                    if d))
+                 for m in re.finditer(r'tensor<((?:[0-9]+x)*)([a-z][a-z0-9]*)>',
+                                      operands)]
+
+
+@pytest.fixture(scope='module')
+def vit_step():
+  assert jax.device_count() == 8
+  config = config_lib.load_config_file('configs/wd_v3.py:tiny')
+  assert config.model.dtype == 'bfloat16'
+  assert config.data.mixup_prob > 0 and config.data.cutout_prob > 0
+  mesh = sharding.create_mesh()
+  trainable = train.Trainable(config, mesh, num_classes=NUM_CLASSES,
+                              num_train_steps=10)
+  state = trainable.fresh_state()
+  lowered = trainable.train_step.lower(state, _batch(config, mesh),
+                                       trainable.step_rng)
+  return {'state': state, 'stablehlo': lowered.as_text(),
+          'hlo': lowered.compile().as_text()}
+
+
+def test_transformer_step_runs_its_convs_and_dots_on_bf16(vit_step):
+  matmuls = list(stablehlo_matmul_operands(vit_step['stablehlo']))
+  counts = collections.Counter(
+      (op, tuple(sorted({d for d, _ in operands})))
+      for op, operands in matmuls)
+  print(f'StableHLO operand dtypes: {dict(counts)}')
+  params = vit_step['state'].params
+  kernels = [x for x in jax.tree.leaves(params) if x.ndim == 2]
+  depth = sum(1 for k in params['backbone'] if k.startswith('blocks_'))
+  tokens = 1 + (32 // 8) ** 2   # the class token and a 4 x 4 patch grid
+  dots = sum(n for (op, _), n in counts.items() if op != 'convolution')
+  # Forward and weight gradient of every dense kernel, and the attention
+  # products of each block both ways.
+  assert dots >= 2 * len(kernels) + 2 * depth
+  # Only exception: jax.nn.dot_product_attention (XLA path) keeps the
+  # logits and softmax in float32, so the backward pass's dq and dk
+  # products take the logits' float32 cotangent [B, heads, T, 1, T]
+  # against bf16 k and q: two per block, nothing else.
+  mixed = [operands for _, operands in matmuls
+           if {d for d, _ in operands} != {'bf16'}]
+  assert len(mixed) == 2 * depth, mixed
+  for operands in mixed:
+    (f32_shape,) = [shape for d, shape in operands if d == 'f32']
+    assert f32_shape[-1] == f32_shape[-3] == tokens, operands
+    assert [d for d, _ in operands].count('bf16') == 1, operands
+
+
+def test_transformer_state_is_donated(vit_step):
+  leaves = jax.tree.leaves(vit_step['state'])
+  assert aliased_parameters(vit_step['hlo']) == set(range(len(leaves)))
+
+
+def test_transformer_gradients_cross_devices_in_a_few_all_reduces(vit_step):
+  reduces = all_reduces(vit_step['hlo'])
+  params = jax.tree.leaves(vit_step['state'].params)
+  print(f'{len(reduces)} all-reduces for {len(params)} parameter leaves: '
+        f'{[len(r) for r in reduces]} arrays each')
+  # Every parameter's gradient is reduced exactly once (XLA may drop unit
+  # dimensions or transpose, so arrays are matched by size), packed into
+  # at most 3 all-reduces; no BatchNorm, so besides them only scalars.
+  arrays = [[shape for _, shape in types if shape] for types in reduces]
+  assert sorted(int(np.prod(s)) for a in arrays for s in a) == sorted(
+      x.size for x in params)
+  assert sum(1 for a in arrays if a) <= 3
+  assert len(reduces) <= 6
+  assert not host_interactions(vit_step['hlo'])

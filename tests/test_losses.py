@@ -145,3 +145,44 @@ def test_sigmoid_bce_objective_takes_the_reduction_kwarg():
   got, _ = objective.loss(jnp.asarray(logits), {'labels': labels})
   assert float(got) == pytest.approx(_bce_ref(logits, labels).mean(),
                                      rel=1e-5)
+
+
+def _loss_config(**kw):
+  import ml_collections
+  return ml_collections.ConfigDict({'name': 'sigmoid_bce', 'kwargs': {},
+                                    'tag_weights': None, **kw})
+
+
+def test_tag_weights_file_weighs_each_tag(tmp_path):
+  from jaxtag import objectives
+  path = tmp_path / 'weights.csv'
+  path.write_text('tag,weight\nb,2.5\nd,0\n')
+  names = ['a', 'b', 'c', 'd']
+  np.testing.assert_array_equal(objectives.read_tag_weights(str(path), names),
+                                [1.0, 2.5, 1.0, 0.0])
+  objective = objectives.with_tag_weights(
+      objectives.get_objective(_loss_config(), 'multi_hot'),
+      _loss_config(tag_weights=str(path)), names)
+  rng = np.random.default_rng(4)
+  logits = rng.standard_normal((3, 4))
+  labels = (rng.random((3, 4)) < 0.5).astype(np.float32)
+  got, _ = objective.loss(jnp.asarray(logits), {'labels': labels})
+  want = (_bce_ref(logits, labels) * [1.0, 2.5, 1.0, 0.0]).sum(1).mean()
+  assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_tag_weights_errors_name_the_file_and_the_tags(tmp_path):
+  from jaxtag import objectives
+  path = tmp_path / 'my_weights.csv'
+  path.write_text('a,1\nzebra,2\nyak,3\n')
+  with pytest.raises(ValueError, match=r"my_weights\.csv.*2 tag.*'zebra', "
+                                       r"'yak'"):
+    objectives.read_tag_weights(str(path), ['a', 'b'])
+  path.write_text('a,heavy\n')
+  with pytest.raises(ValueError, match=r"my_weights\.csv, line 1.*'heavy'"):
+    objectives.read_tag_weights(str(path), ['a'])
+  path.write_text('a,-1\n')
+  with pytest.raises(ValueError, match=r'my_weights\.csv, line 1'):
+    objectives.read_tag_weights(str(path), ['a'])
+  with pytest.raises(ValueError, match='missing.csv'):
+    objectives.read_tag_weights(str(tmp_path / 'missing.csv'), ['a'])

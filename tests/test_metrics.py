@@ -222,3 +222,85 @@ def test_chunked_pass_equals_single_pass(monkeypatch):
                                        mask=mask)
   np.testing.assert_allclose(metrics.average_precision(s, t, mask), whole_ap)
   assert chunked == pytest.approx(whole)
+
+
+def _correlated(n=300, c=7, seed=3):
+  rng = np.random.default_rng(seed)
+  targets = rng.random((n, c)) < rng.uniform(0.05, 0.4, c)
+  scores = np.clip(0.25 * targets + rng.random((n, c)) * 0.75, 0, 0.999)
+  targets[:, -1] = False          # a tag without positives is left out
+  return scores.astype(np.float32), targets
+
+
+def test_per_tag_equal_pr_f1_against_precision_recall_curve():
+  scores, targets = _correlated()
+  scores[:40, 0] = 0.5            # a tie group
+  thresholds, f1 = metrics.f1_at_equal_pr_per_tag(scores, targets)
+  for k in range(scores.shape[1] - 1):
+    p, r, thr = skm.precision_recall_curve(targets[:, k], scores[:, k])
+    p, r = p[:-1], r[:-1]         # the last point (P = 1, R = 0) has none
+    gap = np.abs(p - r)
+    i = int(np.flatnonzero(gap == gap.min())[0])   # lowest threshold
+    assert thresholds[k] == pytest.approx(thr[i])
+    assert f1[k] == pytest.approx(2 * p[i] * r[i] / (p[i] + r[i]))
+    assert f1[k] == pytest.approx(skm.f1_score(
+        targets[:, k], scores[:, k] >= thresholds[k]))
+  assert np.isnan(f1[-1]) and np.isnan(thresholds[-1])
+
+
+def test_equal_pr_metrics_against_sklearn():
+  scores, targets = _correlated()
+  m = metrics.equal_pr_metrics(scores, targets, bins=50)
+  keep = targets.any(0)
+  y = targets[:, keep].astype(int)
+
+  def at(t):
+    pred = (scores[:, keep] >= t).astype(int)
+    return (skm.precision_score(y, pred, average='macro', zero_division=0),
+            skm.recall_score(y, pred, average='macro', zero_division=0))
+
+  gaps = [abs(np.subtract(*at(j / 50))) for j in range(50)]
+  j = int(np.flatnonzero(np.isclose(gaps, min(gaps)))[-1])
+  assert m['threshold_PR'] == pytest.approx(j / 50)
+  pred = (scores[:, keep] >= m['threshold_PR']).astype(int)
+  assert m['F1_macro_PR'] == pytest.approx(
+      skm.f1_score(y, pred, average='macro', zero_division=0))
+  assert m['F1_micro_PR'] == pytest.approx(
+      skm.f1_score(y, pred, average='micro'))
+  assert m['MCC_PR'] == pytest.approx(
+      skm.matthews_corrcoef(y.ravel(), pred.ravel()))
+  _, per_tag = metrics.f1_at_equal_pr_per_tag(scores, targets)
+  assert m['F1_macro_PR_tag'] == pytest.approx(np.nanmean(per_tag))
+
+
+def test_equal_pr_metrics_drop_masked_images():
+  scores, targets = _correlated()
+  mask = np.ones(len(scores))
+  mask[200:] = 0
+  masked = metrics.equal_pr_metrics(scores, targets, mask=mask)
+  assert masked == pytest.approx(
+      metrics.equal_pr_metrics(scores[:200], targets[:200]))
+
+
+def test_mcc_by_hand():
+  # tp 3, fp 1, fn 2, tn 4: (12 - 2) / sqrt(4 * 5 * 5 * 6).
+  assert metrics.mcc(3, 1, 2, 4) == pytest.approx(10 / np.sqrt(600))
+  assert metrics.mcc(0, 0, 2, 4) == 0.0
+
+
+def test_multi_label_task_reports_the_equal_pr_metrics():
+  import scipy.sparse
+  from jaxtag import config as config_lib
+  from jaxtag.data import tag_metadata
+  from jaxtag.tasks import multi_label
+  scores, targets = _correlated()
+  c = scores.shape[1]
+  tags = tag_metadata.TagMetadata(
+      names=[f't{k}' for k in range(c)], categories=np.zeros(c, int),
+      counts=np.ones(c, int), cooccurrence=scipy.sparse.csr_array((c, c)),
+      num_images=1)
+  result, _, _ = multi_label.MultiLabel(tags).score(
+      {'scores': scores, 'labels': targets.astype(np.float32)},
+      eval_config=config_lib.defaults().eval)
+  expected = metrics.equal_pr_metrics(scores, targets)
+  assert {k: result[k] for k in expected} == pytest.approx(expected)

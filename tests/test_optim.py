@@ -1,11 +1,13 @@
 """Optimisers, schedules, weight-decay masks and parameter groups."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
 from jaxtag import config as config_lib
 from jaxtag import optim
+from jaxtag import trees
 
 
 def _config(**kw):
@@ -98,8 +100,8 @@ def test_clipping_caps_the_global_norm():
 
 
 def test_unknown_names_are_listed():
-  with pytest.raises(ValueError, match='adam, adamw, sgd, vallet_rmsprop'):
-    optim.build_optimizer(_config(name='lamb'), num_train_steps=10)
+  with pytest.raises(ValueError, match='adam, adamw, lamb, sgd, vallet_rmsprop'):
+    optim.build_optimizer(_config(name='lars'), num_train_steps=10)
   with pytest.raises(ValueError, match='constant, cosine, step'):
     optim.build_optimizer(_config(schedule={'name': 'poly'}),
                           num_train_steps=10)
@@ -109,3 +111,62 @@ def test_unknown_schedule_key_is_rejected_with_valid_keys():
   c = _config(schedule={'name': 'cosine', 'warmup_step': 10})
   with pytest.raises(ValueError, match='config.optim.schedule.*warmup_steps'):
     optim.build_optimizer(c, num_train_steps=10)
+
+
+def test_warmup_cosine_from_a_tenth_to_a_hundredth_by_hand():
+  # The WD v3 schedule: 0.1x -> peak over the warmup, cosine to 0.01x.
+  c = _config(lr=2.0, schedule={'name': 'cosine', 'warmup_steps': 10,
+                                'init_lr_factor': 0.1, 'end_lr_factor': 0.01})
+  _, s = optim.build_optimizer(c, num_train_steps=110)
+  assert float(s(0)) == pytest.approx(0.2)
+  assert float(s(5)) == pytest.approx(0.2 + 0.5 * 1.8)
+  assert float(s(10)) == pytest.approx(2.0)
+  # Half-way down the cosine: the mean of the peak and the floor.
+  assert float(s(60)) == pytest.approx((2.0 + 0.02) / 2, rel=1e-5)
+  assert float(s(110)) == pytest.approx(0.02, rel=1e-5)
+
+
+def _vit_like_params():
+  return {'backbone': {
+      'pos_embed': jnp.full((1, 4, 2), 0.5), 'cls_token': jnp.full((1, 1, 2),
+                                                                   0.5),
+      'blocks_0': {'norm1': {'scale': jnp.ones(2), 'bias': jnp.zeros(2)},
+                   'ls1': {'gamma': jnp.full(2, 0.1)},
+                   'attn': {'qkv': {'kernel': jnp.arange(12.).reshape(2, 6)
+                                    / 10, 'bias': jnp.full(6, 0.2)}},
+                   'cpb_mlp_0': {'kernel': jnp.ones((2, 2))}}},
+      'head': {'kernel': jnp.full((2, 3), -0.3), 'bias': jnp.full(3, 0.1)}}
+
+
+def test_decay_mask_keeps_only_feature_kernels():
+  mask = optim.decay_mask(_vit_like_params())
+  flat = trees.flatten(mask)
+  assert sorted(k for k, v in flat.items() if v) == [
+      'backbone/blocks_0/attn/qkv/kernel', 'head/kernel']
+
+
+def test_lamb_one_step_against_numpy():
+  params = _vit_like_params()
+  grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=jnp.float32)
+                                         + 1.0).reshape(p.shape), params)
+  c = _config(name='lamb', lr=0.01, weight_decay=0.05, b1=0.9, b2=0.999)
+  new = _step(c, grads, params)
+  mask = optim.decay_mask(params)
+
+  def reference(p, g, decayed):
+    p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+    # One Adam step with bias correction: m_hat = g, v_hat = g^2.
+    m_hat, v_hat = g, g * g
+    update = m_hat / (np.sqrt(v_hat) + 1e-6) + (0.05 * p if decayed else 0)
+    p_norm, u_norm = np.linalg.norm(p), np.linalg.norm(update)
+    trust = p_norm / u_norm if p_norm > 0 and u_norm > 0 else 1.0
+    return p - 0.01 * trust * update
+
+  expected = jax.tree.map(reference, params, grads, mask)
+  for got, want in zip(jax.tree.leaves(new), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  # Decay moved the decayed kernel further than the same step without it.
+  nodecay = _step(_config(name='lamb', lr=0.01, weight_decay=0.0), grads,
+                  params)
+  assert not np.allclose(new['head']['kernel'], nodecay['head']['kernel'])
+  np.testing.assert_allclose(new['head']['bias'], nodecay['head']['bias'])

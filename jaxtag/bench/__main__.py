@@ -15,6 +15,9 @@ r"""Benchmarks: print figures and write them as JSON.
   python -m jaxtag.bench --what=flops --families=vit_base_patch16 \
       --image_sizes=224,384,448 --flops_from=lowered,compiled
   python -m jaxtag.bench --what=decode [--steps 5]
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m jaxtag.bench \
+      --what=memory --config configs/wd_v3.py:eva02_large \
+      --config.batch_size=32 --config.mesh.model=8 --num_classes=10861
   python -m jaxtag.bench --what=tag [--config CONFIG] [--steps 3]
 """
 import json
@@ -37,7 +40,7 @@ def _define_flags():
       lock_config=True)
   flags.DEFINE_enum('what', 'train',
                     ['train', 'metrics', 'predict', 'mlgcn', 'addgcn',
-                     'serve', 'flops', 'decode', 'tag'],
+                     'serve', 'flops', 'decode', 'tag', 'memory'],
                     'train: the train step (and the pipeline with '
                     '--pipeline); metrics: the metric suite at 50k x 10k;'
                     ' predict: FLOPs and time of the prediction path; '
@@ -55,7 +58,10 @@ def _define_flags():
                     'rounds); '
                     'tag: jaxtag.tag end to end on CPU (448 px, 200 '
                     'JPEGs) against a plain onnxruntime loop, and its '
-                    'JAX path (--steps rounds).')
+                    'JAX path (--steps rounds); '
+                    'memory: the compiled train step\'s memory per '
+                    'device from XLA (compiled, never run; '
+                    'jaxtag/bench/memory.py).')
   flags.DEFINE_integer('steps', 20, 'Timed steps.')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
   flags.DEFINE_integer(
@@ -169,6 +175,13 @@ def main(argv):
               'products': mlgcn_bench.product_times(
                   (256, 1000, 2000, 4000), (0.001, 0.003, 0.01, 0.05),
                   width=512)}
+  elif FLAGS.what == 'memory':
+    if FLAGS.config is None:
+      raise app.UsageError('--config is required for --what=memory.')
+    from jaxtag.bench import memory as memory_bench
+    result = {'benchmark': 'memory', **memory_bench.run(
+        FLAGS.config, num_classes=FLAGS.num_classes or 1000)}
+    memory_bench.print_result(result)
   elif FLAGS.what == 'flops':
     from jaxtag.bench import flops as flops_bench
     result = {'benchmark': 'flops', **flops_bench.run(

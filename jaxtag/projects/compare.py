@@ -8,7 +8,8 @@ after the other; a run that already wrote `results.json` is not trained
 again, and an interrupted one resumes from its checkpoint. The budgets
 (dataset, image size, batch, epochs or steps) must be equal, or the command
 stops and lists the differences. Then `DIR/compare.md` and
-`DIR/compare.json` hold mAP, CP, CR, CF1, OP, OR, OF1, their top-3 variants,
+`DIR/compare.json` hold mAP, CP, CR, CF1, OP, OR, OF1 (and the macro-F1 at
+P = R, micro-F1 and MCC of jaxtag/metrics.py), their top-3 variants,
 and the test AP of the tags that are small or faint in the image, and
 `DIR/compare.png` shows the runs side by side (with the `plots` extra).
 
@@ -40,6 +41,9 @@ from jaxtag import plots
 
 METRICS = ('mAP', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
 TOP3 = tuple(f'{m}_top3' for m in METRICS[1:])
+# The WD v3 cards' metrics (jaxtag/metrics.py equal_pr_metrics), in the
+# tables when the runs report them.
+EQUAL_PR = ('F1_macro_PR', 'F1_macro_PR_tag', 'F1_micro_PR', 'MCC_PR')
 # synthetic_anime draws these with a few pixels (render.py): fang, mole and
 # a 1-pixel smile; blush is pale pink on skin; an open mouth is a dot.
 SMALL_AND_FAINT_TAGS = ('fang', 'mole', 'blush', 'smile', 'open_mouth')
@@ -195,7 +199,8 @@ def collect(workdir: str, names: Sequence[str],
         'name': name, 'dataset': record.get('dataset'),
         'step': record.get('step'),
         'train_seconds': record.get('train_seconds_this_session'),
-        'metrics': {k: metrics[k] for k in METRICS + TOP3 if k in metrics},
+        'metrics': {k: metrics[k] for k in METRICS + TOP3 + EQUAL_PR
+                    if k in metrics},
         'per_tag_ap': _per_tag_ap(folder / 'results_per_tag.csv', tags)})
   return {'runs': runs, 'tags': list(tags)}
 
@@ -213,7 +218,8 @@ def _pct_pm(stat) -> str:
 def _tables(rows: list[dict], tags: list[str], fmt) -> list[str]:
   """The metric table and the small tags' AP table of `rows` (runs, or
   per-config summaries), each cell written by `fmt`."""
-  cols = [c for c in METRICS + TOP3 if any(c in r['metrics'] for r in rows)]
+  cols = [c for c in METRICS + EQUAL_PR + TOP3
+          if any(c in r['metrics'] for r in rows)]
   lines = ['| Run | ' + ' | '.join(cols) + ' |',
            '|---|' + '---|' * len(cols)]
   for r in rows:

@@ -64,7 +64,8 @@ def write_cache(config, out: str, splits=None,
   # Normalised in float32 whatever the tagger's compute dtype.
   preprocess = functools.partial(
       normalize, mean=tuple(config.data.mean),
-      std=tuple(config.data.std), dtype=jnp.float32)
+      std=tuple(config.data.std), dtype=jnp.float32,
+      channel_order=config.data.get('channel_order', 'RGB'))
   apply = jax.jit(lambda v, image: model.apply(
       {'params': v.params, 'batch_stats': v.batch_stats,
        'constants': v.constants},

@@ -161,6 +161,7 @@ class Preprocess:
                interpolation=config.data.interpolation,
                mean=tuple(float(v) for v in config.data.mean),
                std=tuple(float(v) for v in config.data.std),
+               channel_order=config.data.get('channel_order', 'RGB'),
                bucket_aspects=tuple(float(a)
                                     for a in config.eval.bucket_aspects))
 

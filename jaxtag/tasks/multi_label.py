@@ -2,7 +2,10 @@
 
 Metrics: mAP, CP/CR/CF1, OP/OR/OF1, their top-k, and per-image metrics
 (jaxtag/metrics.py), with the run's threshold policy (config.eval.
-thresholds, fitted on the eval split) applied; `<name>_per_tag.csv`; the
+thresholds, fitted on the eval split) applied; beside them the WD v3
+cards' metrics, which fit their own thresholds (metrics.equal_pr_metrics):
+macro-F1 at each tag's P = R threshold, and macro-F1, micro-F1 and MCC at
+the one global threshold where macro precision equals macro recall; `<name>_per_tag.csv`; the
 precision-recall, per-tag AP and label-graph figures. Served as the WD
 tagger front ends do: ratings, general and character tags above their
 thresholds.
@@ -27,7 +30,7 @@ from jaxtag.tasks import base
 class MultiLabel(base.Task):
   name: ClassVar[str] = 'multi_label'
   summary_keys: ClassVar[tuple[str, ...]] = (
-      'mAP', 'CF1', 'OF1', 'CF1_top3', 'OF1_top3', 'loss')
+      'mAP', 'CF1', 'OF1', 'F1_macro_PR', 'CF1_top3', 'OF1_top3', 'loss')
   # Whether conversion tunes per-tag thresholds on the validation split.
   tunes_on_validation: ClassVar[bool] = True
 
@@ -45,6 +48,8 @@ class MultiLabel(base.Task):
     result = metrics_lib.multilabel_metrics(
         pred['scores'], pred['labels'], threshold=pred['threshold'],
         top_k=eval_config.top_k, ap=pred['ap'], mask=mask)
+    result.update(metrics_lib.equal_pr_metrics(pred['scores'],
+                                               pred['labels'], mask))
     result['thresholds'] = thresholds['policy']
     return result, pred, thresholds
 
