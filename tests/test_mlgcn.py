@@ -262,8 +262,11 @@ def test_compare_two_tiny_configs(tiny_data_dir, tmp_path):
   for run in results['runs']:
     record = json.loads((tmp_path / 'cmp' / run['name'] / 'results.json'
                          ).read_text())
-    assert run['metrics']['mAP'] == record['metrics']['mAP']
-    assert set(run['metrics']) == set(compare.METRICS + compare.TOP3)
+    # Every metric of the table, the WD v3 cards' ones included, as the
+    # run's own results hold it.
+    assert set(run['metrics']) == set(compare.METRICS + compare.TOP3
+                                      + compare.EQUAL_PR)
+    assert run['metrics'] == {k: record['metrics'][k] for k in run['metrics']}
     # The per-tag AP is the CSV's, independently parsed here.
     rows = (tmp_path / 'cmp' / run['name'] / 'results_per_tag.csv'
             ).read_text().splitlines()
