@@ -26,10 +26,15 @@ def _params():
 def _step(config, grads, params=None, steps=1):
   params = params or _params()
   tx, _ = optim.build_optimizer(config, num_train_steps=100)
+
+  @jax.jit   # one program, not one compiled dispatch per small operation
+  def one(params, state):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
   state = tx.init(params)
   for _ in range(steps):
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
+    params, state = one(params, state)
   return params
 
 
