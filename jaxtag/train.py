@@ -33,7 +33,6 @@ from jaxtag import warm_start
 from jaxtag.data import batch_augment
 from jaxtag.data import device_feed as data_feed
 from jaxtag.data import pipeline
-from jaxtag.data.normalize import normalize  # noqa: F401  (the step's input)
 from jaxtag.predictor import evaluate_checkpoint  # noqa: F401  (--mode=eval)
 
 

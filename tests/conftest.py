@@ -149,3 +149,36 @@ def read_params():
     return state[collection], step
 
   return read
+
+
+def _trainer_and_bundle_scores(config, workdir, bundle_dir, count=None):
+  """(the trainer's eval scores [N, C] of a run's test split, the bundle's
+  scores of the same images in model order, the images as PIL): the
+  trainer's restore and eval step on one side, the bundle's own
+  preprocessing and predict on the other."""
+  import io
+
+  from PIL import Image
+
+  from jaxtag import evaluate
+  from jaxtag import train
+  from jaxtag.data import sources
+  from jaxtag.serving import tagger as tagger_lib
+  run = train.Run(config, workdir)
+  state = run.checkpointer.restore(run.checkpointer.latest_step(),
+                                   run.abstract_state)
+  run.checkpointer.close()
+  pred = evaluate.predict(run.eval_step, state, run.eval_batches('test'),
+                          run.mesh)
+  source, _ = sources.open_split(config.dataset, 'test')
+  index = pred['index'][:count]
+  pil = [Image.open(io.BytesIO(source[int(i)]['image'])) for i in index]
+  tagger = tagger_lib.Tagger(bundle_dir, batch_size=16)
+  served = tagger.bundle.to_model_order(tagger.scores(pil))
+  return pred['scores'][:count], served, pil
+
+
+@pytest.fixture
+def trainer_and_bundle_scores():
+  """See _trainer_and_bundle_scores."""
+  return _trainer_and_bundle_scores

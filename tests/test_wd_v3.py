@@ -2,7 +2,6 @@
 end on the tiny synthetic dataset and converted (slow)."""
 import csv
 import dataclasses
-import io
 import json
 import os
 
@@ -11,13 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 
 from jaxtag import config as config_lib
-from jaxtag import evaluate as evaluate_lib
 from jaxtag import models
 from jaxtag import train
-from jaxtag.data import sources
 from jaxtag.serving import bundle as bundle_lib
 from jaxtag.serving import convert as convert_lib
 from jaxtag.serving import tagger as tagger_lib
@@ -79,7 +75,8 @@ def test_recipe_settings():
 
 
 @pytest.mark.slow  # trains 8 steps and converts the run
-def test_tiny_trains_and_converts_to_a_bgr_bundle(tiny_data_dir, tmp_path):
+def test_tiny_trains_and_converts_to_a_bgr_bundle(tiny_data_dir, tmp_path,
+                                                  trainer_and_bundle_scores):
   config = _config('tiny')
   config.dataset.data_dir = tiny_data_dir
   workdir = str(tmp_path / 'run')
@@ -94,25 +91,14 @@ def test_tiny_trains_and_converts_to_a_bgr_bundle(tiny_data_dir, tmp_path):
   assert preprocess['mean'] == [0.5, 0.5, 0.5]
   # The bundle flips the channels as the trainer did: its scores are the
   # trainer's eval predictions.
-  run = train.Run(config, workdir)
-  state = run.checkpointer.restore(run.checkpointer.latest_step(),
-                                   run.abstract_state)
-  run.checkpointer.close()
-  pred = evaluate_lib.predict(run.eval_step, state, run.eval_batches('test'),
-                              run.mesh)
-  source, _ = sources.open_split(config.dataset, 'test')
-  tagger = tagger_lib.Tagger(out, batch_size=16)
-  pil = [Image.open(io.BytesIO(source[int(i)]['image']))
-         for i in pred['index'][:16]]
-  served = tagger.bundle.to_model_order(tagger.scores(pil))
-  np.testing.assert_allclose(served, pred['scores'][:16], rtol=1e-5,
-                             atol=1e-5)
+  want, served, pil = trainer_and_bundle_scores(config, workdir, out, 16)
+  np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-5)
   # Read as RGB, the same bundle scores otherwise: the order reached it.
   rgb = tagger_lib.Tagger(out, batch_size=16)
   rgb.bundle.preprocess = dataclasses.replace(rgb.bundle.preprocess,
                                               channel_order='RGB')
   wrong = rgb.bundle.to_model_order(rgb.scores(pil))
-  assert np.abs(wrong - pred['scores'][:16]).max() > 0.01
+  assert np.abs(wrong - want).max() > 0.01
 
   # ONNX, in the WD layout: BGR 0-255 in, the csv's rows out; it scores
   # as the bundle does (float32 graph against the bf16 model).
@@ -123,8 +109,8 @@ def test_tiny_trains_and_converts_to_a_bgr_bundle(tiny_data_dir, tmp_path):
     rows = [r['name'] for r in csv.DictReader(f)]
   pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3),
                                              dtype=np.uint8)
-  bundled = dict(zip(tagger.bundle.names,
-                     np.asarray(tagger.bundle.predict(pixels)).T))
+  bundle = bundle_lib.load_bundle(out)
+  bundled = dict(zip(bundle.names, np.asarray(bundle.predict(pixels)).T))
   got = session.run(None, {session.get_inputs()[0].name:
                            pixels[..., ::-1].astype(np.float32)})[0]
   np.testing.assert_allclose(got.T, [bundled[n] for n in rows], atol=2e-2)
