@@ -308,7 +308,9 @@ def equal_pr_metrics(scores, targets, mask=None, bins: int = 1000) -> dict:
     (f1_at_equal_pr_per_tag), averaged;
   - `threshold_PR`: one global threshold j / bins where the macro
     precision (mean over tags of each tag's precision, 0 for a tag that
-    predicts nothing) is nearest the macro recall, the lowest on a tie;
+    predicts nothing) is nearest the macro recall, the lowest on a tie,
+    among the thresholds where some tag predicts something (above the
+    highest score both are 0, equal, and say nothing);
   - at that threshold: `F1_macro_PR`, the mean of the tags' F1 (scikit-
     learn's f1_score average='macro', zero_division=0), `F1_micro_PR`
     (pooled counts) and `MCC_PR`, the Matthews correlation of all
@@ -328,7 +330,11 @@ def equal_pr_metrics(scores, targets, mask=None, bins: int = 1000) -> dict:
   precision = _safe_div(tp, pp)
   recall = tp / num_pos
   gap = np.abs(precision.mean(0) - recall.mean(0))
-  j = bins - 1 - int(np.argmin(gap[::-1]))
+  candidates = np.flatnonzero(pp.sum(0) > 0)
+  if candidates.size == 0:   # no score reaches even the lowest threshold
+    return {**out, 'threshold_PR': 0.5, 'F1_macro_PR': 0.0,
+            'F1_micro_PR': 0.0, 'MCC_PR': 0.0}
+  j = int(candidates[np.argmin(gap[candidates])])   # the first: the lowest
   f1 = _safe_div(2 * tp[:, j], pp[:, j] + num_pos[:, 0])
   total_tp, total_pp = tp[:, j].sum(), pp[:, j].sum()
   total_pos = num_pos.sum()

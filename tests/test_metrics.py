@@ -259,8 +259,11 @@ def test_equal_pr_metrics_against_sklearn():
     return (skm.precision_score(y, pred, average='macro', zero_division=0),
             skm.recall_score(y, pred, average='macro', zero_division=0))
 
-  gaps = [abs(np.subtract(*at(j / 50))) for j in range(50)]
-  j = int(np.flatnonzero(np.isclose(gaps, min(gaps)))[-1])
+  # Among the thresholds that predict something, the lowest of the
+  # smallest gaps.
+  grid = [j for j in range(50) if (scores[:, keep] >= j / 50).any()]
+  gaps = [abs(np.subtract(*at(j / 50))) for j in grid]
+  j = grid[int(np.flatnonzero(np.isclose(gaps, min(gaps)))[0])]
   assert m['threshold_PR'] == pytest.approx(j / 50)
   pred = (scores[:, keep] >= m['threshold_PR']).astype(int)
   assert m['F1_macro_PR'] == pytest.approx(
@@ -271,6 +274,20 @@ def test_equal_pr_metrics_against_sklearn():
       skm.matthews_corrcoef(y.ravel(), pred.ravel()))
   _, per_tag = metrics.f1_at_equal_pr_per_tag(scores, targets)
   assert m['F1_macro_PR_tag'] == pytest.approx(np.nanmean(per_tag))
+
+
+def test_equal_pr_threshold_is_never_where_nothing_is_predicted():
+  # A weak model: every score below 0.3. Above it precision and recall are
+  # both 0, equal, and the F1 there is 0; the threshold must be one that
+  # predicts. By hand with bins 10: at 0.2, tag 0 predicts images 0 and 1
+  # (one right: P 1/2, R 1/1) and tag 1 image 2 (right: P 1, R 1/2):
+  # macro P 0.75 = macro R 0.75; F1 of the tags 2/3 and 2/3.
+  scores = np.array([[0.25, 0.0], [0.21, 0.0], [0.0, 0.29], [0.1, 0.1]])
+  targets = np.array([[1, 0], [0, 0], [0, 1], [0, 1]])
+  m = metrics.equal_pr_metrics(scores, targets, bins=10)
+  assert m['threshold_PR'] == pytest.approx(0.2)
+  assert m['F1_macro_PR'] == pytest.approx(2 / 3)
+  assert m['F1_micro_PR'] == pytest.approx(2 * 2 / (3 + 3))
 
 
 def test_equal_pr_metrics_drop_masked_images():
