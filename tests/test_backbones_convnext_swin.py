@@ -230,3 +230,28 @@ def test_swinv2_bfloat16_stays_close_to_float32():
   # bfloat16 keeps about 3 significant digits.
   error = np.asarray(features, np.float32) - np.asarray(reference)
   assert np.linalg.norm(error) < 0.03 * np.linalg.norm(reference)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_swinv2_gradient_is_finite_on_a_blank_region(dtype):
+  # Cutout blanks a square to 0 after normalisation. Freshly initialised,
+  # the patch embedding and its LayerNorm map such a patch to exactly 0, so
+  # its q and k are 0 (V2 has no k bias) and the cosine attention
+  # normalises a zero vector: torch's F.normalize has a zero gradient
+  # there, a plain sqrt would give 0 * inf = NaN.
+  backbone = swinv2.SwinV2(embed_dim=16, depths=(1, 1), num_heads=(2, 4),
+                           window_size=4, dtype=dtype)
+  image = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  image = image.at[:, :16, :16].set(0.0)
+  variables = backbone.init(jax.random.key(1), image, train=False)
+
+  def loss(params):
+    features = backbone.apply({**variables, 'params': params}, image,
+                              train=False)
+    return jnp.sum(jnp.square(features.astype(jnp.float32)))
+
+  grads = _run(jax.grad(loss), variables['params'])
+  bad = [jax.tree_util.keystr(path) for path, g in
+         jax.tree_util.tree_leaves_with_path(grads)
+         if not np.all(np.isfinite(np.asarray(g)))]
+  assert not bad, bad

@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import subprocess_env
 from absl import flags
 
 from jaxtag import config as config_lib
@@ -19,19 +20,6 @@ from jaxtag import train
 from jaxtag.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env(devices: int) -> dict:
-  env = dict(os.environ)
-  env['JAX_PLATFORMS'] = 'cpu'
-  # As conftest.py compiles: without LLVM's optimisations.
-  env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
-                      '--xla_backend_optimization_level=0')
-  env['PYTHONUNBUFFERED'] = '1'
-  for key in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES',
-              'JAX_PROCESS_ID'):
-    env.pop(key, None)
-  return env
 
 
 def _main_args(workdir, data_dir, *extra):
@@ -45,7 +33,8 @@ def test_unknown_override_is_rejected_with_valid_keys(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'jaxtag.main', '--config', 'configs/default.py',
        '--workdir', str(tmp_path), '--config.model.backbon=resnet50'],
-      cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
+      cwd=ROOT, env=subprocess_env.env(1), capture_output=True, text=True,
+      timeout=120)
   assert proc.returncode != 0
   assert 'config.model.backbon' in proc.stderr
   assert ('backbone, backbone_kwargs, dtype, features, head, head_kwargs, '
@@ -81,7 +70,8 @@ def test_sigterm_saves_a_checkpoint_that_restores(tiny_config, tmp_path):
                  '--config.checkpoint_every_steps=1000000',
                  '--config.eval_every_steps=1000000',
                  '--config.log_every_steps=1'),
-      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      cwd=ROOT, env=subprocess_env.env(2), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
       text=True)
   metrics = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + 240
@@ -115,11 +105,11 @@ def test_two_processes_equal_one_process(tiny_config, tmp_path, read_params):
   args = ('--config.optim.name=sgd', '--config.optim.lr=0.005',
           '--config.num_train_steps=2')
   single = str(tmp_path / 'single')
-  subprocess.run(_main_args(single, data_dir, *args), cwd=ROOT, env=_env(4),
+  subprocess.run(_main_args(single, data_dir, *args), cwd=ROOT,
+                 env=subprocess_env.env(4),
                  check=True, capture_output=True, timeout=600)
   multi = str(tmp_path / 'multi')
-  env = _env(2)
-  env['JAXTAG_LOCAL_DEVICES'] = '2'
+  env = subprocess_env.env(JAXTAG_LOCAL_DEVICES='2')
   proc = subprocess.run(
       ['bash', 'launch/local.sh', '2', '--', *_main_args(multi, data_dir,
                                                           *args)],
@@ -144,8 +134,7 @@ def test_two_processes_equal_one_process(tiny_config, tmp_path, read_params):
 @pytest.mark.slow
 def test_two_processes_build_a_fresh_dataset_once_and_train(tmp_path):
   data_dir, workdir = str(tmp_path / 'fresh'), str(tmp_path / 'run')
-  env = _env(2)
-  env['JAXTAG_LOCAL_DEVICES'] = '2'
+  env = subprocess_env.env(JAXTAG_LOCAL_DEVICES='2')
   proc = subprocess.run(
       ['bash', 'launch/local.sh', '2', '--', *_main_args(workdir, data_dir)],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -11,6 +11,7 @@ import checkpoint_damage
 import jax
 import numpy as np
 import pytest
+import subprocess_env
 
 from jaxtag import checkpoint as checkpoint_lib
 from jaxtag import config as config_lib
@@ -170,12 +171,7 @@ def test_two_processes_agree_when_only_one_cannot_read(
 
 
 def _launch_two(workdir, data_dir):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1',
-             JAXTAG_LOCAL_DEVICES='2',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  for key in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES',
-              'JAX_PROCESS_ID'):
-    env.pop(key, None)
+  env = subprocess_env.env(JAXTAG_LOCAL_DEVICES='2')
   return subprocess.run(
       ['bash', 'launch/local.sh', '2', '--', sys.executable, '-m',
        'jaxtag.main', '--config', 'configs/default.py:tiny', '--workdir',

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import serving_fixtures as fx
+import subprocess_env
 from jaxtag import tag as tag_lib
 from jaxtag.serving import backends
 from jaxtag.serving import bundle as bundle_lib
@@ -174,16 +175,6 @@ def test_progress_shows_the_rate_and_the_eta(capsys):
   assert 'tagged 20/100 images, 2.0 img/s, ETA 0m40s' in err
 
 
-def _env(devices):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1',
-             PYTHONPATH=ROOT, JAXTAG_LOCAL_DEVICES=str(devices),
-             XLA_FLAGS='')
-  for key in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES',
-              'JAX_PROCESS_ID'):
-    env.pop(key, None)
-  return env
-
-
 @pytest.mark.slow  # two launches of subprocesses
 def test_two_processes_tag_each_image_once_like_one_process(tmp_path):
   directory = fx.shared_bundle()[0]
@@ -196,7 +187,9 @@ def test_two_processes_tag_each_image_once_like_one_process(tmp_path):
          'jaxtag.tag', str(folder), '--bundle', directory, '--backend',
          'jax', '--batch_size', '8', '--format', 'jsonl', '--all_scores',
          '--output', str(out), '--quiet'],
-        cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=900)
+        cwd=ROOT, env=subprocess_env.env(PYTHONPATH=ROOT,
+                                         JAXTAG_LOCAL_DEVICES='2'),
+        capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     outputs[n] = out.read_text()
     if n == 2:   # each process tagged its own half

@@ -119,9 +119,12 @@ def window_regions(padded, window, shift) -> np.ndarray | None:
 
 
 def _l2_normalize(x):
-  # torch.nn.functional.normalize: x / max(|x|, 1e-12).
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, 1e-12)
+  # torch.nn.functional.normalize: x / max(|x|, 1e-12), with its gradient:
+  # 0 through the norm where the norm is clamped. Clamping the squared norm
+  # before the square root keeps a zero vector (a blank patch's k, as V2
+  # has no k bias) from giving sqrt's infinite slope times 0 = NaN.
+  return x * jax.lax.rsqrt(
+      jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
 class WindowAttention(nn.Module):
