@@ -239,11 +239,12 @@ def test_swinv2_gradient_is_finite_on_a_blank_region(dtype):
   # its q and k are 0 (V2 has no k bias) and the cosine attention
   # normalises a zero vector: torch's F.normalize has a zero gradient
   # there, a plain sqrt would give 0 * inf = NaN.
-  backbone = swinv2.SwinV2(embed_dim=16, depths=(1, 1), num_heads=(2, 4),
+  backbone = swinv2.SwinV2(embed_dim=8, depths=(1,), num_heads=(2,),
                            window_size=4, dtype=dtype)
-  image = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  image = image.at[:, :16, :16].set(0.0)
-  variables = backbone.init(jax.random.key(1), image, train=False)
+  image = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+  image = image.at[:, :8, :8].set(0.0)
+  variables = _run(functools.partial(backbone.init, train=False),
+                   jax.random.key(1), image)
 
   def loss(params):
     features = backbone.apply({**variables, 'params': params}, image,

@@ -143,6 +143,7 @@ def _f32_matmuls(counts: collections.Counter) -> dict:
   return {key: n for key, n in counts.items() if key[1] != ('bf16',)}
 
 
+@pytest.mark.slow  # compiles a whole train step (its module fixture)
 def test_bf16_config_runs_every_conv_and_dot_in_bf16(bf16_step):
   # Asserted on the StableHLO that JAX hands to XLA, not on the optimised
   # HLO: XLA:CPU has no bf16 convolution or dot kernels, so its
@@ -186,6 +187,7 @@ _HLO_DTYPES = {'float32': 'f32', 'bfloat16': 'bf16', 'int32': 's32',
                'uint32': 'u32', 'uint8': 'u8'}
 
 
+@pytest.mark.slow  # compiles a whole train step (its module fixture)
 def test_state_is_donated_and_aliased_to_the_new_state(bf16_step):
   hlo = bf16_step['hlo']
   params = entry_parameters(hlo)
@@ -206,6 +208,7 @@ def test_state_is_donated_and_aliased_to_the_new_state(bf16_step):
   assert aliased <= set(range(len(leaves))), 'a non-state input is aliased'
 
 
+@pytest.mark.slow  # compiles a whole train step (its module fixture)
 def test_running_the_step_consumes_the_old_state(bf16_step):
   # The runtime side of the aliasing: JAX hands the buffers over (a buffer
   # it could not reuse would stay alive, with a warning).
@@ -229,6 +232,7 @@ def test_aliasing_check_sees_a_step_without_donation():
 # ------------------------------------------------------------ all-reduce ---
 
 
+@pytest.mark.slow  # compiles a whole train step (its module fixture)
 def test_gradients_cross_devices_in_a_few_all_reduces(bf16_step):
   reduces = all_reduces(bf16_step['hlo'])
   params = jax.tree.leaves(bf16_step['state'].params)
@@ -258,6 +262,7 @@ def test_gradients_cross_devices_in_a_few_all_reduces(bf16_step):
 # ---------------------------------------------------------- host contact ---
 
 
+@pytest.mark.slow  # compiles a whole train step (its module fixture)
 def test_step_has_no_host_callback_or_transfer(bf16_step):
   assert not host_interactions(bf16_step['hlo'])
   assert not re.search(r'custom_call @\w*callback', bf16_step['stablehlo'])
@@ -305,6 +310,7 @@ def vit_step():
           'hlo': lowered.compile().as_text()}
 
 
+@pytest.mark.slow  # compiles a whole train step (its module fixture)
 def test_transformer_step_runs_its_convs_and_dots_on_bf16(vit_step):
   matmuls = list(stablehlo_matmul_operands(vit_step['stablehlo']))
   counts = collections.Counter(
@@ -332,11 +338,13 @@ def test_transformer_step_runs_its_convs_and_dots_on_bf16(vit_step):
     assert [d for d, _ in operands].count('bf16') == 1, operands
 
 
+@pytest.mark.slow  # compiles a whole train step (its module fixture)
 def test_transformer_state_is_donated(vit_step):
   leaves = jax.tree.leaves(vit_step['state'])
   assert aliased_parameters(vit_step['hlo']) == set(range(len(leaves)))
 
 
+@pytest.mark.slow  # compiles a whole train step (its module fixture)
 def test_transformer_gradients_cross_devices_in_a_few_all_reduces(vit_step):
   reduces = all_reduces(vit_step['hlo'])
   params = jax.tree.leaves(vit_step['state'].params)
