@@ -37,16 +37,18 @@ _DAMAGE_CODES = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION',
                  'NOT_FOUND', 'INVALID_ARGUMENT')
 SET_ASIDE_SUFFIX = '.unreadable'
 
-# Orbax writes each replicated array in parts, one per replica, which takes
-# one compiled slice per array shape and device. Arrays under this size are
-# written whole by one replica: biases, norms and small layers gain nothing
-# from splitting, and their slices had cost a small run a third of its time.
+# Orbax writes a replicated array in parts, one per replica, which takes one
+# compiled slice per array shape and device. Where the parts would be under
+# this size, the array is written whole by one replica: biases, norms and
+# small layers gain nothing from splitting, and their slices had cost a
+# small run a third of its time.
 REPLICA_PARALLEL_MIN_BYTES = 1 << 20
 
 
 def _state_handler() -> ocp.PyTreeCheckpointHandler:
   """Orbax's handler for the state, with Orbax's own type handlers except
-  that replicated arrays under REPLICA_PARALLEL_MIN_BYTES are not split."""
+  that a replicated array is split only into parts of at least
+  REPLICA_PARALLEL_MIN_BYTES."""
   handlers = ocp.type_handlers
   scalar = handlers.ScalarHandler()
   registry = handlers.create_type_handler_registry(

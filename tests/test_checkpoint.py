@@ -214,3 +214,33 @@ def test_damage_is_told_from_other_errors():
   for other in (ValueError('PERMISSION_DENIED: gs://b/c'), KeyError('state'),
                 MemoryError(), ValueError('DEADLINE_EXCEEDED: read')):
     assert checkpoint_lib.damage(other) is None
+
+
+def _slices_compiled_by_save(tmp_path, state, caplog) -> int:
+  """The jit(slice) programs compiled while `state`, replicated on 8
+  devices, is saved: Orbax's replica-parallel writing of an array takes
+  one per shape and device."""
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=1)
+  state = jax.device_put(state, _sharding())
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+    caplog.clear()
+    checkpointer.save(1, state, _iterator())
+    checkpointer.close()
+  return sum('compilation of jit(slice)' in r.getMessage()
+             for r in caplog.records)
+
+
+def test_only_parts_over_the_threshold_are_written_by_several_replicas(tmp_path, caplog):
+  # Shapes no other test saves, so that no slice is compiled already.
+  small = {'w': jnp.ones((24, 40)), 'b': jnp.arange(7, dtype=jnp.float32)}
+  assert 24 * 40 * 4 < checkpoint_lib.REPLICA_PARALLEL_MIN_BYTES
+  assert _slices_compiled_by_save(tmp_path / 'small', small, caplog) == 0
+
+  # Each of the 8 replicas would write a part of 8 rows more than 1 MiB.
+  rows = 8 * (checkpoint_lib.REPLICA_PARALLEL_MIN_BYTES // (4 * 64) + 8)
+  large = {**small, 'big': jnp.ones((rows, 64))}
+  assert _slices_compiled_by_save(tmp_path / 'large', large, caplog) > 0
+  stored = checkpoint_lib.read_numpy(tmp_path / 'large' / 'checkpoints' / '1'
+                                     / 'state')
+  np.testing.assert_array_equal(stored['big'], np.ones((rows, 64)))
+  np.testing.assert_array_equal(stored['b'], np.arange(7))
