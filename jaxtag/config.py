@@ -90,7 +90,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.device_prefetch = 2                   # global batches already on device
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.model = 1                             # devices along the 'model' axis
+  c.mesh.model = 1                             # devices the state is split over
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = 'resnet18'

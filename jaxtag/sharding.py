@@ -1,8 +1,14 @@
 """The device mesh, the shardings derived from it, and host -> global arrays.
 
-The mesh spans every device of every process with a `data` axis (the batch
-is split along it) and a `model` axis (size 1 today; kept so that later
-heads with very large vocabularies can shard their classifiers).
+The mesh spans every device of every process with a `data` axis and a
+`model` axis (`config.mesh.model` devices, 1 by default). The batch is
+split over every device of both. Parameters and optimiser slots are
+replicated along `data` and split along `model` (fully sharded data
+parallelism within each group of `model` devices): each leaf of at least
+MIN_SHARDED_SIZE elements is cut along its largest dimension that `model`
+divides, and XLA gathers it where a step uses it and reduce-scatters its
+gradient. With `model` = 1 (the default) this is plain data parallelism;
+a model too large to hold whole on one device trains with `model` > 1.
 """
 from __future__ import annotations
 
@@ -15,6 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
 MODEL_AXIS = 'model'
+# Leaves under this many elements (biases, norms, small kernels) stay whole
+# on every device: cutting them saves little memory for a collective each.
+MIN_SHARDED_SIZE = 1 << 14
 
 
 def create_mesh(model_axis_size: int = 1) -> Mesh:
@@ -34,27 +43,46 @@ def create_mesh(model_axis_size: int = 1) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Rows split over every device: the data and model axes together."""
+  return NamedSharding(mesh, P((DATA_AXIS, MODEL_AXIS)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def leaf_spec(shape: tuple[int, ...], model: int) -> P:
+  """How a state leaf of `shape` is split over `model` devices: along its
+  largest dimension that `model` divides (the first of equal ones), or not
+  at all when `model` is 1, the leaf is under MIN_SHARDED_SIZE elements or
+  no dimension divides."""
+  if model == 1 or int(np.prod(shape)) < MIN_SHARDED_SIZE:
+    return P()
+  divisible = [d for d, n in enumerate(shape) if n % model == 0]
+  if not divisible:
+    return P()
+  axis = max(divisible, key=lambda d: (shape[d], -d))
+  return P(*(MODEL_AXIS if d == axis else None for d in range(len(shape))))
+
+
 def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
-  """Data parallelism: every parameter and optimiser slot is replicated."""
-  return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+  """Each parameter and optimiser slot replicated along `data` and split
+  along `model` by leaf_spec."""
+  model = mesh.shape[MODEL_AXIS]
+  return jax.tree.map(
+      lambda a: NamedSharding(mesh, leaf_spec(tuple(a.shape), model)),
+      abstract_state)
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, key: str) -> int:
   """Returns the per-process batch; fails early when the split is uneven."""
-  data_devices = mesh.shape[DATA_AXIS]
+  devices = mesh.size   # the batch is split over both axes
   processes = jax.process_count()
-  if global_batch % data_devices or global_batch % processes:
+  if global_batch % devices or global_batch % processes:
     raise ValueError(
-        f'{key}={global_batch} must be divisible by the {data_devices} devices '
-        f'of the data axis and the {processes} processes; use a multiple of '
-        f'{np.lcm(data_devices, processes)}.')
+        f'{key}={global_batch} must be divisible by the {devices} devices '
+        f'of the mesh and the {processes} processes; use a multiple of '
+        f'{np.lcm(devices, processes)}.')
   return global_batch // processes
 
 
