@@ -230,7 +230,8 @@ def _slices_compiled_by_save(tmp_path, state, caplog) -> int:
              for r in caplog.records)
 
 
-def test_only_parts_over_the_threshold_are_written_by_several_replicas(tmp_path, caplog):
+def test_only_parts_over_the_threshold_are_written_by_several_replicas(
+    tmp_path, caplog):
   # Shapes no other test saves, so that no slice is compiled already.
   small = {'w': jnp.ones((24, 40)), 'b': jnp.arange(7, dtype=jnp.float32)}
   assert 24 * 40 * 4 < checkpoint_lib.REPLICA_PARALLEL_MIN_BYTES
