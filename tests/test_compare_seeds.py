@@ -38,3 +38,31 @@ def test_summary_is_the_mean_and_sample_std_over_seeds():
   assert 'Mean ± std over 3 seeds' in table
   assert (f'| a | {100 * maps[0].mean():.1f} ± '
           f'{100 * maps[0].std(ddof=1):.1f} | 50.0 ± 0.0 |') in table
+
+
+def test_set_reaches_the_configs_that_have_the_key():
+  specs = ['configs/graph_controls.py:linear_gap.tiny',
+           'configs/graph_controls.py:addgcn_caption.tiny']
+  configs = compare.load_configs(
+      specs, None, 0.5, ['optim.schedule.warmup_steps=3',
+                         'config.model.features.semantic.cache=/tmp/vcap',
+                         "model.pool='gmp'"])
+  linear, caption = configs.values()
+  assert linear.num_epochs == caption.num_epochs == 0.5
+  assert linear.num_train_steps is None
+  assert linear.optim.schedule.warmup_steps == 3
+  assert caption.optim.schedule.warmup_steps == 3
+  assert linear.model.pool == caption.model.pool == 'gmp'
+  # Only the caption control has the feature: the linear one is unchanged.
+  assert caption.model.features.semantic.cache == '/tmp/vcap'
+  assert 'semantic' not in linear.model.get('features', {})
+  fresh = config_lib.load_config_file(specs[0])
+  assert fresh.optim.schedule.warmup_steps != 3   # files untouched
+
+
+def test_set_refuses_a_key_no_config_has_and_a_malformed_setting():
+  specs = ['configs/graph_controls.py:linear_gap.tiny']
+  with pytest.raises(ValueError, match='optim.schedul.warmup_steps'):
+    compare.load_configs(specs, None, None, ['optim.schedul.warmup_steps=3'])
+  with pytest.raises(ValueError, match='KEY=VALUE'):
+    compare.load_configs(specs, None, None, ['optim.lr'])

@@ -18,11 +18,20 @@ and the test AP of the tags that are small or faint in the image, and
 compare.png then give each config's mean ± standard deviation (ddof 1)
 over its seeds, beside the per-seed runs in compare.json ('runs').
 
+`--set KEY=VALUE` (repeatable) sets config.KEY in every config that has
+that key, for example a shorter warm-up with a shorter budget
+(`--set optim.schedule.warmup_steps=20`) or a setting only some configs
+have (`--set model.features.semantic.cache=DIR` reaches the configs with
+caption features and leaves the others as they are). VALUE is read as a
+Python literal where it is one (20, 0.5, 'gap', (1, 2)), else as a string;
+a KEY that no config has is an error.
+
 `collect(workdir, names, tags)` returns the same results as a dict, for
 plots and notebooks.
 """
 from __future__ import annotations
 
+import ast
 import copy
 import csv
 import io
@@ -65,6 +74,9 @@ def _define_flags():
       'N-1 in workdirs suffixed -seed<k>, and the table reports mean ± std.')
   flags.DEFINE_list('tags', list(SMALL_AND_FAINT_TAGS),
                     'Tags whose per-tag test AP is reported.')
+  flags.DEFINE_multi_string(
+      'set', [], 'KEY=VALUE: sets config.KEY in every config that has the '
+      'key (VALUE a Python literal, else a string); repeatable.')
 
 
 def run_name(spec: str) -> str:
@@ -78,6 +90,46 @@ def _get(config, dotted: str):
   for part in dotted.split('.'):
     config = config[part]
   return config
+
+
+def _has(config, dotted: str) -> bool:
+  try:
+    _get(config, dotted)
+  except (KeyError, AttributeError, TypeError):
+    return False
+  return True
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_settings(configs: dict, settings: Sequence[str]) -> dict:
+  """Sets each 'KEY=VALUE' of `settings` in the configs that have KEY;
+  returns {KEY: names of the configs set}. Raises on a malformed setting
+  or a KEY that none of the configs has."""
+  applied = {}
+  for setting in settings:
+    key, sep, text = setting.partition('=')
+    key = key.strip().removeprefix('config.')
+    if not sep or not key:
+      raise ValueError(f'--set {setting!r}: expected KEY=VALUE, for example '
+                       'optim.schedule.warmup_steps=20.')
+    names = [n for n, c in configs.items() if _has(c, key)]
+    if not names:
+      raise ValueError(f'--set {setting!r}: none of the configs has '
+                       f'config.{key}; check the key against the configs '
+                       f'({", ".join(configs)}).')
+    value = _literal(text)
+    parent, _, leaf = key.rpartition('.')
+    for name in names:
+      node = _get(configs[name], parent) if parent else configs[name]
+      node[leaf] = value
+    applied[key] = names
+  return applied
 
 
 def check_equal_budgets(configs: dict) -> None:
@@ -95,7 +147,8 @@ def check_equal_budgets(configs: dict) -> None:
 
 
 def load_configs(specs: Sequence[str], data_dir: str | None,
-                 num_epochs: float | None = None) -> dict:
+                 num_epochs: float | None = None,
+                 settings: Sequence[str] = ()) -> dict:
   names = [run_name(s) for s in specs]
   if len(set(names)) != len(names):
     raise ValueError(f'Each config must appear once; got {", ".join(specs)}.')
@@ -108,6 +161,8 @@ def load_configs(specs: Sequence[str], data_dir: str | None,
       config.num_train_steps = None
       config.num_epochs = float(num_epochs)
     configs[name] = config
+  for key, names in apply_settings(configs, settings).items():
+    logging.info('--set %s: %s', key, ', '.join(names))
   return configs
 
 
@@ -263,9 +318,9 @@ def _summary_markdown(results: dict) -> str:
 def compare(specs: Sequence[str], workdir: str, *, data_dir=None,
             num_epochs: float | None = None,
             tags: Sequence[str] = SMALL_AND_FAINT_TAGS,
-            seeds: int | None = None) -> dict:
+            seeds: int | None = None, settings: Sequence[str] = ()) -> dict:
   """Trains what is missing, then writes compare.md and compare.json."""
-  configs = load_configs(specs, data_dir, num_epochs)
+  configs = load_configs(specs, data_dir, num_epochs, settings)
   check_equal_budgets(configs)
   names = list(configs)
   if seeds is not None:
@@ -277,6 +332,7 @@ def compare(specs: Sequence[str], workdir: str, *, data_dir=None,
     results['summary'] = summarize(results, names, seeds)
   results['wall_seconds_this_session'] = wall
   results['configs'] = list(specs)
+  results['settings'] = list(settings)
   results['num_epochs'] = {n: c.num_epochs for n, c in configs.items()}
   folder = epath.Path(workdir)
   (folder / 'compare.json').write_text(json.dumps(results, indent=2))
@@ -302,10 +358,10 @@ def main(argv):
   if len(argv) < 2 or FLAGS.workdir is None:
     raise app.UsageError('usage: python -m jaxtag.projects.compare CONFIG[:variant] '
                          '... --workdir DIR [--data_dir D] [--tags a,b] '
-                         '[--seeds N]')
+                         '[--seeds N] [--set KEY=VALUE ...]')
   results = compare(argv[1:], FLAGS.workdir, data_dir=FLAGS.data_dir,
                     num_epochs=FLAGS.num_epochs, tags=FLAGS.tags,
-                    seeds=FLAGS.seeds)
+                    seeds=FLAGS.seeds, settings=FLAGS.set)
   print(to_markdown(results))
 
 
