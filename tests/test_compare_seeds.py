@@ -62,7 +62,17 @@ def test_set_reaches_the_configs_that_have_the_key():
 
 def test_set_refuses_a_key_no_config_has_and_a_malformed_setting():
   specs = ['configs/graph_controls.py:linear_gap.tiny']
-  with pytest.raises(ValueError, match='optim.schedul.warmup_steps'):
+  with pytest.raises(ValueError, match='optim.schedul.warmup_steps') as e:
     compare.load_configs(specs, None, None, ['optim.schedul.warmup_steps=3'])
+  # The error lists the keys the configs have where the path went wrong.
+  assert 'Keys of config.optim there:' in str(e.value)
+  assert 'schedule' in str(e.value)
+  with pytest.raises(ValueError, match='Keys of config.optim.schedule there:'
+                     ' .*warmup_steps'):
+    compare.load_configs(specs, None, None, ['optim.schedule.warmup_stepz=3'])
+  # A value of the wrong type names the key, the config and the type held.
+  with pytest.raises(ValueError, match=r"warmup_steps of graph_controls-"
+                     r"linear_gap.tiny, which holds \d+ \(type int\)"):
+    compare.load_configs(specs, None, None, ['optim.schedule.warmup_steps=abc'])
   with pytest.raises(ValueError, match='KEY=VALUE'):
     compare.load_configs(specs, None, None, ['optim.lr'])

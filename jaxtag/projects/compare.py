@@ -24,7 +24,8 @@ that key, for example a shorter warm-up with a shorter budget
 have (`--set model.features.semantic.cache=DIR` reaches the configs with
 caption features and leaves the others as they are). VALUE is read as a
 Python literal where it is one (20, 0.5, 'gap', (1, 2)), else as a string;
-a KEY that no config has is an error.
+a KEY that no config has is an error listing the keys they have there,
+and so is a VALUE of another type than the key holds.
 
 `collect(workdir, names, tags)` returns the same results as a dict, for
 plots and notebooks.
@@ -107,6 +108,21 @@ def _literal(text: str):
     return text
 
 
+def _nearest_keys(configs, dotted: str) -> str:
+  """The keys the configs do have under the longest existing prefix of
+  `dotted`, for the error of a misspelt key."""
+  parts = dotted.split('.')
+  for cut in range(len(parts) - 1, -1, -1):
+    parent = '.'.join(parts[:cut])
+    nodes = [_get(c, parent) if parent else c for c in configs
+             if not parent or _has(c, parent)]
+    keys = sorted({k for n in nodes if hasattr(n, 'keys') for k in n.keys()})
+    if keys:
+      return (f'Keys of config{"." + parent if parent else ""} there: '
+              f'{", ".join(keys)}. Fix the KEY.')
+  return 'Fix the KEY.'
+
+
 def apply_settings(configs: dict, settings: Sequence[str]) -> dict:
   """Sets each 'KEY=VALUE' of `settings` in the configs that have KEY;
   returns {KEY: names of the configs set}. Raises on a malformed setting
@@ -120,14 +136,20 @@ def apply_settings(configs: dict, settings: Sequence[str]) -> dict:
                        'optim.schedule.warmup_steps=20.')
     names = [n for n, c in configs.items() if _has(c, key)]
     if not names:
-      raise ValueError(f'--set {setting!r}: none of the configs has '
-                       f'config.{key}; check the key against the configs '
-                       f'({", ".join(configs)}).')
+      raise ValueError(f'--set {setting!r}: none of the configs '
+                       f'({", ".join(configs)}) has config.{key}. '
+                       + _nearest_keys(configs.values(), key))
     value = _literal(text)
     parent, _, leaf = key.rpartition('.')
     for name in names:
       node = _get(configs[name], parent) if parent else configs[name]
-      node[leaf] = value
+      try:
+        node[leaf] = value
+      except TypeError as e:
+        raise ValueError(
+            f'--set {setting!r}: {value!r} does not fit config.{key} of '
+            f'{name}, which holds {node[leaf]!r} (type '
+            f'{type(node[leaf]).__name__}); give a value of that type.') from e
     applied[key] = names
   return applied
 
