@@ -1,5 +1,6 @@
 """Decoding at reduced size: a JPEG larger than the pipeline needs is decoded
 with libjpeg's DCT scaling; everything else decodes as it always did."""
+import functools
 import io
 
 import numpy as np
@@ -68,6 +69,20 @@ def test_images_at_size_decode_exactly_as_before(fmt, size):
   np.testing.assert_array_equal(after, np.asarray(full.convert('RGB')))
 
 
+def test_decode_scaled_reports_the_scale_it_applied():
+  jpeg = _encoded(_picture(1030, 771), 'JPEG', quality=90)
+  image, scale = ops.decode_scaled(ops.open_image(jpeg), 4)
+  assert (image.size, scale) == ((258, 193), 4)   # ceil(1030 / 4), ...
+  png = _encoded(_picture(1030, 771), 'PNG')
+  image, scale = ops.decode_scaled(ops.open_image(png), 4)
+  assert (image.size, scale) == ((1030, 771), 1)
+  # Too small for 1/4 of a side (the caller asked anyway): what libjpeg
+  # can do is decoded, and said.
+  small = _encoded(_picture(24, 20), 'JPEG', quality=90)
+  image, scale = ops.decode_scaled(ops.open_image(small), 8)
+  assert (image.size, scale) == ((3, 3), 8)
+
+
 def _loader(source=(), train=True, geometry='square', **data):
   config = config_lib.defaults().data
   config.update(dict(image_size=448, crop='random_resized',
@@ -84,32 +99,38 @@ def test_the_crop_is_drawn_from_the_stored_size_at_any_scale():
   full.reduced_decode = False
   scales = set()
   for g in range(40):
-    box, flip, scale = loader._plan(2048, 1536, g)  # pylint: disable=protected-access
+    box, flip, scale = loader._plan(2048, 1536, g, True)  # pylint: disable=protected-access
     rng = np.random.default_rng([7, g])
     want = ops.random_resized_crop_box(1536, 2048, rng, (0.5, 1.0))
     assert box == want and flip == (rng.random() < 0.5)
-    assert full._plan(2048, 1536, g) == (box, flip, 1)  # pylint: disable=protected-access
+    assert full._plan(2048, 1536, g, True) == (box, flip, 1)  # pylint: disable=protected-access
     # The crop keeps 448 pixels on its shorter side at that scale, and
     # would not at twice it.
     short = min(box[2] - box[0], box[3] - box[1])
     assert short // scale >= 448 and (scale == 8 or short // (2 * scale) < 448)
     scales.add(scale)
   assert scales == {2}   # crops of 1086-1536 pixels: half size, not 1/4
-  assert _loader(crop='none')._plan(4000, 3000, 0)[2] == 4  # pylint: disable=protected-access
+  assert _loader(crop='none')._plan(4000, 3000, 0, True)[2] == 4  # pylint: disable=protected-access
   # Eval: the shorter side for square, the longer one for pad.
-  assert _loader(train=False)._plan(3000, 1000, 0) == (None, False, 2)  # pylint: disable=protected-access
-  assert _loader(train=False, geometry='pad')._plan(3000, 1000, 0) == (  # pylint: disable=protected-access
+  assert _loader(train=False)._plan(3000, 1000, 0, True) == (None, False, 2)  # pylint: disable=protected-access
+  assert _loader(train=False, geometry='pad')._plan(3000, 1000, 0, True) == (  # pylint: disable=protected-access
       None, False, 4)
-  assert _loader(cartoonize='opencv')._plan(4000, 3000, 0)[2] == 1  # pylint: disable=protected-access
+  assert _loader(cartoonize='opencv')._plan(4000, 3000, 0, True)[2] == 1  # pylint: disable=protected-access
+  # An image Pillow decodes only in full keeps its crop in full-size pixels.
+  assert loader._plan(2048, 1536, 0, False)[2] == 1  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize('train', [True, False])
-def test_the_loader_output_barely_changes_on_large_jpegs(train):
+@pytest.mark.parametrize('train, geometry', [(True, 'square'),
+                                             (False, 'square'),
+                                             (False, 'pad')])
+def test_the_loader_output_barely_changes_on_large_jpegs(train, geometry):
+  # The pad geometry (the WD contract) needs only the longer side: 2048
+  # decodes at 1/4; the others at 1/2.
   big = _encoded(_picture(2048, 1536, seed=2), 'JPEG', quality=90)
   small = _encoded(_picture(640, 520, seed=3), 'JPEG', quality=90)
   source = [{'image': big, 'tags': [1]}, {'image': small, 'tags': [2]}]
-  reduced = _loader(source, train)
-  full = _loader(source, train)
+  reduced = _loader(source, train, geometry)
+  full = _loader(source, train, geometry)
   full.reduced_decode = False
   for g in range(4):
     a = reduced((g, 0))['image'].astype(np.float64)
@@ -119,3 +140,29 @@ def test_the_loader_output_barely_changes_on_large_jpegs(train):
     # An image not twice as large as needed: exactly what it always was.
     np.testing.assert_array_equal(reduced((g, 1))['image'],
                                   full((g, 1))['image'])
+
+
+@functools.cache
+def _large(fmt) -> bytes:
+  return _encoded(_picture(1920, 1800, seed=4), fmt)
+
+
+@pytest.mark.parametrize('fmt', ['WEBP', 'PNG'])
+@pytest.mark.parametrize('train, geometry', [(True, 'square'),
+                                             (False, 'square'),
+                                             (False, 'pad')])
+def test_large_images_without_reduced_decoding_keep_their_crop(
+    fmt, train, geometry):
+  # Four times the size needed: a JPEG this large decodes at 1/2 or 1/4.
+  # Pillow decodes WebP and PNG only in full, so the crop must stay in
+  # full-size pixels: the output is exactly the full decode's. (A crop box
+  # divided by the scale the decode never applied would show the top-left
+  # part of the picture instead: a mean difference of tens of levels.)
+  source = [{'image': _large(fmt), 'tags': [1]}]
+  reduced = _loader(source, train, geometry)
+  full = _loader(source, train, geometry)
+  full.reduced_decode = False
+  for g in range(2):
+    np.testing.assert_array_equal(reduced((g, 0))['image'],
+                                  full((g, 0))['image'])
+

@@ -41,27 +41,39 @@ def open_image(data: bytes) -> Image.Image:
   return Image.open(io.BytesIO(data))
 
 
+def decodes_reduced(image: Image.Image) -> bool:
+  """Whether `decode_scaled` can decode this opened image at a reduced
+  size: only a JPEG (libjpeg's DCT scaling); Pillow decodes WebP, PNG and
+  GIF at full size whatever the scale asked for."""
+  return image.format == 'JPEG'
+
+
 def decode_scaled(image: Image.Image, scale: int = 1,
-                  upright: bool = False) -> Image.Image:
-  """Decodes an opened image to RGB; raises on a corrupt image.
+                  upright: bool = False) -> tuple[Image.Image, int]:
+  """Decodes an opened image to RGB: (image, the scale applied); raises on
+  a corrupt image.
 
   A JPEG with scale 2, 4 or 8 is decoded that many times smaller (Pillow's
   draft: libjpeg's DCT scaling), to ceil(side / scale) pixels a side, the
   pixel at (x, y) of the full decode falling at (x / scale, y / scale).
   Pillow offers no reduced decoding for WebP or PNG: any other image, and
-  scale 1, decode in full. Transparency is composited on white; with
-  `upright`, the image is turned as its EXIF orientation says (evaluation:
-  the WD preprocessing contract, jaxtag/data/geometry.py).
+  scale 1, decode in full, and the scale applied is 1. Transparency is
+  composited on white; with `upright`, the image is turned as its EXIF
+  orientation says (evaluation: the WD preprocessing contract,
+  jaxtag/data/geometry.py).
   """
-  if scale > 1 and image.format == 'JPEG':
-    width, height = image.size
+  width, height = image.size
+  if scale > 1 and decodes_reduced(image):
     # Asking for floor(side / scale) makes Pillow choose exactly `scale`.
     image.draft(image.mode if image.mode in ('RGB', 'L') else None,
                 (width // scale, height // scale))
   image.load()  # decode now, so a truncated file fails here
+  # The scale applied is read from the decoded size, not assumed: Pillow
+  # may decline (a file it cannot scale, an image drafted before).
+  applied = round(width / image.width)
   if upright:
     image = geometry_lib.upright(image)
-  return geometry_lib.to_rgb(image)
+  return geometry_lib.to_rgb(image), applied
 
 
 def decode_image(data: bytes, shortest: int | None = None,
@@ -72,8 +84,8 @@ def decode_image(data: bytes, shortest: int | None = None,
   (`reduction`, `decode_scaled`)."""
   image = open_image(data)
   scale = reduction(*image.size, shortest, longest) if (
-      shortest or longest) else 1
-  return decode_scaled(image, scale)
+      (shortest or longest) and decodes_reduced(image)) else 1
+  return decode_scaled(image, scale)[0]
 
 
 def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,

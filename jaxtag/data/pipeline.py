@@ -157,7 +157,7 @@ class _Loader:
     # "before").
     self.reduced_decode = True
 
-  def _plan(self, width: int, height: int, g: int):
+  def _plan(self, width: int, height: int, g: int, reducible: bool):
     """(crop box in the stored image's pixels or None, flip, DCT scale).
 
     The crop and flip are drawn from (seed, g) and the stored size alone,
@@ -166,7 +166,8 @@ class _Loader:
     matters: the crop's shorter side in training, the image's shorter side
     for the square and native eval geometries, its longer side for pad.
     Cartoonisation works on the pixels as decoded, so it keeps the full
-    size.
+    size. An image that cannot decode reduced (`reducible` False: anything
+    but a JPEG) gets scale 1, as the crop box is then in full-size pixels.
     """
     box, flip = None, False
     if self.train:
@@ -179,7 +180,7 @@ class _Loader:
         box = (0, 0, width, height)
       flip = self.flip and rng.random() < 0.5
     scale = 1
-    if self.reduced_decode and not self.cartoonize:
+    if self.reduced_decode and reducible and not self.cartoonize:
       if box is not None:
         scale = ops.reduction(box[2] - box[0], box[3] - box[1],
                               shortest=self.size)
@@ -227,10 +228,11 @@ class _Loader:
       return self._skip(record, bucket, e)
     try:
       image = ops.open_image(example['image'])  # the header only
-      box, flip, scale = self._plan(*image.size, g)
+      box, flip, scale = self._plan(*image.size, g,
+                                    ops.decodes_reduced(image))
       # The pad geometry's contract turns images by their EXIF orientation;
       # the others keep the stored orientation their shape buckets assume.
-      image = ops.decode_scaled(
+      image, scale = ops.decode_scaled(
           image, scale, upright=not self.train and self.geometry == 'pad')
     except Exception as e:  # pylint: disable=broad-except
       # Pillow raises several types for corrupt or truncated data. (A tag id
