@@ -29,7 +29,8 @@ parameter counts equal to timm's at 10,861 tags):
 The data: ids mod 1000 in 0-899 train, 950-999 validation (WD v3's split),
 900-949 a test split WD v3 left unused; posts with fewer than 10 general
 tags left out, general tags with 600 train images or more and character
-tags with 50 or more, the four ratings first (data_builders/danbooru).
+tags with 50 or more, the four ratings first, images stored with the
+longest side at 768 px (data_builders/danbooru).
 For WD v3's own 10,861 tags in their order, give its list:
 --config.dataset.build_options.vocabulary=/path/to/selected_tags.csv.
 Per-tag loss weights: --config.loss.tag_weights=weights.csv (`tag,weight`
@@ -177,7 +178,12 @@ def get_config(arg=None):
       'split_ranges': 'train=0-899,validation=950-999,test=900-949',
       'min_general_tags': 10, 'min_count': 600, 'min_count_character': 50,
       # min_count decides; no top-K cut.
-      'num_general': 1_000_000, 'num_character': 1_000_000}
+      'num_general': 1_000_000, 'num_character': 1_000_000,
+      # Originals stored with the longest side at 768 (JPEG q95), the 448
+      # crops' size with room: training decodes them 4-5x faster per core
+      # than 2-4 MP originals (docs/benchmarks.md, "Decoding at reduced
+      # size"). max_side=0 keeps the originals.
+      'max_side': 768}
   config.data.image_size = 448
   config.data.interpolation = 'bicubic'
   # Evaluated and served under the WD contract (configs/default.py:wd).

@@ -166,3 +166,22 @@ def test_large_images_without_reduced_decoding_keep_their_crop(
     np.testing.assert_array_equal(reduced((g, 0))['image'],
                                   full((g, 0))['image'])
 
+
+def test_the_decode_benchmark_times_the_recipes_as_configured(monkeypatch):
+  from jaxtag.bench import decode as decode_bench  # pylint: disable=g-import-not-at-top
+  recipes = decode_bench.recipes()
+  wd_data, wd_geometry = recipes['wd_v3']
+  assert (wd_data.crop, wd_data.interpolation, wd_geometry) == (
+      'random', 'bicubic', 'pad')
+  assert recipes['defaults'][1] == 'square'
+  # Small pictures, one round: every figure is there and positive.
+  monkeypatch.setattr(decode_bench, 'SIZES', ((160, 120),))
+  monkeypatch.setattr(decode_bench, 'IMAGE_SIZE', 32)
+  result = decode_bench.run(rounds=1, per_size=1)
+  for recipe in ('wd_v3', 'defaults'):
+    for stored in ('jpeg_original', 'webp_original', 'jpeg_768', 'webp_768'):
+      for mode in ('train', 'eval'):
+        assert result[f'{recipe}/{stored}/{mode}/speedup'] > 0
+        assert result[f'{recipe}/{stored}/{mode}/reduced_img_per_s_per_core'] > 0
+    for fmt in ('jpeg', 'webp'):
+      assert result[f'{recipe}/{fmt}_768_vs_original/train/speedup'] > 0

@@ -67,6 +67,10 @@ def test_recipe_settings():
   assert (low ** 0.5, high ** 0.5) == pytest.approx((0.87, 0.998))
   assert config.dataset.build_options['split_ranges'].startswith(
       'train=0-899,validation=950-999')
+  # Stored at 768: the smallest 4:3 crop (0.87 of the shorter side, 576)
+  # still has more than 448 pixels a side.
+  assert config.dataset.build_options['max_side'] == 768
+  assert 0.87 * 768 * 3 / 4 >= config.data.image_size
   for variant in ('tiny', 'synthetic', 'synthetic_swinv2',
                   'synthetic_convnext', 'synthetic_eva02', 'synthetic_resnet'):
     config_lib.validate(_config(variant))

@@ -6,13 +6,20 @@ Times the pipeline's per-record work (jaxtag/data/pipeline.py `_Loader`:
 decode, crop, resize to 448, flip) on 2-4 megapixel JPEG (q90) and WebP
 (q90) originals of generated illustration-like pictures, with the decode
 at full size ("before") and at reduced size ("after": ops.decode_image's
-DCT scaling, which only JPEGs have), for training crops (config defaults:
-random_resized, area 0.5-1) and for the square eval geometry. Also times
-the same pictures stored at 768 px (the builders' `max_side`), which is
-what WebP sources gain from. Each round times every variant once, in turn;
-img/s per core is the reciprocal of the median CPU seconds per image of one
-thread, and the ratio is the median over rounds of after / before.
-`--steps` is the number of rounds.
+DCT scaling, which only JPEGs have), under two recipes:
+
+- `wd_v3`: the data settings of configs/wd_v3.py:vit_base, the recipe for
+  Danbooru at 448 px: a random square crop of 0.87-0.998 of the shorter
+  side, bicubic, flip; evaluation under the WD contract (geometry 'pad').
+- `defaults`: the library defaults (jaxtag/config.py): random-resized
+  crops keeping 0.5-1 of the area, bilinear; evaluation geometry 'square'.
+
+Also times the same pictures stored at 768 px (the builders' `max_side`),
+which is what WebP sources gain from. Each round times every variant once,
+in turn; img/s per core is the reciprocal of the median CPU seconds per
+image of one thread, and the ratio is the median over rounds of before /
+after (`*_768_vs_original`: originals decoded in full against the 768 px
+copies). `--steps` is the number of rounds.
 
 It also times what a build spends per original (data_builders/images.py
 `_store_one`, CPU seconds of one thread): checking and keeping the file as
@@ -66,11 +73,23 @@ def _shrunk(pixels: np.ndarray, side: int) -> np.ndarray:
                                   round(image.height * scale)), Image.BOX))
 
 
-def _loader(records, train: bool, reduced: bool):
-  config = config_lib.defaults().data
-  config.update(dict(image_size=IMAGE_SIZE, workers=0))
+def recipes() -> dict:
+  """{name: (data config, eval geometry)} of the recipes timed."""
+  wd = config_lib.load_config_file('configs/wd_v3.py:vit_base')
+  defaults = config_lib.defaults()
+  out = {}
+  for name, config in (('wd_v3', wd), ('defaults', defaults)):
+    data = config.data
+    data.update(dict(image_size=IMAGE_SIZE, workers=0))
+    out[name] = (data, config.eval.geometry)
+  return out
+
+
+def _loader(records, recipe, train: bool, reduced: bool):
+  data, geometry = recipe
   loader = pipeline._Loader(  # pylint: disable=protected-access
-      records, config, labels.MultiHot(8), 'tags', 0, train)
+      records, data, labels.MultiHot(8), 'tags', 0, train,
+      geometry=geometry)
   if not reduced:
     loader.reduced_decode = False   # the full-size decode every image had
   return loader
@@ -93,12 +112,13 @@ def run(rounds: int = 5, per_size: int = 2) -> dict:
     sets[f'{fmt.lower()}_768'] = [_encode(_shrunk(p, 768), fmt, 95)
                                   for p in pictures]
   variants = {}
-  for name, images in sets.items():
-    records = [{'image': data, 'tags': [1]} for data in images]
-    for mode, train in (('train', True), ('eval', False)):
-      for decode in ('full', 'reduced'):
-        variants[(name, mode, decode)] = _loader(records, train,
-                                                 decode == 'reduced')
+  for recipe_name, recipe in recipes().items():
+    for name, images in sets.items():
+      records = [{'image': data, 'tags': [1]} for data in images]
+      for mode, train in (('train', True), ('eval', False)):
+        for decode in ('full', 'reduced'):
+          variants[(f'{recipe_name}/{name}', mode, decode)] = _loader(
+              records, recipe, train, decode == 'reduced')
   load_before = os.getloadavg()
   times = {key: [] for key in variants}
   for _ in range(rounds):
@@ -115,11 +135,20 @@ def run(rounds: int = 5, per_size: int = 2) -> dict:
         1 / statistics.median(values), 1)
   result.update(store_costs({'jpeg': sets['jpeg_original'],
                              'webp': sets['webp_original']}, rounds))
-  for name in sets:
+  for name in sorted({key[0] for key in variants}):
     for mode in ('train', 'eval'):
       ratios = [f / r for f, r in zip(times[(name, mode, 'full')],
                                       times[(name, mode, 'reduced')])]
       result[f'{name}/{mode}/speedup'] = round(statistics.median(ratios), 2)
+  # Stored at 768 against the originals decoded in full (the code before):
+  # what a build with max_side=768 gives training and evaluation.
+  for recipe_name in recipes():
+    for fmt in ('jpeg', 'webp'):
+      for mode in ('train', 'eval'):
+        before = times[(f'{recipe_name}/{fmt}_original', mode, 'full')]
+        after = times[(f'{recipe_name}/{fmt}_768', mode, 'reduced')]
+        result[f'{recipe_name}/{fmt}_768_vs_original/{mode}/speedup'] = round(
+            statistics.median(b / a for b, a in zip(before, after)), 2)
   return result
 
 
