@@ -12,7 +12,9 @@ on `danbooru` selected as WD v3 was, with
 - bf16 computation (parameters stay float32);
 - per-sample MixUp and cutout (jaxtag/data/batch_augment.py) and drop path;
 - a random square crop of 0.87-0.998 of the shorter side (drawn uniformly
-  in area: config.data.crop_scale is an area fraction), then 448 px;
+  in area: config.data.crop_scale is an area fraction), then 448 px with
+  area, bilinear or bicubic resampling drawn per image (the Danbooru
+  variants; the synthetic ones keep one filter);
 - BGR input in [-1, 1] (mean = std = 0.5, config.data.channel_order BGR),
   the WD models' input, so a converted bundle and its ONNX export take
   images as the WD front ends give them;
@@ -180,12 +182,16 @@ def get_config(arg=None):
       # min_count decides; no top-K cut.
       'num_general': 1_000_000, 'num_character': 1_000_000,
       # Originals stored with the longest side at 768 (JPEG q95), the 448
-      # crops' size with room: training decodes them 4-5x faster per core
+      # crops' size with room: training decodes them 4-6x faster per core
       # than 2-4 MP originals (docs/benchmarks.md, "Decoding at reduced
       # size"). max_side=0 keeps the originals.
       'max_side': 768}
   config.data.image_size = 448
   config.data.interpolation = 'bicubic'
+  # Each training image resized with area, bilinear or bicubic, drawn per
+  # image, as JAX-CV trained WD v3 (random_resize_method), so the tagger
+  # does not learn one resampler's look; evaluation stays bicubic.
+  config.data.train_interpolations = ('area', 'bilinear', 'bicubic')
   # Evaluated and served under the WD contract (configs/default.py:wd).
   config.eval.geometry = 'pad'
   config.eval.thresholds = 'category'

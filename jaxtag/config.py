@@ -61,6 +61,11 @@ def defaults() -> ml_collections.ConfigDict:
   # 'bilinear' | 'area' (Pillow BOX) | 'bicubic' | 'lanczos'; runs meant for
   # WD front ends use 'bicubic' with eval.geometry 'pad' (configs/default.py:wd).
   c.data.interpolation = 'bilinear'
+  # Training only: when set, each training image's resize filter is drawn
+  # from these names (from the example's seed, so resumable), as JAX-CV's
+  # WD v3 training drew area, bilinear or bicubic per image; evaluation
+  # and serving keep `interpolation`. Empty: `interpolation` everywhere.
+  c.data.train_interpolations = ()
   # Cartoonise every decoded image first (jaxtag/data/cartoonize.py): '' is
   # off, else the method ('opencv', 'onnx', 'callable'); its options
   # (CartoonizeOptions fields) in cartoonize_options.

@@ -308,3 +308,36 @@ def test_area_interpolation_is_the_block_mean():
   np.testing.assert_allclose(shortest, np.round(blocks), atol=1)
   with pytest.raises(ValueError, match='valid: bilinear, area, bicubic, lanczos'):
     ops.resample('nearest')
+
+
+def test_train_interpolations_draw_a_filter_per_image_and_keep_the_crop():
+  """With config.data.train_interpolations, training example g is exactly
+  what a run with interpolation=<the name drawn for g> gives (same crop,
+  same flip); evaluation keeps config.data.interpolation."""
+  source = [{'image': _png(i, size=40), 'tags': [1]} for i in range(24)]
+  names = ('area', 'bilinear', 'bicubic')
+
+  def loader(train, **data):
+    return pipeline._Loader(  # pylint: disable=protected-access
+        source, _data_config(**data), labels.MultiHot(NUM_CLASSES), 'tags',
+        7, train)
+
+  drawn = loader(True, train_interpolations=names)
+  fixed = {name: loader(True, interpolation=name) for name in names}
+  seen = collections.Counter()
+  for g in range(24):
+    name = names[int(np.random.default_rng([7, g, 1]).integers(3))]
+    seen[name] += 1
+    np.testing.assert_array_equal(drawn((g, g))['image'],
+                                  fixed[name]((g, g))['image'])
+  assert set(seen) == set(names)
+  # The filters differ on these pictures, so the draw is what decided.
+  a, b = fixed['area']((0, 0))['image'], fixed['bicubic']((0, 0))['image']
+  assert np.abs(a.astype(int) - b).max() > 0
+  plain = loader(False)
+  evaluated = loader(False, train_interpolations=names)
+  for g in range(3):
+    np.testing.assert_array_equal(evaluated((g, g))['image'],
+                                  plain((g, g))['image'])
+  with pytest.raises(ValueError, match='valid: bilinear, area, bicubic'):
+    loader(True, train_interpolations=('area', 'nearest'))

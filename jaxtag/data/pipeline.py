@@ -147,6 +147,10 @@ class _Loader:
     self.flip = bool(data_config.flip)
     self.interpolation = data_config.interpolation
     self.resample = ops.resample(self.interpolation)
+    self.train_interpolations = tuple(
+        data_config.get('train_interpolations', ()))
+    for name in self.train_interpolations:   # an unknown name fails now
+      ops.resample(name)
     self.geometry, self.shapes = geometry, shapes
     if self.crop not in ('random_resized', 'random', 'none'):
       raise ValueError(f'Unknown config.data.crop {self.crop!r}; valid: '
@@ -190,8 +194,18 @@ class _Loader:
         scale = ops.reduction(width, height, shortest=self.size)
     return box, flip, scale
 
+  def _train_interpolation(self, g: int) -> str:
+    """The resize filter of training example g: drawn from
+    config.data.train_interpolations (a stream of its own, so the crop and
+    flip are those of a run without it), else config.data.interpolation."""
+    if not self.train_interpolations:
+      return self.interpolation
+    rng = np.random.default_rng([self.seed, g, 1])
+    return self.train_interpolations[
+        int(rng.integers(len(self.train_interpolations)))]
+
   def _pixels(self, image, box, flip: bool, scale: int,
-              bucket: int) -> dict[str, np.ndarray]:
+              bucket: int, g: int) -> dict[str, np.ndarray]:
     if not self.train:
       if self.geometry == 'pad':
         return {'image': geometry_lib.pad(image, self.size, self.resample)}
@@ -203,7 +217,7 @@ class _Loader:
     if scale > 1:  # the same region of the image decoded `scale` times smaller
       box = tuple(v / scale for v in box)
     return {'image': ops.crop_resize(image, box, self.size, flip,
-                                     self.interpolation)}
+                                     self._train_interpolation(g))}
 
   def __getstate__(self):  # worker processes count on their own
     state = dict(self.__dict__)
@@ -241,7 +255,7 @@ class _Loader:
       return self._skip(record, bucket, e)
     if self.cartoonize:
       image = self._cartoon(image)
-    out.update(self._pixels(image, box, flip, scale, bucket))
+    out.update(self._pixels(image, box, flip, scale, bucket, g))
     for key, (shape, dtype) in self.feature_specs.items():
       out[key] = np.asarray(example[key], dtype).reshape(shape)
     if not self.train:
