@@ -99,25 +99,25 @@ def test_the_crop_is_drawn_from_the_stored_size_at_any_scale():
   full.reduced_decode = False
   scales = set()
   for g in range(40):
-    box, flip, scale = loader._plan(2048, 1536, g, True)  # pylint: disable=protected-access
+    box, flip, scale, interpolation = loader._plan(2048, 1536, g)  # pylint: disable=protected-access
     rng = np.random.default_rng([7, g])
     want = ops.random_resized_crop_box(1536, 2048, rng, (0.5, 1.0))
     assert box == want and flip == (rng.random() < 0.5)
-    assert full._plan(2048, 1536, g, True) == (box, flip, 1)  # pylint: disable=protected-access
+    assert interpolation == 'bilinear'
+    assert full._plan(2048, 1536, g) == (box, flip, 1, 'bilinear')  # pylint: disable=protected-access
     # The crop keeps 448 pixels on its shorter side at that scale, and
     # would not at twice it.
     short = min(box[2] - box[0], box[3] - box[1])
     assert short // scale >= 448 and (scale == 8 or short // (2 * scale) < 448)
     scales.add(scale)
   assert scales == {2}   # crops of 1086-1536 pixels: half size, not 1/4
-  assert _loader(crop='none')._plan(4000, 3000, 0, True)[2] == 4  # pylint: disable=protected-access
+  assert _loader(crop='none')._plan(4000, 3000, 0)[2] == 4  # pylint: disable=protected-access
   # Eval: the shorter side for square, the longer one for pad.
-  assert _loader(train=False)._plan(3000, 1000, 0, True) == (None, False, 2)  # pylint: disable=protected-access
-  assert _loader(train=False, geometry='pad')._plan(3000, 1000, 0, True) == (  # pylint: disable=protected-access
-      None, False, 4)
-  assert _loader(cartoonize='opencv')._plan(4000, 3000, 0, True)[2] == 1  # pylint: disable=protected-access
-  # An image Pillow decodes only in full keeps its crop in full-size pixels.
-  assert loader._plan(2048, 1536, 0, False)[2] == 1  # pylint: disable=protected-access
+  assert _loader(train=False)._plan(3000, 1000, 0) == (  # pylint: disable=protected-access
+      None, False, 2, 'bilinear')
+  assert _loader(train=False, geometry='pad')._plan(3000, 1000, 0) == (  # pylint: disable=protected-access
+      None, False, 4, 'bilinear')
+  assert _loader(cartoonize='opencv')._plan(4000, 3000, 0)[2] == 1  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('train, geometry', [(True, 'square'),
@@ -173,6 +173,7 @@ def test_the_decode_benchmark_times_the_recipes_as_configured(monkeypatch):
   wd_data, wd_geometry = recipes['wd_v3']
   assert (wd_data.crop, wd_data.interpolation, wd_geometry) == (
       'random', 'bicubic', 'pad')
+  assert wd_data.train_interpolations == ('area', 'bilinear', 'bicubic')
   assert recipes['defaults'][1] == 'square'
   # Small pictures, one round: every figure is there and positive.
   monkeypatch.setattr(decode_bench, 'SIZES', ((160, 120),))

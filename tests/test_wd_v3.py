@@ -70,11 +70,11 @@ def test_recipe_settings():
   # Stored at 768: the smallest 4:3 crop (0.87 of the shorter side, 576)
   # still has more than 448 pixels a side.
   assert config.dataset.build_options['max_side'] == 768
+  assert 0.87 * 768 * 3 / 4 >= config.data.image_size
   # JAX-CV's random_resize_method in training; the WD contract in eval.
   assert config.data.train_interpolations == ('area', 'bilinear', 'bicubic')
   assert config.data.interpolation == 'bicubic'
   assert _config('synthetic').data.train_interpolations == ()
-  assert 0.87 * 768 * 3 / 4 >= config.data.image_size
   for variant in ('tiny', 'synthetic', 'synthetic_swinv2',
                   'synthetic_convnext', 'synthetic_eva02', 'synthetic_resnet'):
     config_lib.validate(_config(variant))

@@ -10,7 +10,8 @@ DCT scaling, which only JPEGs have), under two recipes:
 
 - `wd_v3`: the data settings of configs/wd_v3.py:vit_base, the recipe for
   Danbooru at 448 px: a random square crop of 0.87-0.998 of the shorter
-  side, bicubic, flip; evaluation under the WD contract (geometry 'pad').
+  side resized with area, bilinear or bicubic drawn per image, flip;
+  evaluation under the WD contract (geometry 'pad', bicubic).
 - `defaults`: the library defaults (jaxtag/config.py): random-resized
   crops keeping 0.5-1 of the area, bilinear; evaluation geometry 'square'.
 
@@ -112,7 +113,8 @@ def run(rounds: int = 5, per_size: int = 2) -> dict:
     sets[f'{fmt.lower()}_768'] = [_encode(_shrunk(p, 768), fmt, 95)
                                   for p in pictures]
   variants = {}
-  for recipe_name, recipe in recipes().items():
+  timed = recipes()
+  for recipe_name, recipe in timed.items():
     for name, images in sets.items():
       records = [{'image': data, 'tags': [1]} for data in images]
       for mode, train in (('train', True), ('eval', False)):
@@ -142,7 +144,7 @@ def run(rounds: int = 5, per_size: int = 2) -> dict:
       result[f'{name}/{mode}/speedup'] = round(statistics.median(ratios), 2)
   # Stored at 768 against the originals decoded in full (the code before):
   # what a build with max_side=768 gives training and evaluation.
-  for recipe_name in recipes():
+  for recipe_name in timed:
     for fmt in ('jpeg', 'webp'):
       for mode in ('train', 'eval'):
         before = times[(f'{recipe_name}/{fmt}_original', mode, 'full')]

@@ -41,13 +41,6 @@ def open_image(data: bytes) -> Image.Image:
   return Image.open(io.BytesIO(data))
 
 
-def decodes_reduced(image: Image.Image) -> bool:
-  """Whether `decode_scaled` can decode this opened image at a reduced
-  size: only a JPEG (libjpeg's DCT scaling); Pillow decodes WebP, PNG and
-  GIF at full size whatever the scale asked for."""
-  return image.format == 'JPEG'
-
-
 def decode_scaled(image: Image.Image, scale: int = 1,
                   upright: bool = False) -> tuple[Image.Image, int]:
   """Decodes an opened image to RGB: (image, the scale applied); raises on
@@ -63,7 +56,7 @@ def decode_scaled(image: Image.Image, scale: int = 1,
   jaxtag/data/geometry.py).
   """
   width, height = image.size
-  if scale > 1 and decodes_reduced(image):
+  if scale > 1 and image.format == 'JPEG':
     # Asking for floor(side / scale) makes Pillow choose exactly `scale`.
     image.draft(image.mode if image.mode in ('RGB', 'L') else None,
                 (width // scale, height // scale))
@@ -84,7 +77,7 @@ def decode_image(data: bytes, shortest: int | None = None,
   (`reduction`, `decode_scaled`)."""
   image = open_image(data)
   scale = reduction(*image.size, shortest, longest) if (
-      (shortest or longest) and decodes_reduced(image)) else 1
+      shortest or longest) else 1
   return decode_scaled(image, scale)[0]
 
 
@@ -130,10 +123,12 @@ INTERPOLATIONS = {'bilinear': Image.BILINEAR, 'area': Image.BOX,
                   'bicubic': Image.BICUBIC, 'lanczos': Image.LANCZOS}
 
 
-def resample(interpolation: str) -> int:
-  """The Pillow filter of `interpolation`; an unknown name lists the valid."""
+def resample(interpolation: str,
+             key: str = 'config.data.interpolation') -> int:
+  """The Pillow filter of `interpolation`; an unknown name lists the valid
+  ones and names the config `key` it came from."""
   if interpolation not in INTERPOLATIONS:
-    raise ValueError(f'Unknown config.data.interpolation {interpolation!r}; '
+    raise ValueError(f'Unknown {key} {interpolation!r}; '
                      f'valid: {", ".join(INTERPOLATIONS)}.')
   return INTERPOLATIONS[interpolation]
 

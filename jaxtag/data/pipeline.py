@@ -150,7 +150,7 @@ class _Loader:
     self.train_interpolations = tuple(
         data_config.get('train_interpolations', ()))
     for name in self.train_interpolations:   # an unknown name fails now
-      ops.resample(name)
+      ops.resample(name, key='config.data.train_interpolations')
     self.geometry, self.shapes = geometry, shapes
     if self.crop not in ('random_resized', 'random', 'none'):
       raise ValueError(f'Unknown config.data.crop {self.crop!r}; valid: '
@@ -161,19 +161,23 @@ class _Loader:
     # "before").
     self.reduced_decode = True
 
-  def _plan(self, width: int, height: int, g: int, reducible: bool):
-    """(crop box in the stored image's pixels or None, flip, DCT scale).
+  def _plan(self, width: int, height: int, g: int):
+    """(crop box in the stored image's pixels or None, flip, DCT scale,
+    resize filter).
 
-    The crop and flip are drawn from (seed, g) and the stored size alone,
-    so they do not depend on the scale. The scale is the largest (1, 2, 4,
-    8) at which what is resized still has `size` pixels on the side that
-    matters: the crop's shorter side in training, the image's shorter side
-    for the square and native eval geometries, its longer side for pad.
-    Cartoonisation works on the pixels as decoded, so it keeps the full
-    size. An image that cannot decode reduced (`reducible` False: anything
-    but a JPEG) gets scale 1, as the crop box is then in full-size pixels.
+    The crop, the flip and then the training resize filter are drawn from
+    (seed, g) and the stored size alone, so they do not depend on the
+    scale, and adding a filter draw leaves the crop and flip as they were.
+    The filter is drawn from config.data.train_interpolations when set;
+    otherwise, and in evaluation, it is config.data.interpolation. The
+    scale asked for is the largest (1, 2, 4, 8) at which what is resized
+    still has `size` pixels on the side that matters: the crop's shorter
+    side in training, the image's shorter side for the square and native
+    eval geometries, its longer side for pad. The decode says which scale
+    it applied (only JPEGs reduce). Cartoonisation works on the pixels as
+    decoded, so it keeps the full size.
     """
-    box, flip = None, False
+    box, flip, interpolation = None, False, self.interpolation
     if self.train:
       rng = np.random.default_rng([self.seed, g])
       if self.crop == 'random_resized':
@@ -183,8 +187,11 @@ class _Loader:
       else:
         box = (0, 0, width, height)
       flip = self.flip and rng.random() < 0.5
+      if self.train_interpolations:
+        interpolation = self.train_interpolations[
+            int(rng.integers(len(self.train_interpolations)))]
     scale = 1
-    if self.reduced_decode and reducible and not self.cartoonize:
+    if self.reduced_decode and not self.cartoonize:
       if box is not None:
         scale = ops.reduction(box[2] - box[0], box[3] - box[1],
                               shortest=self.size)
@@ -192,20 +199,10 @@ class _Loader:
         scale = ops.reduction(width, height, longest=self.size)
       else:
         scale = ops.reduction(width, height, shortest=self.size)
-    return box, flip, scale
+    return box, flip, scale, interpolation
 
-  def _train_interpolation(self, g: int) -> str:
-    """The resize filter of training example g: drawn from
-    config.data.train_interpolations (a stream of its own, so the crop and
-    flip are those of a run without it), else config.data.interpolation."""
-    if not self.train_interpolations:
-      return self.interpolation
-    rng = np.random.default_rng([self.seed, g, 1])
-    return self.train_interpolations[
-        int(rng.integers(len(self.train_interpolations)))]
-
-  def _pixels(self, image, box, flip: bool, scale: int,
-              bucket: int, g: int) -> dict[str, np.ndarray]:
+  def _pixels(self, image, box, flip: bool, scale: int, bucket: int,
+              interpolation: str) -> dict[str, np.ndarray]:
     if not self.train:
       if self.geometry == 'pad':
         return {'image': geometry_lib.pad(image, self.size, self.resample)}
@@ -217,7 +214,7 @@ class _Loader:
     if scale > 1:  # the same region of the image decoded `scale` times smaller
       box = tuple(v / scale for v in box)
     return {'image': ops.crop_resize(image, box, self.size, flip,
-                                     self._train_interpolation(g))}
+                                     interpolation)}
 
   def __getstate__(self):  # worker processes count on their own
     state = dict(self.__dict__)
@@ -242,10 +239,11 @@ class _Loader:
       return self._skip(record, bucket, e)
     try:
       image = ops.open_image(example['image'])  # the header only
-      box, flip, scale = self._plan(*image.size, g,
-                                    ops.decodes_reduced(image))
+      box, flip, scale, interpolation = self._plan(*image.size, g)
       # The pad geometry's contract turns images by their EXIF orientation;
       # the others keep the stored orientation their shape buckets assume.
+      # The scale the decode applied: a WebP or PNG decodes in full, and
+      # its crop box stays in full-size pixels.
       image, scale = ops.decode_scaled(
           image, scale, upright=not self.train and self.geometry == 'pad')
     except Exception as e:  # pylint: disable=broad-except
@@ -255,7 +253,7 @@ class _Loader:
       return self._skip(record, bucket, e)
     if self.cartoonize:
       image = self._cartoon(image)
-    out.update(self._pixels(image, box, flip, scale, bucket, g))
+    out.update(self._pixels(image, box, flip, scale, bucket, interpolation))
     for key, (shape, dtype) in self.feature_specs.items():
       out[key] = np.asarray(example[key], dtype).reshape(shape)
     if not self.train:
