@@ -17,7 +17,8 @@ DCT scaling, which only JPEGs have), under two recipes:
 
 Also times the same pictures stored at 768 px (the builders' `max_side`),
 which is what WebP sources gain from. Each round times every variant once,
-in turn; img/s per core is the reciprocal of the median CPU seconds per
+in turn, on new training crops, flips and filters (the same for every
+variant within the round); img/s per core is the reciprocal of the median CPU seconds per
 image of one thread, and the ratio is the median over rounds of before /
 after (`*_768_vs_original`: originals decoded in full against the 768 px
 copies). `--steps` is the number of rounds.
@@ -96,10 +97,13 @@ def _loader(records, recipe, train: bool, reduced: bool):
   return loader
 
 
-def _cpu_per_image(loader, count: int) -> float:
+def _cpu_per_image(loader, count: int, round_index: int) -> float:
+  """CPU seconds per record over records 0..count-1, as examples
+  round_index * count + i: each round draws new crops, flips and filters,
+  the same for every variant in that round."""
   start = time.process_time()
-  for g in range(count):
-    loader((g, g))
+  for i in range(count):
+    loader((round_index * count + i, i))
   return (time.process_time() - start) / count
 
 
@@ -123,9 +127,9 @@ def run(rounds: int = 5, per_size: int = 2) -> dict:
               records, recipe, train, decode == 'reduced')
   load_before = os.getloadavg()
   times = {key: [] for key in variants}
-  for _ in range(rounds):
+  for round_index in range(rounds):
     for key, loader in variants.items():
-      times[key].append(_cpu_per_image(loader, len(pictures)))
+      times[key].append(_cpu_per_image(loader, len(pictures), round_index))
   result = {'load_average': [round(v, 2) for v in load_before],
             'load_average_after': [round(v, 2) for v in os.getloadavg()],
             'rounds': rounds, 'images': len(pictures),
